@@ -1,0 +1,43 @@
+//! `signerd check --config FILE`: log in everywhere, list keys, exit.
+
+use std::path::Path;
+
+use super::{CliError, EXIT_UNAVAILABLE, EXIT_USAGE};
+use certnode_signer::config::Config;
+use certnode_signer::engine::OpenError;
+use certnode_signer::hsm::ErrorClass;
+use certnode_signer::Engine;
+
+pub fn run(path: &Path) -> Result<(), CliError> {
+    let cfg = Config::load(path).map_err(|e| CliError::new(EXIT_USAGE, e))?;
+    let engine = Engine::open(&cfg).map_err(|e| match e {
+        OpenError::Invalid(_) | OpenError::Pin { .. } => CliError::new(EXIT_USAGE, e),
+        OpenError::Hsm { ref source, .. } if source.class() == ErrorClass::PinIncorrect => {
+            CliError::new(EXIT_USAGE, e)
+        }
+        OpenError::Hsm { .. } => CliError::new(EXIT_UNAVAILABLE, e),
+    })?;
+    println!("partitions: {}", engine.partition_names_all().join(", "));
+    let keys = engine.list();
+    println!("keys: {}", keys.len());
+    for k in keys {
+        for v in &k.versions {
+            let signing = if k.signing_version == Some(v.version) {
+                " (signing)"
+            } else {
+                ""
+            };
+            println!(
+                "  {} v{} {} {}{} on {}",
+                k.name,
+                v.version,
+                k.key_type,
+                v.state,
+                signing,
+                v.partitions.join(",")
+            );
+        }
+    }
+    engine.shutdown();
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! Subcommands, one file each.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+mod check;
+mod init;
+
+/// Exit code for bad usage or a bad config (sysexits EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+/// Exit code when the HSM or a needed service is unavailable (sysexits EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
+/// signerd: a signing daemon in front of PKCS#11 HSMs.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a self-contained set-up. With --dev: SoftHSM2 tokens, PIN files, the trusted
+    /// key-encryption key and DIR/signerd.toml, all inside DIR. Safe to run again.
+    Init {
+        /// Directory for the dev set-up (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dev: PathBuf,
+        /// Number of partitions (SoftHSM2 tokens).
+        #[arg(long, default_value_t = 2)]
+        partitions: usize,
+    },
+    /// Load a config, log in to every partition and list the keys found, then exit.
+    Check {
+        /// The signerd config file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+/// A failed command: what to print and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub code: u8,
+}
+
+impl CliError {
+    pub fn new(code: u8, message: impl std::fmt::Display) -> Self {
+        CliError {
+            message: message.to_string(),
+            code,
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Init { dev, partitions } => init::run(&dev, partitions),
+        Command::Check { config } => check::run(&config),
+    }
+}

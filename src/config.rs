@@ -1,0 +1,370 @@
+//! Typed configuration: TOML, unknown keys rejected, documented defaults, validated once.
+//!
+//! Relative paths in the file are resolved against the directory holding the config file, so a
+//! config directory (like the one `signerd init --dev` writes) can be moved as a whole.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::hsm::uri::Pkcs11Uri;
+use crate::secret::PinSource;
+
+/// Default bounded queue capacity per worker shard.
+pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
+/// Default most requests a worker takes from its queue per wake-up.
+pub const DEFAULT_MAX_DRAIN: usize = 64;
+
+/// Why a config is unusable. The message names the key and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {reason}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// OS error.
+        reason: String,
+    },
+    /// TOML syntax error, unknown key, or wrong type.
+    #[error("config {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said (includes line and column).
+        reason: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// The whole `signerd.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Pipeline settings.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// PKCS#11 providers by name (one table each).
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+/// `[engine]`: pipeline settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Capacity of each worker's queue (default 1024). A full queue answers OVERLOADED.
+    pub queue_depth: usize,
+    /// Most requests a worker drains per wake-up (default 64).
+    pub max_drain: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+            max_drain: DEFAULT_MAX_DRAIN,
+        }
+    }
+}
+
+/// `[providers.NAME]`: one PKCS#11 module and its partitions.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Path of the PKCS#11 module (shared library).
+    pub module: PathBuf,
+    /// Environment variables the module reads at `C_Initialize` (e.g. `SOFTHSM2_CONF`). Set
+    /// before the module is first loaded in this process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Sign with a session-object copy of each key (`C_CopyObject`, `CKA_TOKEN=false`), made once
+    /// per worker session; the copy stays inside the token. Faster on SoftHSM2; check your HSM
+    /// vendor's guidance before enabling. Default false.
+    #[serde(default)]
+    pub session_key_copy: bool,
+    /// Copy new keys to every partition, wrapped under the trusted key-encryption key. Turn off for
+    /// HSM clusters that replicate keys themselves (CloudHSM, Luna HA). Default true.
+    #[serde(default = "default_true")]
+    pub replicate: bool,
+    /// Worker threads (each with its own session) per partition unless the partition says
+    /// otherwise. Default: CPU cores divided by the number of partitions, at least 1.
+    #[serde(default)]
+    pub workers_per_partition: Option<usize>,
+    /// The partitions (tokens) of this module.
+    pub partitions: Vec<PartitionConfig>,
+}
+
+/// `[[providers.NAME.partitions]]`: one token.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionConfig {
+    /// Name used in logs, metrics and placement (unique across providers).
+    pub name: String,
+    /// Select the token by its label ...
+    #[serde(default)]
+    pub label: Option<String>,
+    /// ... or by its serial number ...
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// ... or by an RFC 7512 `pkcs11:` URI (token, serial, manufacturer, model attributes).
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// File holding the user PIN (mode 0600).
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+    /// Environment variable holding the user PIN.
+    #[serde(default)]
+    pub pin_env: Option<String>,
+    /// Worker threads for this partition (overrides the provider's default).
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+/// How a partition's token is found. Never by slot id: slot ids change (SoftHSM2 reassigns them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenSelector {
+    /// By `CKA_LABEL` of the token.
+    Label(String),
+    /// By serial number.
+    Serial(String),
+    /// By `pkcs11:` URI.
+    Uri(Pkcs11Uri),
+}
+
+impl TokenSelector {
+    /// Whether a token with this info is the one selected.
+    pub fn matches(&self, label: &str, manufacturer: &str, model: &str, serial: &str) -> bool {
+        match self {
+            TokenSelector::Label(l) => label.trim_end() == l.trim_end(),
+            TokenSelector::Serial(s) => serial.trim_end() == s.trim_end(),
+            TokenSelector::Uri(u) => u.matches_token(label, manufacturer, model, serial),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file; relative paths become absolute.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let base = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_owned))
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&text, &base).map_err(|e| match e {
+            ConfigError::Parse { reason, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            reason: e.to_string(),
+        })?;
+        cfg.resolve_paths(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in self.providers.values_mut() {
+            p.module = absolute(base, &p.module);
+            for part in &mut p.partitions {
+                if let Some(f) = &part.pin_file {
+                    part.pin_file = Some(absolute(base, f));
+                }
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !(1..=1 << 20).contains(&self.engine.queue_depth) {
+            return bad("engine.queue_depth must be between 1 and 1048576".into());
+        }
+        if !(1..=4096).contains(&self.engine.max_drain) {
+            return bad("engine.max_drain must be between 1 and 4096".into());
+        }
+        if self.providers.is_empty() {
+            return bad("at least one [providers.NAME] table is required".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (pname, p) in &self.providers {
+            if p.partitions.is_empty() {
+                return bad(format!(
+                    "providers.{pname}: at least one partition is required"
+                ));
+            }
+            if p.workers_per_partition == Some(0) {
+                return bad(format!(
+                    "providers.{pname}.workers_per_partition must be >= 1"
+                ));
+            }
+            for part in &p.partitions {
+                let at = format!("providers.{pname}.partitions[{}]", part.name);
+                if part.name.is_empty() || !names.insert(part.name.clone()) {
+                    return bad(format!(
+                        "{at}: partition names must be non-empty and unique"
+                    ));
+                }
+                part.selector()
+                    .map_err(|m| ConfigError::Invalid(format!("{at}: {m}")))?;
+                part.pin_source()
+                    .map_err(|m| ConfigError::Invalid(format!("{at}: {m}")))?;
+                if matches!(part.workers, Some(0) | Some(257..)) {
+                    return bad(format!("{at}: workers must be between 1 and 256"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PartitionConfig {
+    /// The token selector; exactly one of `label`, `serial`, `uri` must be set.
+    pub fn selector(&self) -> Result<TokenSelector, String> {
+        match (&self.label, &self.serial, &self.uri) {
+            (Some(l), None, None) => Ok(TokenSelector::Label(l.clone())),
+            (None, Some(s), None) => Ok(TokenSelector::Serial(s.clone())),
+            (None, None, Some(u)) => {
+                let uri: Pkcs11Uri = u.parse().map_err(|e| format!("uri: {e}"))?;
+                if uri.pin_value.is_some() {
+                    return Err("uri: pin-value is not allowed; use pin_file or pin_env".into());
+                }
+                if uri.slot_id.is_some() {
+                    return Err(
+                        "uri: slot-id is not allowed; select tokens by label or serial \
+                                (slot ids change when tokens are added)"
+                            .into(),
+                    );
+                }
+                if !uri.selects_token() {
+                    return Err("uri: must name the token (token=...) or its serial".into());
+                }
+                Ok(TokenSelector::Uri(uri))
+            }
+            _ => Err("set exactly one of label, serial or uri".into()),
+        }
+    }
+
+    /// Where the PIN comes from; exactly one of `pin_file`, `pin_env`.
+    pub fn pin_source(&self) -> Result<PinSource, String> {
+        match (&self.pin_file, &self.pin_env) {
+            (Some(f), None) => Ok(PinSource::File(f.clone())),
+            (None, Some(v)) => Ok(PinSource::Env(v.clone())),
+            _ => Err("set exactly one of pin_file or pin_env".into()),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn absolute(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[engine]
+queue_depth = 16
+
+[providers.soft]
+module = "lib/softhsm2.so"
+env = { SOFTHSM2_CONF = "/x/softhsm2.conf" }
+session_key_copy = true
+
+[[providers.soft.partitions]]
+name = "p0"
+label = "signerd-0"
+pin_file = "pins/p0.pin"
+
+[[providers.soft.partitions]]
+name = "p1"
+uri = "pkcs11:token=signerd-1"
+pin_env = "P1_PIN"
+workers = 2
+"#;
+
+    #[test]
+    fn parses_and_resolves() {
+        let cfg = Config::parse(GOOD, Path::new("/etc/signerd")).unwrap();
+        assert_eq!(cfg.engine.queue_depth, 16);
+        assert_eq!(cfg.engine.max_drain, DEFAULT_MAX_DRAIN);
+        let p = &cfg.providers["soft"];
+        assert_eq!(p.module, PathBuf::from("/etc/signerd/lib/softhsm2.so"));
+        assert!(p.replicate && p.session_key_copy);
+        assert_eq!(
+            p.partitions[0].pin_source().unwrap(),
+            PinSource::File("/etc/signerd/pins/p0.pin".into())
+        );
+        assert!(matches!(
+            p.partitions[1].selector().unwrap(),
+            TokenSelector::Uri(_)
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_configs() {
+        let cases = [
+            (
+                GOOD.replace("queue_depth = 16", "queue_depht = 16"),
+                "unknown field",
+            ),
+            (
+                GOOD.replace("label = \"signerd-0\"", ""),
+                "exactly one of label",
+            ),
+            (
+                GOOD.replace("pin_env = \"P1_PIN\"", ""),
+                "exactly one of pin_file",
+            ),
+            (GOOD.replace("name = \"p1\"", "name = \"p0\""), "unique"),
+            (GOOD.replace("token=signerd-1", "slot-id=1"), "slot-id"),
+            (
+                GOOD.replace("token=signerd-1", "token=a?pin-value=1"),
+                "pin-value",
+            ),
+            (GOOD.replace("workers = 2", "workers = 0"), "workers"),
+            (
+                GOOD.replace("queue_depth = 16", "queue_depth = 0"),
+                "queue_depth",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = Config::parse(&text, Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "expected {want:?} in {err:?}");
+        }
+    }
+
+    #[test]
+    fn selectors_match_padded_token_info() {
+        let sel = TokenSelector::Label("signerd-0".into());
+        assert!(sel.matches("signerd-0      ", "SoftHSM", "SoftHSM v2", "abc"));
+        assert!(!sel.matches("signerd-01", "SoftHSM", "SoftHSM v2", "abc"));
+        let sel = TokenSelector::Serial("abc".into());
+        assert!(sel.matches("x", "m", "m", "abc   "));
+    }
+}

@@ -1,0 +1,309 @@
+//! `signerd init --dev DIR`: a self-contained SoftHSM2 set-up in DIR (its own softhsm2.conf and
+//! token directory, initialized tokens, PIN files, the trusted key-encryption key in every token,
+//! and a config the engine loads). Touches nothing outside DIR; safe to run again.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cryptoki::object::{Attribute, KeyType as CkKeyType, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::slot::Slot;
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+use crate::hsm::{find_softhsm2, objects, HsmError, Module};
+use crate::secret::Pin;
+
+/// Token label prefix of dev partitions: `signerd-0`, `signerd-1`, ...
+pub const DEV_LABEL_PREFIX: &str = "signerd-";
+
+/// What `init --dev` produced.
+#[derive(Debug)]
+pub struct DevSetup {
+    /// The directory (absolute).
+    pub dir: PathBuf,
+    /// The engine config.
+    pub config: PathBuf,
+    /// The SoftHSM2 config to export as `SOFTHSM2_CONF` for other tools.
+    pub softhsm2_conf: PathBuf,
+    /// The module used.
+    pub module: PathBuf,
+    /// Token labels, one per partition.
+    pub tokens: Vec<String>,
+    /// Tokens initialized by this run (the others existed).
+    pub created: Vec<String>,
+    /// Whether the config file was written by this run (it is never overwritten).
+    pub wrote_config: bool,
+}
+
+/// Why `init --dev` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// SoftHSM2 is not installed.
+    #[error(
+        "the SoftHSM2 PKCS#11 module was not found (looked in /usr/lib/softhsm and other usual \
+         places; set SIGNERD_SOFTHSM2_MODULE to its path). Install it: \
+         `sudo apt-get install softhsm2` (Debian/Ubuntu), `sudo dnf install softhsm` (Fedora), \
+         `brew install softhsm` (macOS)"
+    )]
+    NoSoftHsm,
+    /// A file operation failed.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        reason: String,
+    },
+    /// The HSM failed.
+    #[error("SoftHSM2: {0}")]
+    Hsm(#[from] HsmError),
+    /// The directory is in a state we cannot complete safely.
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// Creates (or completes) a dev set-up with `partitions` tokens in `dir`.
+///
+/// SoftHSM2 reads `SOFTHSM2_CONF` once per process, so a process can use one dev directory only.
+pub fn init_dev(dir: &Path, partitions: usize) -> Result<DevSetup, DevError> {
+    let module_path = find_softhsm2().ok_or(DevError::NoSoftHsm)?;
+    if partitions == 0 || partitions > 16 {
+        return Err(DevError::Inconsistent(
+            "--partitions must be between 1 and 16".into(),
+        ));
+    }
+    mkdir_private(dir)?;
+    let dir = dir.canonicalize().map_err(|e| io(dir, e))?;
+    let tokens_dir = dir.join("tokens");
+    let pins_dir = dir.join("pins");
+    mkdir_private(&tokens_dir)?;
+    mkdir_private(&pins_dir)?;
+    let conf = dir.join("softhsm2.conf");
+    write_file(
+        &conf,
+        &format!(
+            "# SoftHSM2 configuration for this signerd dev set-up (written by signerd init --dev)\n\
+             directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n\
+             slots.removable = false\n",
+            tokens_dir.display()
+        ),
+        0o644,
+    )?;
+    let env = BTreeMap::from([("SOFTHSM2_CONF".to_owned(), conf.display().to_string())]);
+    let module = Module::load(&module_path, &env)?;
+
+    let mut tokens = Vec::new();
+    let mut created = Vec::new();
+    let mut slots = Vec::new();
+    for i in 0..partitions {
+        let label = format!("{DEV_LABEL_PREFIX}{i}");
+        let user_pin = pin_file(&pins_dir.join(format!("p{i}.pin")))?;
+        let so_pin = pin_file(&pins_dir.join(format!("so-{i}.pin")))?;
+        let slot = match find_label(&module, &label)? {
+            Some(slot) => slot,
+            None => {
+                let slot = init_token(&module, &label, &so_pin, &user_pin)?;
+                created.push(label.clone());
+                slot
+            }
+        };
+        slots.push((slot, label.clone(), so_pin));
+        tokens.push(label);
+    }
+    establish_kek(&module, &slots)?;
+
+    let config = dir.join("signerd.toml");
+    let wrote_config = !config.exists();
+    if wrote_config {
+        write_file(&config, &dev_config(&module_path, &conf, partitions), 0o644)?;
+    }
+    Ok(DevSetup {
+        dir,
+        config,
+        softhsm2_conf: conf,
+        module: module_path,
+        tokens,
+        created,
+        wrote_config,
+    })
+}
+
+/// The one-time key-encryption-key ceremony: the same AES-256 key, imported by the SO into every
+/// token as a trusted, sensitive, non-extractable wrap/unwrap key. Signing keys marked
+/// `CKA_WRAP_WITH_TRUSTED` can be wrapped only under it. The key value is random, exists in this
+/// process only while it is imported, and is zeroized right after.
+fn establish_kek(module: &Arc<Module>, slots: &[(Slot, String, Pin)]) -> Result<(), DevError> {
+    let ctx = module.ctx();
+    let mut missing = Vec::new();
+    for (slot, label, _) in slots {
+        let s = ctx.open_ro_session(*slot).map_err(HsmError::from)?;
+        if objects::find_kek(&s)?.is_none() {
+            missing.push(label.clone());
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if missing.len() != slots.len() {
+        return Err(DevError::Inconsistent(format!(
+            "tokens {missing:?} lack the key-encryption key that the other tokens hold; it cannot \
+             be recreated (it is non-extractable). Remove the dev directory and run init again."
+        )));
+    }
+    let first = ctx.open_rw_session(slots[0].0).map_err(HsmError::from)?;
+    let mut value = Zeroizing::new(vec![0u8; 32]);
+    first
+        .generate_random_slice(&mut value)
+        .map_err(HsmError::from)?;
+    drop(first);
+    for (slot, _, so_pin) in slots {
+        let s = ctx.open_rw_session(*slot).map_err(HsmError::from)?;
+        s.login(UserType::So, Some(&so_pin.auth_pin()))
+            .map_err(HsmError::from)?;
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(CkKeyType::AES),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Trusted(true),
+            Attribute::Wrap(true),
+            Attribute::Unwrap(true),
+            Attribute::Encrypt(false),
+            Attribute::Decrypt(false),
+            Attribute::Label(objects::KEK_LABEL.as_bytes().to_vec()),
+            Attribute::Value(value.to_vec()),
+        ];
+        let created = s.create_object(&template).map_err(HsmError::from);
+        let _ = s.logout();
+        created?;
+    }
+    Ok(())
+}
+
+fn find_label(module: &Module, label: &str) -> Result<Option<Slot>, DevError> {
+    let ctx = module.ctx();
+    for slot in ctx.get_slots_with_token().map_err(HsmError::from)? {
+        let info = ctx.get_token_info(slot).map_err(HsmError::from)?;
+        if info.token_initialized() && info.label().trim_end() == label {
+            return Ok(Some(slot));
+        }
+    }
+    Ok(None)
+}
+
+fn init_token(
+    module: &Module,
+    label: &str,
+    so_pin: &Pin,
+    user_pin: &Pin,
+) -> Result<Slot, DevError> {
+    let ctx = module.ctx();
+    let mut free = None;
+    for slot in ctx.get_slots_with_token().map_err(HsmError::from)? {
+        let info = ctx.get_token_info(slot).map_err(HsmError::from)?;
+        if !info.token_initialized() {
+            free = Some(slot);
+            break;
+        }
+    }
+    let slot = free.ok_or_else(|| {
+        DevError::Inconsistent("SoftHSM2 offers no free slot for a new token".into())
+    })?;
+    ctx.init_token(slot, &so_pin.auth_pin(), label)
+        .map_err(HsmError::from)?;
+    // SoftHSM2 may renumber slots after initialization: find the token again by label.
+    let slot = find_label(module, label)?
+        .ok_or_else(|| DevError::Inconsistent(format!("token {label} vanished after init")))?;
+    let s = ctx.open_rw_session(slot).map_err(HsmError::from)?;
+    s.login(UserType::So, Some(&so_pin.auth_pin()))
+        .map_err(HsmError::from)?;
+    s.init_pin(&user_pin.auth_pin()).map_err(HsmError::from)?;
+    let _ = s.logout();
+    Ok(slot)
+}
+
+/// Reads a PIN file, or creates it with a random PIN (mode 0600).
+fn pin_file(path: &Path) -> Result<Pin, DevError> {
+    if path.exists() {
+        return Pin::load(&crate::secret::PinSource::File(path.to_owned()))
+            .map_err(|e| DevError::Inconsistent(format!("{e}")));
+    }
+    let mut raw = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let pin = Pin::new(raw.iter().map(|b| format!("{:02x}", b)).collect());
+    write_file(path, &format!("{}\n", pin.expose()), 0o600)?;
+    Ok(pin)
+}
+
+fn dev_config(module: &Path, conf: &Path, partitions: usize) -> String {
+    let mut s = format!(
+        "# signerd configuration for a local SoftHSM2 dev set-up (written by signerd init --dev).\n\
+         # Relative paths are relative to this file's directory.\n\n\
+         [engine]\n\
+         # Capacity of each worker's queue; a full queue answers OVERLOADED.\n\
+         queue_depth = {}\n\
+         # Most requests a worker takes per wake-up.\n\
+         max_drain = {}\n\n\
+         [providers.softhsm]\n\
+         module = \"{}\"\n\
+         env = {{ SOFTHSM2_CONF = \"{}\" }}\n\
+         # Sign with a session-object copy of each key (faster on SoftHSM2).\n\
+         session_key_copy = true\n\
+         # Copy new keys to every partition, wrapped under the trusted KEK.\n\
+         replicate = true\n",
+        crate::config::DEFAULT_QUEUE_DEPTH,
+        crate::config::DEFAULT_MAX_DRAIN,
+        module.display(),
+        conf.display()
+    );
+    for i in 0..partitions {
+        s.push_str(&format!(
+            "\n[[providers.softhsm.partitions]]\nname = \"p{i}\"\nlabel = \"{DEV_LABEL_PREFIX}{i}\"\n\
+             pin_file = \"pins/p{i}.pin\"\n"
+        ));
+    }
+    s
+}
+
+fn mkdir_private(dir: &Path) -> Result<(), DevError> {
+    fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| io(dir, e))?;
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), DevError> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(mode);
+    }
+    let mut f = opts.open(path).map_err(|e| io(path, e))?;
+    f.write_all(text.as_bytes()).map_err(|e| io(path, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| io(path, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    Ok(())
+}
+
+fn io(path: &Path, e: std::io::Error) -> DevError {
+    DevError::Io {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    }
+}

@@ -1,0 +1,474 @@
+//! The signing engine: everything between "a sign request exists" and "a signature comes back".
+//!
+//! ```text
+//! Engine::sign ─▶ registry (key, version) ─▶ router (least-loaded healthy shard holding it)
+//!   ─▶ shard queue (bounded, lock-free) ─▶ worker thread (own session) ─▶ oneshot ─▶ caller
+//! ```
+//! HSM calls never run on the async runtime: `sign` only queues and awaits. Admin operations
+//! (create, rotate, retire, destroy) block on the HSM; call them from a blocking context.
+
+pub mod admin;
+pub mod registry;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::error::EngineError;
+use crate::hsm::der::pem_encode;
+use crate::hsm::{objects, HsmError, Module, Partition, PartitionSpec, PartitionStats};
+use crate::keys::{KeyName, KeyState, KeyType, Payload, Version};
+use crate::pipeline::router::{least_loaded, Candidate};
+use crate::pipeline::worker::Worker;
+use crate::pipeline::{Job, Reply, Shard};
+use crate::secret::Pin;
+use registry::{Registry, VersionEntry};
+
+/// Retry hint for a full queue.
+const OVERLOADED_RETRY_AFTER: Duration = Duration::from_millis(50);
+
+/// A request to sign.
+#[derive(Clone, Debug)]
+pub struct SignRequest {
+    /// Key name.
+    pub key: KeyName,
+    /// A specific version (must be active); `None` for the key's signing version.
+    pub version: Option<Version>,
+    /// The digest or message, already checked against its scheme.
+    pub payload: Payload,
+    /// Past this instant the request is answered DEADLINE_EXCEEDED and never sent to the HSM.
+    pub deadline: Instant,
+}
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A PIN could not be loaded.
+    #[error("partition {partition}: {source}")]
+    Pin {
+        /// Partition name.
+        partition: String,
+        /// Cause.
+        source: crate::secret::PinError,
+    },
+    /// The HSM refused or failed.
+    #[error("partition {partition}: {source}")]
+    Hsm {
+        /// Partition (or provider) name.
+        partition: String,
+        /// Cause.
+        source: HsmError,
+    },
+    /// The config is inconsistent with itself or the tokens.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Public information about one key version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// Version number.
+    pub version: Version,
+    /// State.
+    pub state: KeyState,
+    /// Names of the partitions holding it.
+    pub partitions: Vec<String>,
+}
+
+/// Public information about a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Name.
+    pub name: KeyName,
+    /// Type.
+    pub key_type: KeyType,
+    /// The version that signs, if any.
+    pub signing_version: Option<Version>,
+    /// All versions, ascending.
+    pub versions: Vec<VersionInfo>,
+}
+
+/// A public key export.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKey {
+    /// Key name.
+    pub name: KeyName,
+    /// Version exported.
+    pub version: Version,
+    /// Key type.
+    pub key_type: KeyType,
+    /// SubjectPublicKeyInfo, DER.
+    pub spki_der: Vec<u8>,
+}
+
+impl PublicKey {
+    /// SubjectPublicKeyInfo as PEM (`-----BEGIN PUBLIC KEY-----`).
+    pub fn pem(&self) -> String {
+        pem_encode("PUBLIC KEY", &self.spki_der)
+    }
+}
+
+/// The signing engine. Cheap to clone; all clones share one pipeline.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    partitions: Vec<Arc<Partition>>,
+    shards: Arc<[Shard]>,
+    shards_by_partition: Vec<Vec<usize>>,
+    registry: Registry,
+    accepting: AtomicBool,
+    submitting: AtomicUsize,
+    stop: Arc<AtomicBool>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    rotation: AtomicUsize,
+    admin_lock: Mutex<()>,
+}
+
+impl Engine {
+    /// Loads the modules, logs in to every partition (once each), reads the keys from the tokens
+    /// and starts one worker thread per configured session.
+    pub fn open(cfg: &Config) -> Result<Engine, OpenError> {
+        let total_partitions: usize = cfg.providers.values().map(|p| p.partitions.len()).sum();
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut partitions = Vec::new();
+        for (pname, p) in &cfg.providers {
+            let module = Module::load(&p.module, &p.env).map_err(|source| OpenError::Hsm {
+                partition: format!("provider {pname}"),
+                source,
+            })?;
+            for part in &p.partitions {
+                let workers = part
+                    .workers
+                    .or(p.workers_per_partition)
+                    .unwrap_or_else(|| (cores / total_partitions).max(1));
+                let spec = PartitionSpec {
+                    name: part.name.clone(),
+                    provider: pname.clone(),
+                    selector: part.selector().map_err(OpenError::Invalid)?,
+                    session_key_copy: p.session_key_copy,
+                    replicate: p.replicate,
+                    workers,
+                };
+                let source = part.pin_source().map_err(OpenError::Invalid)?;
+                let pin = Pin::load(&source).map_err(|source| OpenError::Pin {
+                    partition: part.name.clone(),
+                    source,
+                })?;
+                let index = partitions.len();
+                let partition =
+                    Partition::open(Arc::clone(&module), spec, pin, index).map_err(|source| {
+                        OpenError::Hsm {
+                            partition: part.name.clone(),
+                            source,
+                        }
+                    })?;
+                partitions.push(Arc::new(partition));
+            }
+        }
+        let registry = Registry::default();
+        load_keys(&partitions, &registry)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut shards = Vec::new();
+        let mut parkers = Vec::new();
+        let mut sessions = Vec::new();
+        let mut shards_by_partition = vec![Vec::new(); partitions.len()];
+        for p in &partitions {
+            for _ in 0..p.spec().workers {
+                let session = p.open_session().map_err(|source| OpenError::Hsm {
+                    partition: p.name().to_owned(),
+                    source,
+                })?;
+                let (shard, parker) = Shard::new(cfg.engine.queue_depth, p.index());
+                shards_by_partition[p.index()].push(shards.len());
+                shards.push(shard);
+                parkers.push(parker);
+                sessions.push(session);
+            }
+        }
+        let shards: Arc<[Shard]> = shards.into();
+        let mut handles = Vec::new();
+        for (me, (parker, session)) in parkers.into_iter().zip(sessions).enumerate() {
+            let part = &partitions[shards[me].partition()];
+            let siblings: Vec<usize> = shards_by_partition[part.index()]
+                .iter()
+                .copied()
+                .filter(|s| *s != me)
+                .collect();
+            let worker = Worker::new(
+                Arc::clone(part),
+                Arc::clone(&shards),
+                me,
+                siblings,
+                cfg.engine.max_drain,
+                Arc::clone(&stop),
+                parker,
+                session,
+            );
+            let handle = std::thread::Builder::new()
+                .name(format!("signer-{}-{me}", part.name()))
+                .spawn(move || worker.run())
+                .map_err(|e| OpenError::Invalid(format!("cannot start worker thread: {e}")))?;
+            handles.push(handle);
+        }
+        tracing::info!(
+            partitions = partitions.len(),
+            workers = handles.len(),
+            keys = registry.snapshot().len(),
+            "engine started"
+        );
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                partitions,
+                shards,
+                shards_by_partition,
+                registry,
+                accepting: AtomicBool::new(true),
+                submitting: AtomicUsize::new(0),
+                stop,
+                workers: Mutex::new(handles),
+                rotation: AtomicUsize::new(0),
+                admin_lock: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Signs: queues the request and waits for its worker's answer. Never blocks the runtime.
+    pub async fn sign(&self, req: SignRequest) -> Reply {
+        let rx = self.submit(req)?;
+        rx.await.unwrap_or_else(|_| {
+            Err(EngineError::Internal(
+                "worker dropped the request without answering".into(),
+            ))
+        })
+    }
+
+    /// Queues a request without waiting; the receiver gets exactly one answer. Fails at once
+    /// (nothing queued) for unknown keys, bad arguments, a full queue, or during shutdown.
+    pub fn submit(&self, req: SignRequest) -> Result<oneshot::Receiver<Reply>, EngineError> {
+        let inner = &*self.inner;
+        inner.submitting.fetch_add(1, Ordering::SeqCst);
+        let result = self.submit_inner(req);
+        inner.submitting.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    fn submit_inner(&self, req: SignRequest) -> Result<oneshot::Receiver<Reply>, EngineError> {
+        let inner = &*self.inner;
+        if !inner.accepting.load(Ordering::SeqCst) {
+            return Err(EngineError::Unavailable {
+                reason: "signer is shutting down".into(),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        let version = inner.registry.for_signing(&req.key, req.version)?;
+        let scheme = req.payload.scheme();
+        if !version.key_type.supports(scheme) {
+            return Err(EngineError::InvalidArgument(format!(
+                "scheme {scheme} cannot be used with {} key {}",
+                version.key_type, req.key
+            )));
+        }
+        if Instant::now() >= req.deadline {
+            return Err(EngineError::DeadlineExceeded);
+        }
+        let mut candidates = Vec::with_capacity(8);
+        for p in &version.partitions {
+            let healthy = inner.partitions[*p].is_healthy();
+            for s in &inner.shards_by_partition[*p] {
+                candidates.push(Candidate {
+                    shard: *s,
+                    load: inner.shards[*s].load(),
+                    healthy,
+                });
+            }
+        }
+        let rotation = inner.rotation.fetch_add(1, Ordering::Relaxed);
+        let shard =
+            least_loaded(&candidates, rotation).ok_or_else(|| EngineError::Unavailable {
+                reason: format!("no healthy partition holds key {}", req.key),
+                retry_after: Duration::from_secs(1),
+            })?;
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            version,
+            payload: req.payload,
+            deadline: req.deadline,
+            reply: tx,
+        };
+        match inner.shards[shard].push(job) {
+            Ok(()) => Ok(rx),
+            Err(_job) => Err(EngineError::Overloaded {
+                retry_after: OVERLOADED_RETRY_AFTER,
+            }),
+        }
+    }
+
+    /// All keys with their versions, states and placement.
+    pub fn list(&self) -> Vec<KeyInfo> {
+        self.inner
+            .registry
+            .snapshot()
+            .into_iter()
+            .map(|(name, entry)| KeyInfo {
+                signing_version: entry.signing_version().map(|v| v.version),
+                key_type: entry.key_type,
+                versions: entry
+                    .versions
+                    .values()
+                    .map(|v| VersionInfo {
+                        version: v.version,
+                        state: v.state(),
+                        partitions: self.partition_names(&v.partitions),
+                    })
+                    .collect(),
+                name,
+            })
+            .collect()
+    }
+
+    /// The public key of a version (default: the signing version, else the latest).
+    pub fn public_key(
+        &self,
+        name: &KeyName,
+        version: Option<Version>,
+    ) -> Result<PublicKey, EngineError> {
+        let v = self.inner.registry.for_reading(name, version)?;
+        Ok(PublicKey {
+            name: v.name.clone(),
+            version: v.version,
+            key_type: v.key_type,
+            spki_der: v.spki.clone(),
+        })
+    }
+
+    /// Per-partition counters.
+    pub fn stats(&self) -> Vec<PartitionStats> {
+        self.inner.partitions.iter().map(|p| p.stats()).collect()
+    }
+
+    /// Partition names, in index order.
+    pub fn partition_names_all(&self) -> Vec<String> {
+        self.inner
+            .partitions
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect()
+    }
+
+    /// Jobs queued across all shards.
+    pub fn queued(&self) -> usize {
+        self.inner.shards.iter().map(Shard::queued).sum()
+    }
+
+    /// Stops accepting, lets the workers finish everything queued, closes their sessions and
+    /// joins them. Idempotent; blocks. The modules are finalized when the last engine using them
+    /// is dropped.
+    pub fn shutdown(&self) {
+        let inner = &*self.inner;
+        inner.accepting.store(false, Ordering::SeqCst);
+        while inner.submitting.load(Ordering::SeqCst) > 0 {
+            std::thread::yield_now();
+        }
+        inner.stop.store(true, Ordering::SeqCst);
+        for s in inner.shards.iter() {
+            s.wake();
+        }
+        let handles: Vec<_> = inner.workers.lock().drain(..).collect();
+        let n = handles.len();
+        for h in handles {
+            if h.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+        // Workers exit only with empty queues; anything left means a worker died.
+        for s in inner.shards.iter() {
+            while let Some(job) = s.pop() {
+                job.answer(Err(EngineError::Unavailable {
+                    reason: "signer shut down".into(),
+                    retry_after: Duration::from_secs(1),
+                }));
+            }
+        }
+        if n > 0 {
+            tracing::info!(workers = n, "engine stopped");
+        }
+    }
+
+    fn partition_names(&self, idx: &[usize]) -> Vec<String> {
+        idx.iter()
+            .map(|i| self.inner.partitions[*i].name().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+        for s in self.shards.iter() {
+            s.wake();
+        }
+        for h in self.workers.get_mut().drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Reads every partition's keys into the registry. A version present on several partitions must
+/// have the same key type and public key everywhere; a copy that differs is left out (and
+/// logged), never used. A version retired on any partition is retired.
+fn load_keys(partitions: &[Arc<Partition>], registry: &Registry) -> Result<(), OpenError> {
+    type Merged = (objects::FoundKey, Vec<usize>);
+    let mut merged: BTreeMap<(KeyName, Version), Merged> = BTreeMap::new();
+    for p in partitions {
+        let hsm = |source| OpenError::Hsm {
+            partition: p.name().to_owned(),
+            source,
+        };
+        let session = p.open_session().map_err(hsm)?;
+        let found = objects::scan(&session).map_err(hsm)?;
+        drop(session);
+        for k in found {
+            let key = (k.name.clone(), k.version);
+            match merged.get_mut(&key) {
+                None => {
+                    merged.insert(key, (k, vec![p.index()]));
+                }
+                Some((first, holders)) => {
+                    if first.id == k.id && first.spki == k.spki && first.key_type == k.key_type {
+                        first.can_sign &= k.can_sign;
+                        holders.push(p.index());
+                    } else {
+                        tracing::error!(
+                            key = %k.name, version = k.version, partition = %p.name(),
+                            "copy differs from the one on another partition (id or public key); \
+                             not using it"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    for ((_, _), (k, holders)) in merged {
+        let state = if k.can_sign {
+            KeyState::Active
+        } else {
+            KeyState::Retired
+        };
+        registry.insert(Arc::new(VersionEntry::new(
+            k.name, k.version, k.key_type, k.id, k.spki, holders, state,
+        )));
+    }
+    Ok(())
+}

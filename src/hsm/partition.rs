@@ -1,0 +1,265 @@
+//! A partition: one token of one module, found by label, serial or `pkcs11:` URI (never by slot
+//! id), logged in once, handing out sessions one at a time.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use parking_lot::Mutex;
+
+use super::error::{ErrorClass, HsmError, HsmResult};
+use super::module::Module;
+use crate::config::TokenSelector;
+use crate::secret::Pin;
+
+/// Static facts about a partition, from the config.
+#[derive(Clone, Debug)]
+pub struct PartitionSpec {
+    /// Partition name (unique across providers).
+    pub name: String,
+    /// Provider (module) name.
+    pub provider: String,
+    /// How the token is found.
+    pub selector: TokenSelector,
+    /// Sign with session-object copies of keys.
+    pub session_key_copy: bool,
+    /// Replicate keys to this partition with the trusted KEK.
+    pub replicate: bool,
+    /// Worker threads for this partition.
+    pub workers: usize,
+}
+
+/// A logged-in token. Shared by the workers of this partition and by admin operations.
+pub struct Partition {
+    spec: PartitionSpec,
+    index: usize,
+    module: Arc<Module>,
+    slot: Slot,
+    token_label: String,
+    pin: Pin,
+    /// Keeps the login alive (PKCS#11 logs a token out when its last session closes) and serves
+    /// re-logins. Never used for signing.
+    anchor: Mutex<Option<Session>>,
+    /// Serializes session opening so that login problems surface once.
+    open_lock: Mutex<()>,
+    healthy: AtomicBool,
+    signed: AtomicU64,
+    hsm_calls: AtomicU64,
+    session_rebuilds: AtomicU64,
+}
+
+impl fmt::Debug for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Partition")
+            .field("name", &self.spec.name)
+            .field("token", &self.token_label)
+            .field("module", &self.module.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Partition {
+    /// Finds the token, opens the anchor session and logs in once. A wrong PIN fails here, once,
+    /// with a clear error; it is never retried.
+    pub fn open(
+        module: Arc<Module>,
+        spec: PartitionSpec,
+        pin: Pin,
+        index: usize,
+    ) -> HsmResult<Partition> {
+        let (slot, token_label) = find_token(&module, &spec.selector, &spec.name)?;
+        let part = Partition {
+            spec,
+            index,
+            module,
+            slot,
+            token_label,
+            pin,
+            anchor: Mutex::new(None),
+            open_lock: Mutex::new(()),
+            healthy: AtomicBool::new(true),
+            signed: AtomicU64::new(0),
+            hsm_calls: AtomicU64::new(0),
+            session_rebuilds: AtomicU64::new(0),
+        };
+        part.login()?;
+        Ok(part)
+    }
+
+    /// Opens a read-write session on this token (one at a time). The token is already logged in.
+    pub fn open_session(&self) -> HsmResult<Session> {
+        let _one_at_a_time = self.open_lock.lock();
+        Ok(self.module.ctx().open_rw_session(self.slot)?)
+    }
+
+    /// Logs the token in again after `USER_NOT_LOGGED_IN` (HSM idle timeout, someone logged out).
+    /// Serialized; a login that another thread already restored is not repeated.
+    pub fn login(&self) -> HsmResult<()> {
+        let mut anchor = self.anchor.lock();
+        let usable = anchor
+            .as_ref()
+            .is_some_and(|s| s.get_session_info().is_ok());
+        if !usable {
+            *anchor = None;
+            let _one_at_a_time = self.open_lock.lock();
+            *anchor = Some(self.module.ctx().open_rw_session(self.slot)?);
+        }
+        let session = anchor.as_ref().ok_or_else(|| {
+            HsmError::Unexpected("anchor session missing right after opening it".into())
+        })?;
+        match session.login(UserType::User, Some(&self.pin.auth_pin())) {
+            Ok(()) => {
+                tracing::info!(partition = %self.spec.name, token = %self.token_label, "logged in");
+                Ok(())
+            }
+            Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(e) => {
+                let err = HsmError::from(e);
+                match err.class() {
+                    ErrorClass::PinIncorrect | ErrorClass::PinLocked => {
+                        Err(HsmError::Login(format!(
+                            "login to partition {} (token {:?}) failed: {err}. The PIN is wrong \
+                             or locked; not retrying, because real tokens lock after a few \
+                             failed attempts. Fix the PIN source and restart.",
+                            self.spec.name, self.token_label
+                        )))
+                    }
+                    _ => Err(err),
+                }
+            }
+        }
+    }
+
+    /// Partition name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Index of this partition in the engine.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Config facts.
+    pub fn spec(&self) -> &PartitionSpec {
+        &self.spec
+    }
+
+    /// Token label as the token reports it (trailing spaces removed).
+    pub fn token_label(&self) -> &str {
+        &self.token_label
+    }
+
+    /// Whether the partition takes new work.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Takes the partition in or out of rotation.
+    pub fn set_healthy(&self, healthy: bool) {
+        if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
+            tracing::warn!(partition = %self.spec.name, healthy, "partition health changed");
+        }
+    }
+
+    /// Counters for tests, benchmarks and (later) metrics.
+    pub fn stats(&self) -> PartitionStats {
+        PartitionStats {
+            name: self.spec.name.clone(),
+            signed: self.signed.load(Ordering::Relaxed),
+            hsm_calls: self.hsm_calls.load(Ordering::Relaxed),
+            session_rebuilds: self.session_rebuilds.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn count_hsm_call(&self) {
+        self.hsm_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_signed(&self) {
+        self.signed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_rebuild(&self) {
+        self.session_rebuilds.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Closes the anchor session (logs the token out if no other session is open).
+    pub fn close(&self) {
+        if let Some(s) = self.anchor.lock().take() {
+            if let Err(e) = s.close() {
+                tracing::debug!(partition = %self.spec.name, "closing anchor session: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Per-partition counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionStats {
+    /// Partition name.
+    pub name: String,
+    /// Signatures produced.
+    pub signed: u64,
+    /// `C_Sign` calls made (including failed ones).
+    pub hsm_calls: u64,
+    /// Worker sessions rebuilt after session loss.
+    pub session_rebuilds: u64,
+}
+
+/// Finds the one token matching `selector`. Returns its slot (valid for this process's
+/// initialization of the module only) and its label.
+fn find_token(module: &Module, selector: &TokenSelector, name: &str) -> HsmResult<(Slot, String)> {
+    let ctx = module.ctx();
+    let mut found = Vec::new();
+    let mut seen = Vec::new();
+    for slot in ctx.get_slots_with_token()? {
+        let info = match ctx.get_token_info(slot) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::debug!("token info for slot {slot}: {e}");
+                continue;
+            }
+        };
+        let label = info.label().trim_end().to_owned();
+        if selector.matches(
+            info.label(),
+            info.manufacturer_id(),
+            info.model(),
+            info.serial_number(),
+        ) {
+            if !info.token_initialized() {
+                return Err(HsmError::Unexpected(format!(
+                    "partition {name}: token {label:?} is not initialized"
+                )));
+            }
+            found.push((slot, label));
+        } else {
+            seen.push(format!(
+                "{label:?} (serial {})",
+                info.serial_number().trim_end()
+            ));
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(HsmError::Unexpected(format!(
+            "partition {name}: no token matches {selector:?} in module {}; tokens present: [{}]",
+            module.path().display(),
+            seen.join(", ")
+        ))),
+        n => Err(HsmError::Unexpected(format!(
+            "partition {name}: {n} tokens match {selector:?}; select by serial or a more \
+             specific pkcs11: URI"
+        ))),
+    }
+}

@@ -1,0 +1,19 @@
+//! signerd: a signing daemon in front of PKCS#11 HSMs.
+//!
+//! The crate is organised along the request path (DESIGN.md §2): [`config`] → [`engine`]
+//! (registry, admin) → [`pipeline`] (router, shard queues, workers) → [`hsm`] (modules,
+//! partitions, key objects, mechanisms).
+
+pub mod config;
+pub mod dev;
+pub mod engine;
+pub mod error;
+pub mod hsm;
+pub mod keys;
+pub mod pipeline;
+pub mod secret;
+
+pub use engine::{Engine, KeyInfo, PublicKey, SignRequest, VersionInfo};
+pub use error::{EngineError, Status};
+pub use keys::{KeyName, KeyState, KeyType, Payload, Scheme, Version};
+pub use pipeline::Signed;

@@ -1,0 +1,7 @@
+//! The thread glue between the async callers and the HSM: router, shard queues, worker threads.
+
+pub mod router;
+pub mod shard;
+pub mod worker;
+
+pub use shard::{Job, Reply, Shard, Signed};

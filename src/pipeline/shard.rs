@@ -1,0 +1,227 @@
+//! A shard: one worker's bounded lock-free queue and the wake-up handshake with its thread.
+
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam::queue::ArrayQueue;
+use crossbeam::sync::{Parker, Unparker};
+use tokio::sync::oneshot;
+
+use crate::engine::registry::VersionEntry;
+use crate::error::EngineError;
+use crate::keys::{Payload, Version};
+
+/// A signature produced by a worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signed {
+    /// The signature in the scheme's standard encoding (ECDSA: ASN.1 DER).
+    pub signature: Vec<u8>,
+    /// The key version that signed.
+    pub version: Version,
+    /// Index of the partition that signed.
+    pub partition: usize,
+}
+
+/// The answer to one sign request.
+pub type Reply = Result<Signed, EngineError>;
+
+/// One queued sign request.
+#[derive(Debug)]
+pub struct Job {
+    /// The key version to sign with.
+    pub version: Arc<VersionEntry>,
+    /// What to sign (checked against its scheme).
+    pub payload: Payload,
+    /// Past this instant the HSM is not called.
+    pub deadline: Instant,
+    /// Where the answer goes; used exactly once.
+    pub reply: oneshot::Sender<Reply>,
+}
+
+impl Job {
+    /// Answers the request. A caller that stopped waiting is not an error.
+    pub fn answer(self, reply: Reply) {
+        let _ = self.reply.send(reply);
+    }
+}
+
+/// A worker's queue. Producers push and wake the worker only when it sleeps.
+#[derive(Debug)]
+pub struct Shard {
+    queue: ArrayQueue<Job>,
+    in_hand: AtomicUsize,
+    sleeping: AtomicBool,
+    unparker: Unparker,
+    partition: usize,
+}
+
+impl Shard {
+    /// A shard holding at most `capacity` jobs, for a worker on `partition`. The worker keeps the
+    /// returned parker.
+    pub fn new(capacity: usize, partition: usize) -> (Shard, Parker) {
+        let parker = Parker::new();
+        let shard = Shard {
+            queue: ArrayQueue::new(capacity.max(1)),
+            in_hand: AtomicUsize::new(0),
+            sleeping: AtomicBool::new(false),
+            unparker: parker.unparker().clone(),
+            partition,
+        };
+        (shard, parker)
+    }
+
+    /// The partition this shard's worker signs on.
+    pub fn partition(&self) -> usize {
+        self.partition
+    }
+
+    /// Jobs queued plus jobs the worker holds: what the router balances on.
+    pub fn load(&self) -> usize {
+        self.queue.len() + self.in_hand.load(Ordering::Relaxed)
+    }
+
+    /// Jobs waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Queues a job, or hands it back when the queue is full. Wakes the worker if it sleeps.
+    pub fn push(&self, job: Job) -> Result<(), Job> {
+        self.queue.push(job)?;
+        // Pairs with the fence in `prepare_sleep`: either the worker sees the job, or we see it
+        // sleeping and wake it.
+        fence(Ordering::SeqCst);
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            self.unparker.unpark();
+        }
+        Ok(())
+    }
+
+    /// Takes one job.
+    pub fn pop(&self) -> Option<Job> {
+        self.queue.pop()
+    }
+
+    /// Moves up to `max` jobs into `batch` without waiting (natural batching).
+    pub fn drain_into(&self, batch: &mut Vec<Job>, max: usize) {
+        while batch.len() < max {
+            match self.queue.pop() {
+                Some(job) => batch.push(job),
+                None => break,
+            }
+        }
+    }
+
+    /// Records how many jobs the worker holds outside the queue.
+    pub fn set_in_hand(&self, n: usize) {
+        self.in_hand.store(n, Ordering::Relaxed);
+    }
+
+    /// Worker side: announce sleep. Returns false (and stays awake) if work arrived meanwhile.
+    pub fn prepare_sleep(&self) -> bool {
+        self.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if self.queue.is_empty() {
+            true
+        } else {
+            self.sleeping.store(false, Ordering::SeqCst);
+            false
+        }
+    }
+
+    /// Worker side: awake again.
+    pub fn woke(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// Wakes the worker unconditionally (shutdown).
+    pub fn wake(&self) {
+        self.unparker.unpark();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::engine::registry::VersionEntry;
+    use crate::keys::{KeyName, KeyType, Scheme};
+    use std::time::Duration;
+
+    fn job() -> (Job, oneshot::Receiver<Reply>) {
+        let (tx, rx) = oneshot::channel();
+        let version = Arc::new(VersionEntry::for_tests(
+            KeyName::new("k").unwrap(),
+            1,
+            KeyType::EcP256,
+            vec![0],
+        ));
+        let payload = Payload::new(Scheme::EcdsaSha256, vec![7u8; 32].into()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let j = Job {
+            version,
+            payload,
+            deadline,
+            reply: tx,
+        };
+        (j, rx)
+    }
+
+    #[test]
+    fn bounded_and_fifo() {
+        let (shard, _parker) = Shard::new(2, 0);
+        let (a, _ra) = job();
+        let (b, _rb) = job();
+        let (c, _rc) = job();
+        assert!(shard.push(a).is_ok());
+        assert!(shard.push(b).is_ok());
+        assert!(
+            shard.push(c).is_err(),
+            "third push into a queue of 2 must be refused"
+        );
+        assert_eq!(shard.load(), 2);
+        let mut batch = Vec::new();
+        shard.drain_into(&mut batch, 10);
+        assert_eq!(batch.len(), 2);
+        assert_eq!(shard.queued(), 0);
+    }
+
+    #[test]
+    fn sleeping_worker_is_woken_by_push() {
+        let (shard, parker) = Shard::new(4, 0);
+        let shard = Arc::new(shard);
+        assert!(shard.prepare_sleep());
+        let s2 = Arc::clone(&shard);
+        let t = std::thread::spawn(move || {
+            let (j, rx) = job();
+            s2.push(j).unwrap();
+            rx
+        });
+        // Must return long before the timeout: the push unparks us.
+        let start = Instant::now();
+        parker.park_timeout(Duration::from_secs(10));
+        shard.woke();
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let _rx = t.join().unwrap();
+        assert!(shard.pop().is_some());
+    }
+
+    #[test]
+    fn no_sleep_when_work_is_queued() {
+        let (shard, _parker) = Shard::new(4, 0);
+        let (j, _rx) = job();
+        shard.push(j).unwrap();
+        assert!(!shard.prepare_sleep());
+    }
+
+    #[test]
+    fn dropped_job_closes_reply() {
+        let (j, mut rx) = job();
+        drop(j);
+        assert!(rx.try_recv().is_err());
+        let (j, mut rx) = job();
+        j.answer(Err(EngineError::DeadlineExceeded));
+        assert_eq!(rx.try_recv().unwrap(), Err(EngineError::DeadlineExceeded));
+    }
+}

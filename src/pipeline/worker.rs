@@ -1,0 +1,262 @@
+//! A worker thread: owns ONE PKCS#11 session on ONE partition, drains its shard in batches without
+//! waiting, signs each job and answers it through its own oneshot.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::sync::Parker;
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::Session;
+
+use super::shard::{Job, Shard, Signed};
+use crate::engine::registry::VersionEntry;
+use crate::error::EngineError;
+use crate::hsm::{mechanism, objects, ErrorClass, HsmError, Partition};
+use crate::keys::KeyState;
+
+/// Longest a worker sleeps before re-checking for work and shutdown (a safety net; pushes wake it).
+const IDLE_PARK: Duration = Duration::from_millis(100);
+/// Retry hint when the HSM is busy or the partition failed.
+const HSM_RETRY_AFTER: Duration = Duration::from_millis(250);
+
+/// Everything a worker thread owns.
+pub struct Worker {
+    partition: Arc<Partition>,
+    shards: Arc<[Shard]>,
+    me: usize,
+    siblings: Vec<usize>,
+    max_drain: usize,
+    stop: Arc<AtomicBool>,
+    parker: Parker,
+    session: Option<Session>,
+    /// Key version uid → handle usable in `session` (a session-object copy when configured).
+    handles: HashMap<u64, ObjectHandle>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("partition", &self.partition.name())
+            .field("shard", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker for shard `me`, with a session already opened on its partition. `siblings` are
+    /// the other shards of the same partition, from which an idle worker takes work.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        partition: Arc<Partition>,
+        shards: Arc<[Shard]>,
+        me: usize,
+        siblings: Vec<usize>,
+        max_drain: usize,
+        stop: Arc<AtomicBool>,
+        parker: Parker,
+        session: Session,
+    ) -> Worker {
+        Worker {
+            partition,
+            shards,
+            me,
+            siblings,
+            max_drain,
+            stop,
+            parker,
+            session: Some(session),
+            handles: HashMap::new(),
+        }
+    }
+
+    /// The thread body. Returns when stopped and the shard is empty; then closes the session.
+    pub fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.max_drain);
+        loop {
+            let shard = &self.shards[self.me];
+            shard.drain_into(&mut batch, self.max_drain);
+            if batch.is_empty() {
+                self.steal(&mut batch);
+            }
+            if batch.is_empty() {
+                let shard = &self.shards[self.me];
+                if self.stop.load(Ordering::SeqCst) {
+                    if shard.queued() == 0 {
+                        break;
+                    }
+                    continue;
+                }
+                if shard.prepare_sleep() {
+                    self.parker.park_timeout(IDLE_PARK);
+                }
+                shard.woke();
+                continue;
+            }
+            let mut left = batch.len();
+            self.shards[self.me].set_in_hand(left);
+            for job in batch.drain(..) {
+                self.process(job);
+                left -= 1;
+                self.shards[self.me].set_in_hand(left);
+            }
+        }
+        self.handles.clear();
+        if let Some(s) = self.session.take() {
+            if let Err(e) = s.close() {
+                tracing::debug!(partition = %self.partition.name(), "closing session: {e}");
+            }
+        }
+    }
+
+    /// Takes up to half a batch from the busiest sibling shard on the same partition.
+    fn steal(&self, batch: &mut Vec<Job>) {
+        let busiest = self
+            .siblings
+            .iter()
+            .copied()
+            .max_by_key(|s| self.shards[*s].queued())
+            .filter(|s| self.shards[*s].queued() > 0);
+        if let Some(s) = busiest {
+            self.shards[s].drain_into(batch, (self.max_drain / 2).max(1));
+        }
+    }
+
+    fn process(&mut self, job: Job) {
+        if Instant::now() >= job.deadline {
+            job.answer(Err(EngineError::DeadlineExceeded));
+            return;
+        }
+        let version = Arc::clone(&job.version);
+        if version.state() != KeyState::Active {
+            if let Some(h) = self.handles.remove(&version.uid) {
+                self.drop_copy(h);
+            }
+            job.answer(Err(EngineError::FailedPrecondition(format!(
+                "{} version {} is retired and cannot sign",
+                version.name, version.version
+            ))));
+            return;
+        }
+        let result = self.sign_with_recovery(&version, &job);
+        let reply = match result {
+            Ok(raw) => match mechanism::encode_signature(job.payload.scheme(), raw) {
+                Ok(signature) => {
+                    self.partition.count_signed();
+                    Ok(Signed {
+                        signature,
+                        version: version.version,
+                        partition: self.partition.index(),
+                    })
+                }
+                Err(e) => Err(EngineError::Hsm(e.to_string())),
+            },
+            Err(e) => Err(self.to_engine_error(e)),
+        };
+        job.answer(reply);
+    }
+
+    /// Signs once; on session loss, lost login or a stale handle, repairs and retries once.
+    fn sign_with_recovery(
+        &mut self,
+        version: &VersionEntry,
+        job: &Job,
+    ) -> Result<Vec<u8>, HsmError> {
+        let mech = mechanism::mechanism(job.payload.scheme());
+        let input = mechanism::sign_input(&job.payload);
+        let mut repaired = false;
+        loop {
+            if self.session.is_none() {
+                self.session = Some(self.partition.open_session()?);
+            }
+            let attempt = self.key_handle(version).and_then(|h| {
+                self.partition.count_hsm_call();
+                let session = self.session.as_ref().ok_or_else(no_session)?;
+                session.sign(&mech, h, &input).map_err(HsmError::from)
+            });
+            let err = match attempt {
+                Ok(raw) => return Ok(raw),
+                Err(e) => e,
+            };
+            if repaired {
+                return Err(err);
+            }
+            repaired = true;
+            match err.class() {
+                ErrorClass::SessionLost => self.rebuild_session(&err)?,
+                ErrorClass::NotLoggedIn => {
+                    tracing::warn!(partition = %self.partition.name(), "token logged out; logging in again");
+                    self.partition.login()?;
+                    self.rebuild_session(&err)?;
+                }
+                ErrorClass::StaleHandle => {
+                    self.handles.remove(&version.uid);
+                }
+                _ => return Err(err),
+            }
+        }
+    }
+
+    /// The handle to sign with: cached per session, else found by `CKA_ID` (and copied into a
+    /// session object when configured).
+    fn key_handle(&mut self, version: &VersionEntry) -> Result<ObjectHandle, HsmError> {
+        if let Some(h) = self.handles.get(&version.uid) {
+            return Ok(*h);
+        }
+        let session = self.session.as_ref().ok_or_else(no_session)?;
+        let token_key = objects::find_private(session, &version.id)?.ok_or_else(|| {
+            HsmError::Unexpected(format!(
+                "key {} version {} (id {}) is not in partition {}",
+                version.name,
+                version.version,
+                objects::hex(&version.id),
+                self.partition.name()
+            ))
+        })?;
+        let h = if self.partition.spec().session_key_copy {
+            objects::session_copy(session, token_key)?
+        } else {
+            token_key
+        };
+        self.handles.insert(version.uid, h);
+        Ok(h)
+    }
+
+    fn rebuild_session(&mut self, cause: &HsmError) -> Result<(), HsmError> {
+        tracing::warn!(partition = %self.partition.name(), "session lost ({cause}); rebuilding");
+        self.handles.clear();
+        if let Some(old) = self.session.take() {
+            let _ = old.close();
+        }
+        self.partition.count_rebuild();
+        self.session = Some(self.partition.open_session()?);
+        Ok(())
+    }
+
+    fn drop_copy(&self, h: ObjectHandle) {
+        if self.partition.spec().session_key_copy {
+            if let Some(s) = &self.session {
+                let _ = s.destroy_object(h);
+            }
+        }
+    }
+
+    fn to_engine_error(&self, e: HsmError) -> EngineError {
+        match e.class() {
+            ErrorClass::Request => EngineError::HsmRequest(e.to_string()),
+            ErrorClass::Busy
+            | ErrorClass::DeviceLost
+            | ErrorClass::SessionLost
+            | ErrorClass::NotLoggedIn => EngineError::Unavailable {
+                reason: format!("partition {}: {e}", self.partition.name()),
+                retry_after: HSM_RETRY_AFTER,
+            },
+            _ => EngineError::Hsm(format!("partition {}: {e}", self.partition.name())),
+        }
+    }
+}
+
+fn no_session() -> HsmError {
+    HsmError::Unexpected("worker has no session (rebuild failed)".into())
+}

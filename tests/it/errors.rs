@@ -1,0 +1,211 @@
+//! Errors: wrong PIN, unknown key, wrong digest length, wrong scheme, full queue, expired deadline.
+
+use std::time::{Duration, Instant};
+
+use certnode_signer::{EngineError, KeyName, KeyType, Payload, Scheme, SignRequest, Status};
+
+use crate::support;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_key_and_bad_arguments_fail_before_the_hsm() {
+    let engine = support::engine();
+    let name = support::unique("args");
+    tokio::task::block_in_place(|| engine.create_key(&name, KeyType::EcP256, None)).unwrap();
+    let calls = support::hsm_calls(&engine);
+
+    let unknown = KeyName::new("no-such-key").unwrap();
+    let err = engine
+        .sign(support::request(
+            &unknown,
+            support::random_payload(Scheme::EcdsaSha256, 0),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Status::NotFound, "{err}");
+
+    // Wrong digest length: cannot even be built.
+    let err = Payload::new(Scheme::EcdsaSha256, vec![0u8; 31].into()).unwrap_err();
+    assert_eq!(err.status(), Status::InvalidArgument);
+    // A scheme that does not fit the key.
+    let err = engine
+        .sign(support::request(
+            &name,
+            support::random_payload(Scheme::RsaPssSha256, 0),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Status::InvalidArgument, "{err}");
+    // Unknown version.
+    let mut req = support::request(&name, support::random_payload(Scheme::EcdsaSha256, 0));
+    req.version = Some(7);
+    assert_eq!(
+        engine.sign(req).await.unwrap_err().status(),
+        Status::NotFound
+    );
+    // Expired deadline: answered, never sent to the HSM.
+    let mut req = support::request(&name, support::random_payload(Scheme::EcdsaSha256, 0));
+    req.deadline = Instant::now() - Duration::from_millis(1);
+    assert_eq!(
+        engine.sign(req).await.unwrap_err(),
+        EngineError::DeadlineExceeded
+    );
+
+    assert_eq!(
+        support::hsm_calls(&engine),
+        calls,
+        "no HSM call for rejected requests"
+    );
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_passing_in_the_queue_skips_the_hsm() {
+    let engine = support::engine_with(|c| {
+        let p = c.providers.get_mut("softhsm").unwrap();
+        p.workers_per_partition = Some(1);
+    });
+    let slow = support::unique("slow");
+    let fast = support::unique("fast");
+    let p0 = Some(["p0".to_owned()]);
+    tokio::task::block_in_place(|| {
+        engine
+            .create_key(&slow, KeyType::Rsa4096, p0.as_ref().map(|p| &p[..]))
+            .unwrap();
+        engine
+            .create_key(&fast, KeyType::EcP256, p0.as_ref().map(|p| &p[..]))
+            .unwrap();
+    });
+    let calls = support::hsm_calls(&engine);
+    // Keep p0's single worker busy with slow RSA-4096 signatures ...
+    let mut backlog = Vec::new();
+    for _ in 0..20 {
+        backlog.push(
+            engine
+                .submit(support::request(
+                    &slow,
+                    support::random_payload(Scheme::RsaPssSha256, 0),
+                ))
+                .unwrap(),
+        );
+    }
+    // ... so this request's 5 ms deadline passes while it waits in the queue.
+    let req = SignRequest {
+        deadline: Instant::now() + Duration::from_millis(5),
+        ..support::request(&fast, support::random_payload(Scheme::EcdsaSha256, 0))
+    };
+    let late = engine.submit(req).unwrap();
+    assert_eq!(
+        late.await.unwrap().unwrap_err(),
+        EngineError::DeadlineExceeded
+    );
+    for rx in backlog {
+        rx.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        support::hsm_calls(&engine) - calls,
+        20,
+        "the expired request never reached the HSM"
+    );
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_overloaded_at_once() {
+    let engine = support::engine_with(|c| {
+        c.engine.queue_depth = 2;
+        c.engine.max_drain = 1;
+        c.providers
+            .get_mut("softhsm")
+            .unwrap()
+            .workers_per_partition = Some(1);
+    });
+    let name = support::unique("full");
+    tokio::task::block_in_place(|| {
+        engine.create_key(&name, KeyType::Rsa4096, Some(&["p0".to_owned()]))
+    })
+    .unwrap();
+    let mut accepted = Vec::new();
+    let mut overloaded = 0;
+    for _ in 0..20 {
+        let started = Instant::now();
+        match engine.submit(support::request(
+            &name,
+            support::random_payload(Scheme::RsaPssSha256, 0),
+        )) {
+            Ok(rx) => accepted.push(rx),
+            Err(e) => {
+                assert!(matches!(e, EngineError::Overloaded { .. }), "{e}");
+                assert!(e.retry_after().is_some());
+                assert!(
+                    started.elapsed() < Duration::from_millis(50),
+                    "answered at once"
+                );
+                overloaded += 1;
+            }
+        }
+    }
+    assert!(
+        overloaded >= 10,
+        "a queue of 2 must refuse most of 20 slow requests ({overloaded})"
+    );
+    assert!(
+        accepted.len() <= 4,
+        "at most queue + in-hand accepted: {}",
+        accepted.len()
+    );
+    for rx in accepted {
+        rx.await.unwrap().expect("every accepted request is signed");
+    }
+    engine.shutdown();
+}
+
+#[test]
+fn wrong_pin_fails_once_with_a_clear_error() {
+    let f = support::fixture();
+    let dir = f
+        .setup
+        .dir
+        .join(format!("wrong-pin-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("pins")).unwrap();
+    let bad_pin = dir.join("pins/p0.pin");
+    std::fs::write(&bad_pin, "not-the-pin\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bad_pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let text = std::fs::read_to_string(&f.setup.config)
+        .unwrap()
+        .replace(
+            "pin_file = \"pins/p0.pin\"",
+            &format!("pin_file = \"{}\"", bad_pin.display()),
+        )
+        .replace(
+            "pin_file = \"pins/p1.pin\"",
+            &format!(
+                "pin_file = \"{}\"",
+                f.setup.dir.join("pins/p1.pin").display()
+            ),
+        );
+    let cfg = dir.join("signerd.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_signerd"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env("SIGNERD_LOG", "debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "stderr: {stderr}");
+    assert!(stderr.contains("partition p0"), "{stderr}");
+    assert!(stderr.contains("PIN is wrong"), "{stderr}");
+    assert_eq!(
+        stderr.matches("C_Login").count() + stderr.matches("Login:").count(),
+        1,
+        "one attempt: {stderr}"
+    );
+    assert!(
+        !stderr.contains("not-the-pin"),
+        "the PIN never appears in output"
+    );
+}

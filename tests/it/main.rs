@@ -1,0 +1,11 @@
+//! Integration tests on real SoftHSM2 tokens (one dev set-up per test process, shared by the
+//! tests; each test uses its own key names).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod errors;
+mod keys;
+mod replication;
+mod signing;
