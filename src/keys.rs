@@ -17,9 +17,10 @@ pub const MAX_KEY_NAME_LEN: usize = 64;
 /// Largest message accepted for schemes that sign the message itself (Ed25519).
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 
-/// A key's name: 1-64 bytes of `[A-Za-z0-9._-]`, starting with an alphanumeric.
+/// A key's name: 1-64 bytes of `[A-Za-z0-9._-]`, starting with an alphanumeric. Cloning is a
+/// reference-count increment (names travel with every request).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyName(String);
+pub struct KeyName(std::sync::Arc<str>);
 
 impl KeyName {
     /// Parses and validates a key name.
@@ -33,7 +34,7 @@ impl KeyName {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if ok_len && ok_first && ok_chars {
-            Ok(KeyName(name.to_owned()))
+            Ok(KeyName(name.into()))
         } else {
             Err(EngineError::InvalidArgument(format!(
                 "invalid key name {name:?}: use 1-{MAX_KEY_NAME_LEN} characters of [A-Za-z0-9._-], \

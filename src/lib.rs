@@ -4,6 +4,7 @@
 //! (registry, admin) → [`pipeline`] (router, shard queues, workers) → [`hsm`] (modules,
 //! partitions, key objects, mechanisms).
 
+pub mod ceiling;
 pub mod config;
 pub mod dev;
 pub mod engine;

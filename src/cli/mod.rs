@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod check;
 mod init;
+mod selftest;
 
 /// Exit code for bad usage or a bad config (sysexits EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
@@ -38,6 +39,23 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Sign and verify real requests end to end on the configured HSMs (creates the key on
+    /// every partition if it does not exist yet).
+    Selftest {
+        /// The signerd config file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Key to sign with.
+        #[arg(long, default_value = "selftest-p256")]
+        key: String,
+        /// Key type when the key has to be created: ec-p256, ec-p384, rsa-2048, rsa-3072,
+        /// rsa-4096, ed25519.
+        #[arg(long = "type", default_value = "ec-p256")]
+        key_type: String,
+        /// Number of requests.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
 }
 
 /// A failed command: what to print and the exit code.
@@ -60,5 +78,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Init { dev, partitions } => init::run(&dev, partitions),
         Command::Check { config } => check::run(&config),
+        Command::Selftest {
+            config,
+            key,
+            key_type,
+            count,
+        } => selftest::run(&config, &key, &key_type, count),
     }
 }

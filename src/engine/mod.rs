@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod registry;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -282,23 +283,39 @@ impl Engine {
         if Instant::now() >= req.deadline {
             return Err(EngineError::DeadlineExceeded);
         }
-        let mut candidates = Vec::with_capacity(8);
+        // Up to 16 candidate shards on the stack (no allocation per request); more spill to a Vec.
+        let mut stack = [Candidate::default(); 16];
+        let mut spill = Vec::new();
+        let mut n = 0;
         for p in &version.partitions {
             let healthy = inner.partitions[*p].is_healthy();
             for s in &inner.shards_by_partition[*p] {
-                candidates.push(Candidate {
+                let c = Candidate {
                     shard: *s,
                     load: inner.shards[*s].load(),
                     healthy,
-                });
+                };
+                if n < stack.len() {
+                    stack[n] = c;
+                } else {
+                    if spill.is_empty() {
+                        spill.extend_from_slice(&stack);
+                    }
+                    spill.push(c);
+                }
+                n += 1;
             }
         }
+        let candidates = if spill.is_empty() {
+            &stack[..n]
+        } else {
+            &spill[..]
+        };
         let rotation = inner.rotation.fetch_add(1, Ordering::Relaxed);
-        let shard =
-            least_loaded(&candidates, rotation).ok_or_else(|| EngineError::Unavailable {
-                reason: format!("no healthy partition holds key {}", req.key),
-                retry_after: Duration::from_secs(1),
-            })?;
+        let shard = least_loaded(candidates, rotation).ok_or_else(|| EngineError::Unavailable {
+            reason: format!("no healthy partition holds key {}", req.key),
+            retry_after: Duration::from_secs(1),
+        })?;
         let (tx, rx) = oneshot::channel();
         let job = Job {
             version,
@@ -364,6 +381,11 @@ impl Engine {
             .iter()
             .map(|p| p.name().to_owned())
             .collect()
+    }
+
+    /// Worker threads (one session each) across all partitions.
+    pub fn workers(&self) -> usize {
+        self.inner.shards.len()
     }
 
     /// Jobs queued across all shards.

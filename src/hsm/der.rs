@@ -24,6 +24,9 @@ pub enum DerError {
     /// CKA_PUBLIC_EXPONENT was empty or all zero bytes.
     #[error("RSA public exponent is empty or zero")]
     EmptyPublicExponent,
+    /// A DER ECDSA signature could not be parsed.
+    #[error("bad ECDSA signature encoding: {0}")]
+    BadSignature(String),
     /// The Ed25519 public key (after removing any OCTET STRING wrapper) is not 32 bytes; the
     /// value is the length that was found.
     #[error("Ed25519 public key must be 32 bytes, got {0}")]
@@ -47,6 +50,38 @@ pub const OID_P256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x
 pub const OID_P384: &[u8] = &[0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22];
 /// DER of OBJECT IDENTIFIER id-Ed25519 (1.3.101.112, RFC 8410), usable as CKA_EC_PARAMS.
 pub const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x70];
+
+/// The inverse of [`ecdsa_raw_to_der`]: parses a DER Ecdsa-Sig-Value into r||s, each half
+/// left-padded to `half_len` bytes (the curve's field size: 32 for P-256, 48 for P-384). Strict:
+/// trailing bytes, negative or oversized integers are errors.
+pub fn ecdsa_der_to_raw(der: &[u8], half_len: usize) -> Result<Vec<u8>, DerError> {
+    let bad = |m: String| DerError::BadSignature(m);
+    let (seq, trailing) = take_tlv(der, 0x30).map_err(bad)?;
+    if !trailing.is_empty() {
+        return Err(bad("trailing bytes after the signature".into()));
+    }
+    let (r, rest) = take_tlv(seq, 0x02).map_err(bad)?;
+    let (s, rest) = take_tlv(rest, 0x02).map_err(bad)?;
+    if !rest.is_empty() {
+        return Err(bad("trailing bytes inside the signature".into()));
+    }
+    let mut out = Vec::with_capacity(2 * half_len);
+    for int in [r, s] {
+        if int.first().is_none_or(|b| b & 0x80 != 0) {
+            return Err(bad("empty or negative integer".into()));
+        }
+        let digits: &[u8] = match int {
+            [0, rest @ ..] if !rest.is_empty() => rest,
+            other => other,
+        };
+        if digits.len() > half_len {
+            return Err(bad(format!("integer longer than {half_len} bytes")));
+        }
+        out.extend(std::iter::repeat_n(0u8, half_len - digits.len()));
+        out.extend_from_slice(digits);
+    }
+    Ok(out)
+}
 
 /// PKCS#11 CKM_ECDSA returns r||s (two equal halves). Encode as ASN.1 DER
 /// `SEQUENCE { INTEGER r, INTEGER s }` (RFC 3279 Ecdsa-Sig-Value).
@@ -270,6 +305,28 @@ fn parse_single(input: &[u8], tag: u8) -> Result<&[u8], String> {
     } else {
         Err(format!("length {len} but {} bytes follow", value.len()))
     }
+}
+
+/// Splits one TLV with tag `tag` off the front of `input`: returns (value, rest).
+fn take_tlv(input: &[u8], tag: u8) -> Result<(&[u8], &[u8]), String> {
+    let (&got, rest) = input.split_first().ok_or("empty input")?;
+    if got != tag {
+        return Err(format!("tag 0x{got:02x}, expected 0x{tag:02x}"));
+    }
+    let (&first, rest) = rest.split_first().ok_or("missing length")?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else if first == 0x81 {
+        let (&len, rest) = rest.split_first().ok_or("truncated length")?;
+        if len < 0x80 {
+            return Err("long-form length below 128".into());
+        }
+        (usize::from(len), rest)
+    } else {
+        return Err(format!("unsupported length form 0x{first:02x}"));
+    };
+    rest.split_at_checked(len)
+        .ok_or_else(|| format!("length {len} but {} bytes follow", rest.len()))
 }
 
 /// Check that `der` is one well-formed OBJECT IDENTIFIER (minimally encoded arcs).
@@ -548,5 +605,23 @@ mod tests {
         assert_eq!(spki_ed25519(&short), Err(DerError::BadEd25519Key(31)));
         let lying = [&[0x04u8, 0x21][..], &[7; 32]].concat(); // claims 33 bytes, has 32
         assert_eq!(spki_ed25519(&lying), Err(DerError::BadEd25519Key(34)));
+    }
+
+    #[test]
+    fn der_signature_round_trips_to_raw() {
+        for raw in [
+            [[0x80u8; 32], [0x01u8; 32]].concat(),
+            [[0u8; 32], [0x7fu8; 32]].concat(),
+            [vec![0, 0, 5], vec![0xffu8; 29], vec![9u8; 32]].concat(),
+        ] {
+            let der = ecdsa_raw_to_der(&raw).unwrap();
+            assert_eq!(ecdsa_der_to_raw(&der, 32).unwrap(), raw);
+            let mut longer = der.clone();
+            longer.push(0);
+            assert!(ecdsa_der_to_raw(&longer, 32).is_err());
+            assert!(ecdsa_der_to_raw(&der[..der.len() - 1], 32).is_err());
+            assert!(ecdsa_der_to_raw(&der, 16).is_err());
+        }
+        assert!(ecdsa_der_to_raw(&[0x30, 0x06, 0x02, 0x01, 0x80, 0x02, 0x01, 0x01], 32).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! Router: (key, version) → the shards whose partition holds it → the least-loaded healthy one.
 
 /// A candidate shard as the router sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Candidate {
     /// Shard index.
     pub shard: usize,

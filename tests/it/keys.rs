@@ -147,3 +147,34 @@ async fn placement_on_one_partition_routes_only_there() {
     assert_eq!(err.unwrap_err().status(), Status::InvalidArgument);
     engine.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsm_verify_accepts_good_and_rejects_bad_signatures() {
+    let engine = support::engine();
+    for key_type in [
+        KeyType::EcP256,
+        KeyType::EcP384,
+        KeyType::Rsa2048,
+        KeyType::Ed25519,
+    ] {
+        let name = support::unique(&format!("verify-{key_type}"));
+        tokio::task::block_in_place(|| engine.create_key(&name, key_type, None)).unwrap();
+        let scheme = key_type.default_scheme();
+        let payload = support::random_payload(scheme, 40);
+        let signed = engine
+            .sign(support::request(&name, payload.clone()))
+            .await
+            .unwrap();
+        let check = |sig: &[u8]| {
+            tokio::task::block_in_place(|| engine.verify_blocking(&name, None, &payload, sig))
+                .unwrap()
+        };
+        assert_eq!(check(&signed.signature), (1, true), "{key_type}");
+        let mut bad = signed.signature.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x01;
+        assert!(!check(&bad).1, "{key_type}: flipped bit must fail");
+        assert!(!check(&[]).1, "{key_type}: empty signature must fail");
+    }
+    engine.shutdown();
+}
