@@ -1,7 +1,7 @@
 //! Engine vs raw PKCS#11 ceiling, in the same process and run, on the same SoftHSM2 tokens,
 //! same thread count and key handling, for ECDSA P-256.
 //!
-//! `cargo bench --bench engine_ceiling` (env: BENCH_SECS=3, BENCH_ROUNDS=5, BENCH_CONCURRENCY=512,
+//! `cargo bench --bench engine_ceiling` (env: BENCH_SECS=3, BENCH_ROUNDS=5, BENCH_CONCURRENCY=512, BENCH_SESSION_COPY=0|1,
 //! BENCH_DIR=target/bench-dev). Interleaves raw and engine rounds; prints both rates and their ratio, and a JSON line.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +30,12 @@ fn main() -> Result<(), String> {
         .unwrap_or_else(|_| format!("{}/../bench-dev", env!("CARGO_TARGET_TMPDIR")));
     let duration = Duration::from_secs_f64(secs);
     let setup = init_dev(std::path::Path::new(&dir), 2).map_err(|e| e.to_string())?;
-    let cfg = Config::load(&setup.config).map_err(|e| e.to_string())?;
+    let mut cfg = Config::load(&setup.config).map_err(|e| e.to_string())?;
+    if let Ok(v) = std::env::var("BENCH_SESSION_COPY") {
+        for p in cfg.providers.values_mut() {
+            p.session_key_copy = v != "0";
+        }
+    }
     let engine = Engine::open(&cfg).map_err(|e| e.to_string())?;
     let key = KeyName::new("bench-p256").map_err(|e| e.to_string())?;
     if engine.public_key(&key, None).is_err() {
@@ -48,17 +53,35 @@ fn main() -> Result<(), String> {
     raw_sign_loop(&cfg, &key, threads, Duration::from_secs(1))?;
     engine_loop(&engine, &key, concurrency, Duration::from_secs(1))?;
     let (mut raw_total, mut eng_total, mut ratios) = (0.0, 0.0, Vec::new());
+    let (mut raw_cpu, mut eng_cpu, mut raw_n, mut eng_n) = (0.0, 0.0, 0u64, 0u64);
     for round in 1..=rounds {
-        let raw = raw_sign_loop(&cfg, &key, threads, duration)?.rate();
-        let eng = engine_loop(&engine, &key, concurrency, duration)?.0;
+        let c0 = process_cpu_secs();
+        let raw_run = raw_sign_loop(&cfg, &key, threads, duration)?;
+        let c1 = process_cpu_secs();
+        let (eng, n) = engine_loop(&engine, &key, concurrency, duration)?;
+        let c2 = process_cpu_secs();
+        let raw = raw_run.rate();
         println!(
-            "round {round}: raw {raw:>7.0}/s  engine {eng:>7.0}/s  ratio {:>5.1}%",
-            100.0 * eng / raw
+            "round {round}: raw {raw:>7.0}/s  engine {eng:>7.0}/s  ratio {:>5.1}%   \
+             CPU/signature raw {:.1} us, engine {:.1} us",
+            100.0 * eng / raw,
+            1e6 * (c1 - c0) / raw_run.signatures as f64,
+            1e6 * (c2 - c1) / n as f64
         );
         raw_total += raw;
         eng_total += eng;
         ratios.push(eng / raw);
+        raw_cpu += c1 - c0;
+        eng_cpu += c2 - c1;
+        raw_n += raw_run.signatures;
+        eng_n += n;
     }
+    let (raw_us, eng_us) = (1e6 * raw_cpu / raw_n as f64, 1e6 * eng_cpu / eng_n as f64);
+    println!(
+        "CPU per signature: raw {raw_us:.1} us, engine {eng_us:.1} us: engine CPU efficiency \
+         {:.1}% (less sensitive to a noisy shared machine than the rates)",
+        100.0 * raw_us / eng_us
+    );
     ratios.sort_by(|a, b| a.total_cmp(b));
     let median = ratios[ratios.len() / 2];
     let (raw_mean, eng_mean) = (raw_total / rounds as f64, eng_total / rounds as f64);
@@ -68,11 +91,26 @@ fn main() -> Result<(), String> {
         100.0 * median
     );
     println!(
-        "{{\"raw\":{raw_mean:.0},\"engine\":{eng_mean:.0},\"ratio\":{:.4},\"median_round_ratio\":{median:.4},\"threads\":{threads},\"rounds\":{rounds},\"secs\":{secs}}}",
+        "{{\"raw\":{raw_mean:.0},\"engine\":{eng_mean:.0},\"ratio\":{:.4},\"median_round_ratio\":{median:.4},\"threads\":{threads},\"rounds\":{rounds},\"secs\":{secs},\"raw_cpu_us_per_sig\":{raw_us:.2},\"engine_cpu_us_per_sig\":{eng_us:.2}}}",
         eng_mean / raw_mean
     );
     engine.shutdown();
     Ok(())
+}
+
+/// User + system CPU time of this process so far (from /proc/self/stat; Linux, 100 ticks/s).
+fn process_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the ")" that ends the command name: state is field 3; utime, stime are 14, 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// `concurrency` tasks on a one-thread runtime, each signing distinct digests back to back.

@@ -21,11 +21,12 @@ const IDLE_PARK: Duration = Duration::from_millis(100);
 /// Answers are handed back in groups of up to this many, or sooner when the oldest held answer
 /// has waited [`ANSWER_HOLD`], and always at the end of a batch. Each answer may wake the
 /// caller's runtime thread; on a machine with few cores those wake-ups preempt the signing
-/// threads (measured on 2 cores: engine/raw 76% answering one by one, 87% in groups of 8, 90% in
-/// groups of 32; tuning/RESULTS.md).
-const ANSWER_GROUP: usize = 32;
+/// threads (measured on 2 cores: engine/raw ~76% answering one by one, ~87% in groups of 8,
+/// ~88-90% in groups of 32; tuning/RESULTS.md). The hold only applies while a batch is being
+/// worked through: at low load batches hold one request and it is answered at once.
+const ANSWER_GROUP: usize = 64;
 /// Longest an answer is held back for grouping.
-const ANSWER_HOLD: Duration = Duration::from_millis(1);
+const ANSWER_HOLD: Duration = Duration::from_millis(2);
 /// Retry hint when the HSM is busy or the partition failed.
 const HSM_RETRY_AFTER: Duration = Duration::from_millis(250);
 
