@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use parking_lot::Mutex;
 
@@ -49,6 +49,7 @@ pub struct Partition {
     signed: AtomicU64,
     hsm_calls: AtomicU64,
     session_rebuilds: AtomicU64,
+    logins: AtomicU64,
 }
 
 impl fmt::Debug for Partition {
@@ -84,6 +85,7 @@ impl Partition {
             signed: AtomicU64::new(0),
             hsm_calls: AtomicU64::new(0),
             session_rebuilds: AtomicU64::new(0),
+            logins: AtomicU64::new(0),
         };
         part.login()?;
         Ok(part)
@@ -110,8 +112,17 @@ impl Partition {
         let session = anchor.as_ref().ok_or_else(|| {
             HsmError::Unexpected("anchor session missing right after opening it".into())
         })?;
+        if let Ok(info) = session.get_session_info() {
+            if matches!(
+                info.session_state(),
+                SessionState::RwUser | SessionState::RoUser
+            ) {
+                return Ok(()); // another worker already restored the login
+            }
+        }
         match session.login(UserType::User, Some(&self.pin.auth_pin())) {
             Ok(()) => {
+                self.logins.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(partition = %self.spec.name, token = %self.token_label, "logged in");
                 Ok(())
             }
@@ -172,6 +183,7 @@ impl Partition {
             signed: self.signed.load(Ordering::Relaxed),
             hsm_calls: self.hsm_calls.load(Ordering::Relaxed),
             session_rebuilds: self.session_rebuilds.load(Ordering::Relaxed),
+            logins: self.logins.load(Ordering::Relaxed),
         }
     }
 
@@ -214,6 +226,8 @@ pub struct PartitionStats {
     pub hsm_calls: u64,
     /// Worker sessions rebuilt after session loss.
     pub session_rebuilds: u64,
+    /// Successful `C_Login` calls (1 at start; more after the token logged us out).
+    pub logins: u64,
 }
 
 /// Finds the one token matching `selector`. Returns its slot (valid for this process's

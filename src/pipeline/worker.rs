@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::sync::Parker;
 use cryptoki::object::ObjectHandle;
-use cryptoki::session::Session;
+use cryptoki::session::{Session, SessionState};
 
 use super::shard::{Job, Reply, Shard, Signed};
 use crate::engine::registry::VersionEntry;
@@ -200,17 +200,29 @@ impl Worker {
             repaired = true;
             match err.class() {
                 ErrorClass::SessionLost => self.rebuild_session(&err)?,
-                ErrorClass::NotLoggedIn => {
-                    tracing::warn!(partition = %self.partition.name(), "token logged out; logging in again");
-                    self.partition.login()?;
-                    self.rebuild_session(&err)?;
-                }
+                ErrorClass::NotLoggedIn => {} // the login is restored below
                 ErrorClass::StaleHandle => {
+                    tracing::info!(partition = %self.partition.name(), "stale key handle; finding the key again by id");
                     self.handles.remove(&version.uid);
                 }
                 _ => return Err(err),
             }
+            // Whatever was lost, the retry must not fail merely because the token forgot our
+            // login (a closed last session or an HSM idle timeout logs the token out).
+            self.ensure_logged_in()?;
         }
+    }
+
+    /// Logs the token in again (serialized, once for all workers) if this session is public.
+    fn ensure_logged_in(&mut self) -> Result<(), HsmError> {
+        let session = self.session.as_ref().ok_or_else(no_session)?;
+        if is_public(session)? {
+            tracing::warn!(partition = %self.partition.name(), "token is logged out; logging in again");
+            self.partition.login()?;
+            // Session objects made while logged in (key copies) may be gone with the login.
+            self.handles.clear();
+        }
+        Ok(())
     }
 
     /// The handle to sign with: cached per session, else found by `CKA_ID` (and copied into a
@@ -220,15 +232,24 @@ impl Worker {
             return Ok(*h);
         }
         let session = self.session.as_ref().ok_or_else(no_session)?;
-        let token_key = objects::find_private(session, &version.id)?.ok_or_else(|| {
-            HsmError::Unexpected(format!(
+        let Some(token_key) = objects::find_private(session, &version.id)? else {
+            // Private objects are invisible while the token is logged out: say so, so that the
+            // caller logs in again and retries, instead of reporting the key missing.
+            if is_public(session)? {
+                return Err(HsmError::Call {
+                    function: cryptoki::context::Function::FindObjects,
+                    rv: cryptoki::error::RvError::UserNotLoggedIn,
+                    class: ErrorClass::NotLoggedIn,
+                });
+            }
+            return Err(HsmError::Unexpected(format!(
                 "key {} version {} (id {}) is not in partition {}",
                 version.name,
                 version.version,
                 objects::hex(&version.id),
                 self.partition.name()
-            ))
-        })?;
+            )));
+        };
         let h = if self.partition.spec().session_key_copy {
             objects::session_copy(session, token_key)?
         } else {
@@ -276,6 +297,15 @@ fn answer_all(done: &mut Vec<(Job, Reply)>) {
     for (job, reply) in done.drain(..) {
         job.answer(reply);
     }
+}
+
+/// Whether the session is not logged in (public objects only).
+fn is_public(session: &Session) -> Result<bool, HsmError> {
+    let state = session.get_session_info()?.session_state();
+    Ok(matches!(
+        state,
+        SessionState::RoPublic | SessionState::RwPublic
+    ))
 }
 
 fn no_session() -> HsmError {

@@ -178,3 +178,38 @@ async fn hsm_verify_accepts_good_and_rejects_bad_signatures() {
     }
     engine.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_recovers_when_the_token_is_logged_out() {
+    // Someone logs the token out under the running engine (SCENARIOS.md 4): the worker notices,
+    // logs in again once (serialized), finds its key again and the request is signed.
+    let engine = certnode_signer::Engine::open(&support::fixture().isolated).unwrap();
+    let name = support::unique("logout");
+    tokio::task::block_in_place(|| engine.create_key(&name, KeyType::EcP256, None)).unwrap();
+    let spki = engine.public_key(&name, None).unwrap().spki_der;
+    let (req, _) = sign_req(&name, None);
+    engine.sign(req).await.unwrap();
+    let logins_before = engine.stats()[0].logins;
+    let raw = support::raw_session("signerd-2");
+    raw.logout().unwrap();
+    for _ in 0..20 {
+        let (req, digest) = sign_req(&name, None);
+        let signed = engine.sign(req).await.expect("signed after re-login");
+        verify(&spki, Scheme::EcdsaSha256, &digest, &signed.signature).unwrap();
+    }
+    let info = raw.get_session_info().unwrap();
+    assert!(
+        matches!(
+            info.session_state(),
+            cryptoki::session::SessionState::RwUser
+        ),
+        "the token is logged in again: {:?}",
+        info.session_state()
+    );
+    assert_eq!(
+        engine.stats()[0].logins,
+        logins_before + 1,
+        "exactly one re-login"
+    );
+    engine.shutdown();
+}

@@ -16,7 +16,11 @@ use cryptoki::session::{Session, UserType};
 
 pub struct Fixture {
     pub setup: DevSetup,
+    /// Partitions p0 and p1, shared by the tests.
     pub config: Config,
+    /// Partition p2 only, for the one test that logs its token out (login state is per process
+    /// and token, so doing that on a shared token would disturb the other tests).
+    pub isolated: Config,
     /// Keeps the module initialized for the whole process, so engines come and go cheaply.
     pub module: Arc<Module>,
 }
@@ -24,19 +28,29 @@ pub struct Fixture {
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// The process's dev set-up with two partitions.
+/// The process's dev set-up: three tokens; most tests use two partitions (p0, p1).
 pub fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let dir =
             PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("it-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let setup = init_dev(&dir, 2).expect("init --dev (is softhsm2 installed?)");
-        let config = Config::load(&setup.config).expect("dev config loads");
+        let setup = init_dev(&dir, 3).expect("init --dev (is softhsm2 installed?)");
+        let all = Config::load(&setup.config).expect("dev config loads");
+        let only = |keep: &dyn Fn(&str) -> bool| {
+            let mut c = all.clone();
+            for p in c.providers.values_mut() {
+                p.partitions.retain(|part| keep(&part.name));
+            }
+            c
+        };
+        let config = only(&|n| n != "p2");
+        let isolated = only(&|n| n == "p2");
         let p = &config.providers["softhsm"];
         let module = Module::load(&p.module, &p.env).expect("module loads");
         Fixture {
             setup,
             config,
+            isolated,
             module,
         }
     })
