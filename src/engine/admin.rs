@@ -8,11 +8,19 @@ use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 use rand::RngCore;
 
+use parking_lot::Mutex;
+
 use super::registry::VersionEntry;
 use super::{Engine, VersionInfo};
 use crate::error::EngineError;
 use crate::hsm::{mechanism, objects, HsmError, Partition};
 use crate::keys::{KeyName, KeyState, KeyType, Payload, Version};
+
+/// Serializes key-object writes (and the key scan at engine start) across every engine in this
+/// process. Admin operations are rare, so this costs nothing, and SoftHSM2 2.6 corrupts token
+/// objects when they are created concurrently from several threads (softhsm/SoftHSMv2#573; the
+/// parsec project serializes for the same reason).
+pub(crate) static ADMIN_LOCK: Mutex<()> = Mutex::new(());
 
 impl Engine {
     /// Creates key `name` (version 1) of `key_type`. The key pair is generated inside the first
@@ -24,7 +32,7 @@ impl Engine {
         key_type: KeyType,
         placement: Option<&[String]>,
     ) -> Result<VersionInfo, EngineError> {
-        let _serial = self.inner.admin_lock.lock();
+        let _serial = ADMIN_LOCK.lock();
         if self.inner.registry.key(name).is_some() {
             return Err(EngineError::InvalidArgument(format!(
                 "key {name} already exists; rotate it to make a new version"
@@ -38,7 +46,7 @@ impl Engine {
     /// Creates version N+1 of `name` on the partitions holding its latest version, makes it the
     /// signing version and retires every older active version.
     pub fn rotate_key(&self, name: &KeyName) -> Result<VersionInfo, EngineError> {
-        let _serial = self.inner.admin_lock.lock();
+        let _serial = ADMIN_LOCK.lock();
         let entry = self
             .inner
             .registry
@@ -66,7 +74,7 @@ impl Engine {
     /// Stops `version` of `name` from signing, in the engine at once and in every token
     /// (`CKA_SIGN=false`). It stays available for verification and public-key export.
     pub fn retire_key(&self, name: &KeyName, version: Version) -> Result<VersionInfo, EngineError> {
-        let _serial = self.inner.admin_lock.lock();
+        let _serial = ADMIN_LOCK.lock();
         let v = self.inner.registry.for_reading(name, Some(version))?;
         self.retire_version(&v)?;
         Ok(self.info(&v))
@@ -74,7 +82,7 @@ impl Engine {
 
     /// Deletes `version` of `name` from every token. Only retired versions can be destroyed.
     pub fn destroy_key(&self, name: &KeyName, version: Version) -> Result<(), EngineError> {
-        let _serial = self.inner.admin_lock.lock();
+        let _serial = ADMIN_LOCK.lock();
         let v = self.inner.registry.for_reading(name, Some(version))?;
         if v.state() == KeyState::Active {
             return Err(EngineError::FailedPrecondition(format!(

@@ -132,7 +132,6 @@ struct Inner {
     stop: Arc<AtomicBool>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     rotation: AtomicUsize,
-    admin_lock: Mutex<()>,
 }
 
 impl Engine {
@@ -177,7 +176,10 @@ impl Engine {
             }
         }
         let registry = Registry::default();
-        load_keys(&partitions, &registry)?;
+        {
+            let _no_half_made_keys = admin::ADMIN_LOCK.lock();
+            load_keys(&partitions, &registry)?;
+        }
 
         let stop = Arc::new(AtomicBool::new(false));
         let mut shards = Vec::new();
@@ -239,7 +241,6 @@ impl Engine {
                 stop,
                 workers: Mutex::new(handles),
                 rotation: AtomicUsize::new(0),
-                admin_lock: Mutex::new(()),
             }),
         })
     }

@@ -11,7 +11,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectCla
 use cryptoki::session::Session;
 
 use super::der::{self, OID_ED25519, OID_P256, OID_P384};
-use super::error::{HsmError, HsmResult};
+use super::error::{ErrorClass, HsmError, HsmResult};
 use crate::keys::{KeyName, KeyType, Version};
 
 /// Prefix of the labels of our key objects.
@@ -127,10 +127,17 @@ pub fn scan(session: &Session) -> HsmResult<Vec<FoundKey>> {
     ])?;
     let mut out = Vec::new();
     for h in handles {
-        let attrs = session.get_attributes(
+        // Another process may destroy objects while we look: skip what vanished.
+        let attrs = match session.get_attributes(
             h,
             &[AttributeType::Label, AttributeType::Id, AttributeType::Sign],
-        )?;
+        ) {
+            Ok(a) => a,
+            Err(e) => match HsmError::from(e) {
+                e if e.class() == ErrorClass::StaleHandle => continue,
+                e => return Err(e),
+            },
+        };
         let (mut label, mut id, mut can_sign) = (None, None, false);
         for a in attrs {
             match a {
@@ -147,7 +154,11 @@ pub fn scan(session: &Session) -> HsmResult<Vec<FoundKey>> {
             tracing::warn!(key = %name, version, "private key without public key object; skipped");
             continue;
         };
-        let (key_type, spki) = public_key(session, public)?;
+        let (key_type, spki) = match public_key(session, public) {
+            Ok(k) => k,
+            Err(e) if e.class() == ErrorClass::StaleHandle => continue,
+            Err(e) => return Err(e),
+        };
         out.push(FoundKey {
             name,
             version,
