@@ -29,7 +29,7 @@ fn main() -> Result<(), String> {
     let dir = std::env::var("BENCH_DIR")
         .unwrap_or_else(|_| format!("{}/../bench-dev", env!("CARGO_TARGET_TMPDIR")));
     let duration = Duration::from_secs_f64(secs);
-    let setup = init_dev(std::path::Path::new(&dir), 2).map_err(|e| e.to_string())?;
+    let setup = init_dev(std::path::Path::new(&dir), 2, 0).map_err(|e| e.to_string())?;
     let mut cfg = Config::load(&setup.config).map_err(|e| e.to_string())?;
     if let Ok(v) = std::env::var("BENCH_SESSION_COPY") {
         for p in cfg.providers.values_mut() {

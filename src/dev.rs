@@ -66,10 +66,15 @@ pub enum DevError {
     Inconsistent(String),
 }
 
-/// Creates (or completes) a dev set-up with `partitions` tokens in `dir`.
+/// Default QUIC port of a dev set-up.
+pub const DEV_PORT: u16 = 7443;
+
+/// Creates (or completes) a dev set-up with `partitions` tokens in `dir`, serving on
+/// 127.0.0.1:`port` (`DIR/signerd.toml`, `DIR/client.toml` for the admin identity,
+/// `DIR/client-app.toml` for an ordinary one, dev PKI in `DIR/tls`).
 ///
 /// SoftHSM2 reads `SOFTHSM2_CONF` once per process, so a process can use one dev directory only.
-pub fn init_dev(dir: &Path, partitions: usize) -> Result<DevSetup, DevError> {
+pub fn init_dev(dir: &Path, partitions: usize, port: u16) -> Result<DevSetup, DevError> {
     let module_path = find_softhsm2().ok_or(DevError::NoSoftHsm)?;
     if partitions == 0 || partitions > 16 {
         return Err(DevError::Inconsistent(
@@ -115,11 +120,23 @@ pub fn init_dev(dir: &Path, partitions: usize) -> Result<DevSetup, DevError> {
         tokens.push(label);
     }
     establish_kek(&module, &slots)?;
+    crate::tls::generate_dev_pki(&dir.join("tls"))
+        .map_err(|e| DevError::Inconsistent(e.to_string()))?;
 
     let config = dir.join("signerd.toml");
     let wrote_config = !config.exists();
     if wrote_config {
-        write_file(&config, &dev_config(&module_path, &conf, partitions), 0o644)?;
+        write_file(
+            &config,
+            &dev_config(&module_path, &conf, partitions, port),
+            0o644,
+        )?;
+    }
+    for (file, who) in [("client.toml", "admin"), ("client-app.toml", "app")] {
+        let path = dir.join(file);
+        if !path.exists() {
+            write_file(&path, &client_config(port, who), 0o644)?;
+        }
     }
     Ok(DevSetup {
         dir,
@@ -241,10 +258,34 @@ fn pin_file(path: &Path) -> Result<Pin, DevError> {
     Ok(pin)
 }
 
-fn dev_config(module: &Path, conf: &Path, partitions: usize) -> String {
+fn client_config(port: u16, who: &str) -> String {
+    format!(
+        "# signerd client configuration ({who} identity; written by signerd init --dev).\n\
+         endpoints = [\"127.0.0.1:{port}\"]\n\
+         server_name = \"localhost\"\n\
+         ca = \"tls/ca.pem\"\n\
+         cert = \"tls/client-{who}.pem\"\n\
+         key = \"tls/client-{who}.key\"\n\
+         # Per-call timeout (sent as the request deadline) and retries of retryable answers.\n\
+         timeout_ms = 5000\n\
+         max_retries = 2\n"
+    )
+}
+
+fn dev_config(module: &Path, conf: &Path, partitions: usize, port: u16) -> String {
     let mut s = format!(
         "# signerd configuration for a local SoftHSM2 dev set-up (written by signerd init --dev).\n\
          # Relative paths are relative to this file's directory.\n\n\
+         [server]\n\
+         # QUIC listen address (UDP).\n\
+         listen = \"127.0.0.1:{port}\"\n\
+         cert = \"tls/server.pem\"\n\
+         key = \"tls/server.key\"\n\
+         # Client certificates must chain to this CA; the identity is the first SAN URI.\n\
+         client_ca = \"tls/ca.pem\"\n\
+         identity = \"san-uri\"\n\
+         # Identities allowed to create, rotate, retire and destroy keys.\n\
+         admins = [\"signerd://dev/admin\"]\n\n\
          [engine]\n\
          # Capacity of each worker's queue; a full queue answers OVERLOADED.\n\
          queue_depth = {}\n\

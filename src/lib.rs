@@ -5,6 +5,7 @@
 //! partitions, key objects, mechanisms).
 
 pub mod ceiling;
+pub mod client;
 pub mod config;
 pub mod dev;
 pub mod engine;
@@ -12,7 +13,10 @@ pub mod error;
 pub mod hsm;
 pub mod keys;
 pub mod pipeline;
+pub mod protocol;
 pub mod secret;
+pub mod server;
+pub mod tls;
 
 pub use engine::{Engine, KeyInfo, PublicKey, SignRequest, VersionInfo};
 pub use error::{EngineError, Status};

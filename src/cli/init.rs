@@ -5,8 +5,8 @@ use std::path::Path;
 use super::{CliError, EXIT_UNAVAILABLE, EXIT_USAGE};
 use certnode_signer::dev::{init_dev, DevError};
 
-pub fn run(dir: &Path, partitions: usize) -> Result<(), CliError> {
-    let setup = init_dev(dir, partitions).map_err(|e| match e {
+pub fn run(dir: &Path, partitions: usize, port: u16) -> Result<(), CliError> {
+    let setup = init_dev(dir, partitions, port).map_err(|e| match e {
         DevError::NoSoftHsm => CliError::new(EXIT_UNAVAILABLE, e),
         DevError::Inconsistent(_) => CliError::new(EXIT_USAGE, e),
         _ => CliError::new(1, e),
@@ -28,6 +28,14 @@ pub fn run(dir: &Path, partitions: usize) -> Result<(), CliError> {
     };
     println!("  config:    {} ({how})", setup.config.display());
     println!("  PIN files: {}/pins (mode 0600)", setup.dir.display());
+    println!(
+        "  dev PKI:   {}/tls (CA, server and client certificates; keys mode 0600)",
+        setup.dir.display()
+    );
+    println!(
+        "  clients:   {0}/client.toml (admin), {0}/client-app.toml (app)",
+        setup.dir.display()
+    );
     println!(
         "For SoftHSM2 tools: export SOFTHSM2_CONF={}",
         setup.softhsm2_conf.display()

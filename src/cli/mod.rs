@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 
 mod check;
 mod init;
+mod key;
 mod selftest;
+mod serve;
+mod sign;
 
 /// Exit code for bad usage or a bad config (sysexits EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
@@ -23,6 +26,31 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon: QUIC front end with mutual TLS in front of the signing engine. Stops
+    /// gracefully on SIGTERM/SIGINT.
+    Serve {
+        /// The signerd config file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Key administration through a running daemon.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// Sign random digests through a running daemon and verify every signature.
+    Sign {
+        /// Client config.
+        #[arg(long, value_name = "FILE")]
+        client: PathBuf,
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// Scheme (default: the key type's default scheme).
+        #[arg(long)]
+        scheme: Option<String>,
+        /// Number of digests.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+    },
     /// Create a self-contained set-up. With --dev: SoftHSM2 tokens, PIN files, the trusted
     /// key-encryption key and DIR/signerd.toml, all inside DIR. Safe to run again.
     Init {
@@ -32,6 +60,9 @@ enum Command {
         /// Number of partitions (SoftHSM2 tokens).
         #[arg(long, default_value_t = 2)]
         partitions: usize,
+        /// QUIC port the dev config listens on (127.0.0.1).
+        #[arg(long, default_value_t = certnode_signer::dev::DEV_PORT)]
+        port: u16,
     },
     /// Load a config, log in to every partition and list the keys found, then exit.
     Check {
@@ -76,7 +107,19 @@ impl CliError {
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Init { dev, partitions } => init::run(&dev, partitions),
+        Command::Serve { config } => serve::run(&config),
+        Command::Key(cmd) => key::run(cmd),
+        Command::Sign {
+            client,
+            key,
+            scheme,
+            count,
+        } => sign::run(&client, &key, scheme.as_deref(), count),
+        Command::Init {
+            dev,
+            partitions,
+            port,
+        } => init::run(&dev, partitions, port),
         Command::Check { config } => check::run(&config),
         Command::Selftest {
             config,

@@ -219,9 +219,16 @@ fn init_dev_twice_is_safe_and_keeps_everything() {
     let f = support::fixture();
     let pins_before = std::fs::read(f.setup.dir.join("pins/p0.pin")).unwrap();
     let config_before = std::fs::read(&f.setup.config).unwrap();
-    let again = certnode_signer::dev::init_dev(&f.setup.dir, 3).unwrap();
-    assert!(again.created.is_empty(), "no token re-initialized: {:?}", again.created);
+    let again = certnode_signer::dev::init_dev(&f.setup.dir, 3, 0).unwrap();
+    assert!(
+        again.created.is_empty(),
+        "no token re-initialized: {:?}",
+        again.created
+    );
     assert!(!again.wrote_config, "the config is never overwritten");
-    assert_eq!(std::fs::read(f.setup.dir.join("pins/p0.pin")).unwrap(), pins_before);
+    assert_eq!(
+        std::fs::read(f.setup.dir.join("pins/p0.pin")).unwrap(),
+        pins_before
+    );
     assert_eq!(std::fs::read(&f.setup.config).unwrap(), config_before);
 }

@@ -11,6 +11,10 @@ use serde::Deserialize;
 use crate::hsm::uri::Pkcs11Uri;
 use crate::secret::PinSource;
 
+pub mod server;
+
+pub use server::ServerConfig;
+
 /// Default bounded queue capacity per worker shard.
 pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
 /// Default most requests a worker takes from its queue per wake-up.
@@ -47,6 +51,9 @@ pub struct Config {
     /// Pipeline settings.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// The QUIC front end; required by `signerd serve`.
+    #[serde(default)]
+    pub server: Option<ServerConfig>,
     /// PKCS#11 providers by name (one table each).
     pub providers: BTreeMap<String, ProviderConfig>,
 }
@@ -173,11 +180,17 @@ impl Config {
             reason: e.to_string(),
         })?;
         cfg.resolve_paths(base);
+        cfg.apply_env_overrides();
         cfg.validate()?;
         Ok(cfg)
     }
 
     fn resolve_paths(&mut self, base: &Path) {
+        if let Some(s) = &mut self.server {
+            s.cert = absolute(base, &s.cert);
+            s.key = absolute(base, &s.key);
+            s.client_ca = absolute(base, &s.client_ca);
+        }
         for p in self.providers.values_mut() {
             p.module = absolute(base, &p.module);
             for part in &mut p.partitions {
@@ -188,8 +201,43 @@ impl Config {
         }
     }
 
+    /// Environment overrides for where secrets come from (never the secrets themselves on the
+    /// command line): `SIGNERD_TLS_KEY_FILE` replaces `server.key`; for a partition named `p0`,
+    /// `SIGNERD_PIN_FILE_P0` / `SIGNERD_PIN_ENV_P0` replace its PIN source (name upper-cased,
+    /// other characters than letters and digits become `_`).
+    fn apply_env_overrides(&mut self) {
+        if let (Some(s), Ok(v)) = (&mut self.server, std::env::var("SIGNERD_TLS_KEY_FILE")) {
+            s.key = PathBuf::from(v);
+        }
+        for p in self.providers.values_mut() {
+            for part in &mut p.partitions {
+                let suffix: String = part
+                    .name
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() {
+                            c.to_ascii_uppercase()
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                if let Ok(v) = std::env::var(format!("SIGNERD_PIN_FILE_{suffix}")) {
+                    part.pin_file = Some(PathBuf::from(v));
+                    part.pin_env = None;
+                } else if let Ok(v) = std::env::var(format!("SIGNERD_PIN_ENV_{suffix}")) {
+                    part.pin_env = Some(v);
+                    part.pin_file = None;
+                }
+            }
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(s) = &self.server {
+            s.validate().map_err(ConfigError::Invalid)?;
+        }
         if !(1..=1 << 20).contains(&self.engine.queue_depth) {
             return bad("engine.queue_depth must be between 1 and 1048576".into());
         }
@@ -357,6 +405,30 @@ workers = 2
                 .to_string();
             assert!(err.contains(want), "expected {want:?} in {err:?}");
         }
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../signerd.example.toml");
+        let cfg = Config::parse(text, Path::new("/etc/signerd")).unwrap();
+        let server = cfg.server.unwrap();
+        assert_eq!(server.max_streams_per_connection, 4096);
+        assert_eq!(server.key, PathBuf::from("/etc/signerd/tls/server.key"));
+        assert_eq!(cfg.providers["primary"].partitions.len(), 2);
+    }
+
+    #[test]
+    fn bad_server_section_is_rejected() {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n\
+             default_deadline_ms = 0\n{GOOD}"
+        );
+        let err = Config::parse(&text, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("default_deadline_ms"), "{err}");
+        let text = text.replace("default_deadline_ms = 0", "identity = \"email\"");
+        assert!(Config::parse(&text, Path::new("/")).is_err());
     }
 
     #[test]

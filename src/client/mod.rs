@@ -1,0 +1,517 @@
+//! The signerd client library: QUIC with mutual TLS, one connection per endpoint shared by every
+//! task, one stream per request, per-call timeouts sent as the request deadline, retries of
+//! retryable answers within a budget, and reconnection after a connection loss.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), certnode_signer::client::ClientError> {
+//! use certnode_signer::client::{Client, ClientOptions};
+//! use certnode_signer::Scheme;
+//!
+//! let client = Client::connect(ClientOptions::from_file("dev/client-app.toml".as_ref())?).await?;
+//! let digest = [0u8; 32]; // SHA-256 of your message
+//! let sig = client.sign("payments", Scheme::EcdsaSha256, digest.to_vec()).await?;
+//! println!("signed by version {}: {} bytes", sig.version, sig.signature.len());
+//! let ok = client
+//!     .verify("payments", Some(sig.version), Scheme::EcdsaSha256, digest.to_vec(), sig.signature)
+//!     .await?;
+//! assert!(ok);
+//! # Ok(()) }
+//! ```
+
+mod options;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::time::Instant;
+
+pub use options::ClientOptions;
+
+pub use crate::error::Status;
+use crate::keys::{KeyName, KeyType, Scheme, Version};
+use crate::protocol::{self, BatchItem, Op, Request, RequestFrame, ResponseBody, ResponseFrame};
+pub use crate::protocol::{KeyListing, VersionListing};
+
+/// What can go wrong in a call.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server answered with an error status.
+    #[error("{}: {message}", status.as_str())]
+    Status {
+        /// The status.
+        status: Status,
+        /// The server's explanation.
+        message: String,
+        /// When to retry (OVERLOADED, UNAVAILABLE).
+        retry_after: Option<Duration>,
+    },
+    /// No endpoint could be reached or the TLS handshake failed.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The connection or stream failed mid-call.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The server sent something this client cannot decode.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The call's timeout passed.
+    #[error("timed out")]
+    Timeout,
+    /// The client configuration is unusable.
+    #[error("config: {0}")]
+    Config(String),
+    /// The arguments were rejected before sending (e.g. an invalid key name).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl ClientError {
+    /// The server status, if the server answered.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Status { status, .. } => status.is_retryable(),
+            ClientError::Connect(_) | ClientError::Transport(_) | ClientError::Timeout => true,
+            _ => false,
+        }
+    }
+}
+
+/// A signature and the key version that made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signature {
+    /// The key version that signed.
+    pub version: Version,
+    /// The signature (ECDSA: ASN.1 DER; RSA: raw; Ed25519: 64 bytes).
+    pub signature: Bytes,
+}
+
+/// A public key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKeyInfo {
+    /// Version exported.
+    pub version: Version,
+    /// Key type.
+    pub key_type: KeyType,
+    /// SubjectPublicKeyInfo, DER.
+    pub spki_der: Bytes,
+}
+
+impl PublicKeyInfo {
+    /// SubjectPublicKeyInfo as PEM.
+    pub fn pem(&self) -> String {
+        crate::hsm::der::pem_encode("PUBLIC KEY", &self.spki_der)
+    }
+}
+
+/// A connected client. Cheap to clone; all clones share the connections.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    endpoint: quinn::Endpoint,
+    opts: ClientOptions,
+    conns: Vec<Mutex<Option<quinn::Connection>>>,
+    next: AtomicUsize,
+    connect_lock: tokio::sync::Mutex<()>,
+}
+
+impl Client {
+    /// Creates the client and connects to the first reachable endpoint.
+    pub async fn connect(opts: ClientOptions) -> Result<Client, ClientError> {
+        let client = Client::new(opts)?;
+        client.connection().await?;
+        Ok(client)
+    }
+
+    /// Creates the client without connecting (the first call connects).
+    pub fn new(opts: ClientOptions) -> Result<Client, ClientError> {
+        if opts.endpoints.is_empty() {
+            return Err(ClientError::Config("no endpoints".into()));
+        }
+        let tls = crate::tls::client_config(&opts.ca, &opts.cert, &opts.key)
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let crypto = QuicClientConfig::try_from(tls)
+            .map_err(|e| ClientError::Config(format!("TLS config unusable for QUIC: {e}")))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(10)));
+        transport.stream_receive_window(quinn::VarInt::from_u32(1 << 20));
+        transport.receive_window(quinn::VarInt::from_u32(16 << 20));
+        transport.send_window(16 << 20);
+        config.transport_config(Arc::new(transport));
+        let bind: SocketAddr = if opts.endpoints.iter().all(|e| e.is_ipv6()) {
+            "[::]:0".parse()
+        } else {
+            "0.0.0.0:0".parse()
+        }
+        .map_err(|e| ClientError::Config(format!("bind address: {e}")))?;
+        let mut endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| ClientError::Connect(format!("cannot open a UDP socket: {e}")))?;
+        endpoint.set_default_client_config(config);
+        let conns = opts.endpoints.iter().map(|_| Mutex::new(None)).collect();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoint,
+                opts,
+                conns,
+                next: AtomicUsize::new(0),
+                connect_lock: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Signs a digest (or, for Ed25519, a message) with the key's signing version.
+    pub async fn sign(
+        &self,
+        key: &str,
+        scheme: Scheme,
+        payload: impl Into<Bytes>,
+    ) -> Result<Signature, ClientError> {
+        self.sign_version(key, None, scheme, payload).await
+    }
+
+    /// Signs with a specific (active) version, or the signing version when `None`.
+    pub async fn sign_version(
+        &self,
+        key: &str,
+        version: Option<Version>,
+        scheme: Scheme,
+        payload: impl Into<Bytes>,
+    ) -> Result<Signature, ClientError> {
+        let request = Request::Sign {
+            key: name(key)?,
+            version,
+            scheme,
+            payload: payload.into(),
+        };
+        match self.call(request).await? {
+            ResponseBody::Signed { version, signature } => Ok(Signature { version, signature }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Signs many payloads in one request; one result per payload, in order.
+    pub async fn sign_batch(
+        &self,
+        key: &str,
+        scheme: Scheme,
+        payloads: Vec<Bytes>,
+    ) -> Result<Vec<Result<Signature, ClientError>>, ClientError> {
+        let request = Request::SignBatch {
+            key: name(key)?,
+            version: None,
+            scheme,
+            payloads,
+        };
+        match self.call(request).await? {
+            ResponseBody::Batch(items) => Ok(items
+                .into_iter()
+                .map(|item| match item {
+                    BatchItem::Signed { version, signature } => {
+                        Ok(Signature { version, signature })
+                    }
+                    BatchItem::Failed {
+                        status,
+                        retry_after_ms,
+                        message,
+                    } => Err(status_error(status, retry_after_ms, message)),
+                    #[allow(unreachable_patterns)]
+                    _ => Err(ClientError::Protocol("unknown batch item".into())),
+                })
+                .collect()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Asks the server (its HSM) whether `signature` is valid for `payload`.
+    pub async fn verify(
+        &self,
+        key: &str,
+        version: Option<Version>,
+        scheme: Scheme,
+        payload: impl Into<Bytes>,
+        signature: impl Into<Bytes>,
+    ) -> Result<bool, ClientError> {
+        let request = Request::Verify {
+            key: name(key)?,
+            version,
+            scheme,
+            payload: payload.into(),
+            signature: signature.into(),
+        };
+        match self.call(request).await? {
+            ResponseBody::Verified { valid, .. } => Ok(valid),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A key's public key (default: the signing version, else the latest).
+    pub async fn public_key(
+        &self,
+        key: &str,
+        version: Option<Version>,
+    ) -> Result<PublicKeyInfo, ClientError> {
+        let request = Request::GetPublicKey {
+            key: name(key)?,
+            version,
+        };
+        match self.call(request).await? {
+            ResponseBody::PublicKey {
+                version,
+                key_type,
+                spki_der,
+            } => Ok(PublicKeyInfo {
+                version,
+                key_type,
+                spki_der,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// All keys with versions, states and placement.
+    pub async fn list_keys(&self) -> Result<Vec<KeyListing>, ClientError> {
+        match self.call(Request::ListKeys).await? {
+            ResponseBody::Keys(keys) => Ok(keys),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Admin: creates a key (on `placement` partitions, or all when empty).
+    pub async fn create_key(
+        &self,
+        key: &str,
+        key_type: KeyType,
+        placement: Vec<String>,
+    ) -> Result<VersionListing, ClientError> {
+        let request = Request::CreateKey {
+            key: name(key)?,
+            key_type,
+            placement,
+        };
+        self.version_call(request).await
+    }
+
+    /// Admin: makes a new version the signing version; older versions retire.
+    pub async fn rotate_key(&self, key: &str) -> Result<VersionListing, ClientError> {
+        self.version_call(Request::RotateKey { key: name(key)? })
+            .await
+    }
+
+    /// Admin: stops a version from signing.
+    pub async fn retire_key(
+        &self,
+        key: &str,
+        version: Version,
+    ) -> Result<VersionListing, ClientError> {
+        self.version_call(Request::RetireKey {
+            key: name(key)?,
+            version,
+        })
+        .await
+    }
+
+    /// Admin: destroys a retired version in every HSM.
+    pub async fn destroy_key(&self, key: &str, version: Version) -> Result<(), ClientError> {
+        match self
+            .call(Request::DestroyKey {
+                key: name(key)?,
+                version,
+            })
+            .await?
+        {
+            ResponseBody::Destroyed => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Closes all connections.
+    pub fn close(&self) {
+        self.inner
+            .endpoint
+            .close(quinn::VarInt::from_u32(0), b"client closed");
+    }
+
+    async fn version_call(&self, request: Request) -> Result<VersionListing, ClientError> {
+        match self.call(request).await? {
+            ResponseBody::KeyVersion(v) => Ok(v),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// One call: send, retry retryable answers within the retry budget and the timeout.
+    async fn call(&self, request: Request) -> Result<ResponseBody, ClientError> {
+        let opts = &self.inner.opts;
+        let op = request.op();
+        let deadline = Instant::now() + opts.timeout;
+        let mut frame = RequestFrame {
+            flags: 0,
+            deadline_ms: 0,
+            request,
+        };
+        let mut attempt = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout);
+            }
+            frame.deadline_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
+            let outcome = tokio::time::timeout_at(deadline, self.roundtrip(op, &frame)).await;
+            let err = match outcome {
+                Err(_) => return Err(ClientError::Timeout),
+                Ok(Ok(resp)) => match resp.status {
+                    Status::Ok => {
+                        return resp
+                            .body
+                            .ok_or_else(|| ClientError::Protocol("OK without a body".into()))
+                    }
+                    status => status_error(status, resp.retry_after_ms, resp.message),
+                },
+                Ok(Err(e)) => e,
+            };
+            // Admin operations are retried only when the server said it did nothing.
+            let retryable = match &err {
+                ClientError::Status { status, .. } => {
+                    matches!(status, Status::Overloaded | Status::Unavailable)
+                }
+                ClientError::Connect(_) => true,
+                ClientError::Transport(_) => !op.is_admin(),
+                _ => false,
+            };
+            if !retryable || attempt >= opts.max_retries {
+                return Err(err);
+            }
+            attempt += 1;
+            let wait = match &err {
+                ClientError::Status {
+                    retry_after: Some(d),
+                    ..
+                } => *d,
+                _ => Duration::from_millis(20 * u64::from(attempt)),
+            };
+            if Instant::now() + wait >= deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn roundtrip(&self, op: Op, frame: &RequestFrame) -> Result<ResponseFrame, ClientError> {
+        let mut buf = BytesMut::with_capacity(128);
+        protocol::encode_request(frame, &mut buf)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        let (idx, conn) = self.connection().await?;
+        let result = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(transport)?;
+            send.write_all(&buf).await.map_err(transport)?;
+            send.finish().map_err(transport)?;
+            recv.read_to_end(protocol::MAX_FRAME + 4)
+                .await
+                .map_err(transport)
+        }
+        .await;
+        match result {
+            Ok(bytes) => protocol::decode_response(op, &bytes)
+                .map_err(|e| ClientError::Protocol(e.to_string())),
+            Err(e) => {
+                if conn.close_reason().is_some() {
+                    self.forget(idx, &conn);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A live connection: a cached one, else a new one to the next reachable endpoint.
+    async fn connection(&self) -> Result<(usize, quinn::Connection), ClientError> {
+        let n = self.inner.conns.len();
+        let start = self.inner.next.load(Ordering::Relaxed);
+        for i in 0..n {
+            let idx = (start + i) % n;
+            if let Some(c) = self.inner.conns[idx].lock().as_ref() {
+                if c.close_reason().is_none() {
+                    return Ok((idx, c.clone()));
+                }
+            }
+        }
+        let _one_at_a_time = self.inner.connect_lock.lock().await;
+        let mut last = String::from("no endpoint tried");
+        for i in 0..n {
+            let idx = (start + i) % n;
+            if let Some(c) = self.inner.conns[idx].lock().as_ref() {
+                if c.close_reason().is_none() {
+                    return Ok((idx, c.clone()));
+                }
+            }
+            let addr = self.inner.opts.endpoints[idx];
+            let connecting = self
+                .inner
+                .endpoint
+                .connect(addr, &self.inner.opts.server_name)
+                .map_err(|e| ClientError::Connect(format!("{addr}: {e}")));
+            let result = match connecting {
+                Ok(c) => c
+                    .await
+                    .map_err(|e| ClientError::Connect(format!("{addr}: {e}"))),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(conn) => {
+                    *self.inner.conns[idx].lock() = Some(conn.clone());
+                    self.inner.next.store(idx, Ordering::Relaxed);
+                    return Ok((idx, conn));
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        self.inner.next.store((start + 1) % n, Ordering::Relaxed);
+        Err(ClientError::Connect(last))
+    }
+
+    fn forget(&self, idx: usize, conn: &quinn::Connection) {
+        let mut slot = self.inner.conns[idx].lock();
+        if slot
+            .as_ref()
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            *slot = None;
+        }
+    }
+}
+
+fn name(key: &str) -> Result<KeyName, ClientError> {
+    KeyName::new(key).map_err(|e| ClientError::InvalidArgument(e.to_string()))
+}
+
+fn transport(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Transport(e.to_string())
+}
+
+fn status_error(status: Status, retry_after_ms: u32, message: String) -> ClientError {
+    ClientError::Status {
+        status,
+        message,
+        retry_after: (retry_after_ms > 0).then(|| Duration::from_millis(u64::from(retry_after_ms))),
+    }
+}
+
+fn unexpected(body: &ResponseBody) -> ClientError {
+    ClientError::Protocol(format!("unexpected response body {body:?}"))
+}

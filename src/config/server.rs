@@ -1,0 +1,124 @@
+//! `[server]`: the QUIC front end. Transport limits are chosen for this workload (small requests,
+//! thousands in flight per connection); see docs/CONFIG.md for the reasoning.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::tls::IdentitySource;
+
+/// `[server]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// UDP address to listen on (QUIC).
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM, mode 0600). Env override: `SIGNERD_TLS_KEY_FILE`.
+    pub key: PathBuf,
+    /// CA bundle (PEM) that client certificates must chain to.
+    pub client_ca: PathBuf,
+    /// Which certificate field names the caller: `san-uri`, `san-dns` or `common-name`.
+    #[serde(default = "default_identity")]
+    pub identity: IdentitySource,
+    /// Identities allowed to run admin operations (create, rotate, retire, destroy).
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// Most concurrent client connections; more are refused. Default 1024.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most concurrent request streams per connection (quinn's default is 100). Default 4096:
+    /// one connection carries 10k req/s at ~50 ms each (~500 in flight) with ample headroom.
+    #[serde(default = "default_max_streams")]
+    pub max_streams_per_connection: u32,
+    /// Per-stream receive window in bytes. Default 1 MiB (one maximum-size frame).
+    #[serde(default = "default_stream_window")]
+    pub stream_receive_window: u32,
+    /// Per-connection receive window in bytes (bounds memory per connection). Default 8 MiB.
+    #[serde(default = "default_conn_window")]
+    pub connection_receive_window: u32,
+    /// Close connections idle this long (ms). Default 30000.
+    #[serde(default = "default_idle_ms")]
+    pub idle_timeout_ms: u64,
+    /// A request must arrive completely within this time after its stream opens (ms). Default 5000.
+    #[serde(default = "default_read_ms")]
+    pub read_timeout_ms: u64,
+    /// Deadline for requests that carry none (ms). Default 5000.
+    #[serde(default = "default_deadline_ms")]
+    pub default_deadline_ms: u32,
+    /// Longest deadline a client may ask for (ms). Default 60000.
+    #[serde(default = "default_max_deadline_ms")]
+    pub max_deadline_ms: u32,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take before they are answered
+    /// UNAVAILABLE (ms). Default 10000.
+    #[serde(default = "default_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+impl ServerConfig {
+    /// Read timeout as a duration.
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_timeout_ms)
+    }
+
+    /// Shutdown grace as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
+            return Err("server.max_connections must be between 1 and 1000000".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_streams_per_connection) {
+            return Err("server.max_streams_per_connection must be between 1 and 1000000".into());
+        }
+        if self.stream_receive_window < 64 * 1024 {
+            return Err("server.stream_receive_window must be at least 65536".into());
+        }
+        if self.connection_receive_window < self.stream_receive_window {
+            return Err("server.connection_receive_window must be >= stream_receive_window".into());
+        }
+        if self.idle_timeout_ms < 1000 || self.read_timeout_ms < 10 {
+            return Err("server.idle_timeout_ms must be >= 1000 and read_timeout_ms >= 10".into());
+        }
+        if self.default_deadline_ms == 0 || self.default_deadline_ms > self.max_deadline_ms {
+            return Err("server.default_deadline_ms must be in 1..=max_deadline_ms".into());
+        }
+        Ok(())
+    }
+}
+
+fn default_identity() -> IdentitySource {
+    IdentitySource::SanUri
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_streams() -> u32 {
+    4096
+}
+fn default_stream_window() -> u32 {
+    1 << 20
+}
+fn default_conn_window() -> u32 {
+    8 << 20
+}
+fn default_idle_ms() -> u64 {
+    30_000
+}
+fn default_read_ms() -> u64 {
+    5_000
+}
+fn default_deadline_ms() -> u32 {
+    5_000
+}
+fn default_max_deadline_ms() -> u32 {
+    60_000
+}
+fn default_grace_ms() -> u64 {
+    10_000
+}

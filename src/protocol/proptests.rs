@@ -1,0 +1,331 @@
+//! Property tests (round trips, no panics on any input) and the worked examples of
+//! docs/PROTOCOL.md.
+
+#![allow(clippy::unwrap_used)]
+
+use bytes::{Bytes, BytesMut};
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::select;
+
+use super::*;
+
+fn key_name() -> impl Strategy<Value = KeyName> {
+    "[A-Za-z0-9][A-Za-z0-9._-]{0,63}".prop_map(|s| KeyName::new(&s).unwrap())
+}
+
+fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
+    vec(any::<u8>(), 0..=max).prop_map(Bytes::from)
+}
+
+fn scheme() -> impl Strategy<Value = Scheme> {
+    select(Scheme::ALL.to_vec())
+}
+
+fn key_type() -> impl Strategy<Value = KeyType> {
+    select(KeyType::ALL.to_vec())
+}
+
+fn key_state() -> impl Strategy<Value = KeyState> {
+    prop_oneof![Just(KeyState::Active), Just(KeyState::Retired)]
+}
+
+fn version() -> impl Strategy<Value = Version> {
+    prop_oneof![1..=4u32, 1..=u32::MAX]
+}
+
+fn opt_version() -> impl Strategy<Value = Option<Version>> {
+    proptest::option::of(version())
+}
+
+/// Non-empty, any Unicode (≤ 16 chars, so ≤ 64 bytes).
+fn partition() -> impl Strategy<Value = String> {
+    "\\PC{1,16}"
+}
+
+fn partitions(max: usize) -> impl Strategy<Value = Vec<String>> {
+    vec(partition(), 0..=max)
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        (key_name(), opt_version(), scheme(), bytes(100)).prop_map(
+            |(key, version, scheme, payload)| Request::Sign {
+                key,
+                version,
+                scheme,
+                payload
+            }
+        ),
+        (key_name(), opt_version(), scheme(), vec(bytes(40), 1..10)).prop_map(
+            |(key, version, scheme, payloads)| Request::SignBatch {
+                key,
+                version,
+                scheme,
+                payloads
+            }
+        ),
+        (key_name(), opt_version(), scheme(), bytes(100), bytes(600)).prop_map(
+            |(key, version, scheme, payload, signature)| Request::Verify {
+                key,
+                version,
+                scheme,
+                payload,
+                signature
+            }
+        ),
+        (key_name(), opt_version())
+            .prop_map(|(key, version)| Request::GetPublicKey { key, version }),
+        Just(Request::ListKeys),
+        (key_name(), key_type(), partitions(MAX_PARTITIONS)).prop_map(
+            |(key, key_type, placement)| Request::CreateKey {
+                key,
+                key_type,
+                placement
+            }
+        ),
+        key_name().prop_map(|key| Request::RotateKey { key }),
+        (key_name(), version()).prop_map(|(key, version)| Request::RetireKey { key, version }),
+        (key_name(), version()).prop_map(|(key, version)| Request::DestroyKey { key, version }),
+    ]
+}
+
+fn request_frame() -> impl Strategy<Value = RequestFrame> {
+    (
+        prop_oneof![Just(0), Just(ACCEPT_BATCH_SIGNATURE)],
+        any::<u32>(),
+        request(),
+    )
+        .prop_map(|(flags, deadline_ms, request)| RequestFrame {
+            flags,
+            deadline_ms,
+            request,
+        })
+}
+
+fn error_status() -> impl Strategy<Value = Status> {
+    select(
+        (1..=8)
+            .filter_map(Status::from_code)
+            .collect::<Vec<Status>>(),
+    )
+}
+
+fn message() -> impl Strategy<Value = String> {
+    prop_oneof!["", "\\PC{0,300}"]
+}
+
+fn signature() -> impl Strategy<Value = Bytes> {
+    bytes(600)
+}
+
+fn batch_item() -> impl Strategy<Value = BatchItem> {
+    prop_oneof![
+        (version(), signature())
+            .prop_map(|(version, signature)| BatchItem::Signed { version, signature }),
+        (error_status(), any::<u32>(), message()).prop_map(|(status, retry_after_ms, message)| {
+            BatchItem::Failed {
+                status,
+                retry_after_ms,
+                message,
+            }
+        }),
+    ]
+}
+
+fn version_listing() -> impl Strategy<Value = VersionListing> {
+    (version(), key_state(), partitions(6)).prop_map(|(version, state, partitions)| {
+        VersionListing {
+            version,
+            state,
+            partitions,
+        }
+    })
+}
+
+fn key_listing() -> impl Strategy<Value = KeyListing> {
+    (
+        key_name(),
+        key_type(),
+        opt_version(),
+        vec(version_listing(), 0..5),
+    )
+        .prop_map(|(name, key_type, signing_version, versions)| KeyListing {
+            name,
+            key_type,
+            signing_version,
+            versions,
+        })
+}
+
+fn body_for(op: Op) -> BoxedStrategy<ResponseBody> {
+    match op {
+        Op::Sign => (version(), signature())
+            .prop_map(|(version, signature)| ResponseBody::Signed { version, signature })
+            .boxed(),
+        Op::SignBatch => vec(batch_item(), 1..20)
+            .prop_map(ResponseBody::Batch)
+            .boxed(),
+        Op::Verify => (version(), any::<bool>())
+            .prop_map(|(version, valid)| ResponseBody::Verified { version, valid })
+            .boxed(),
+        Op::GetPublicKey => (version(), key_type(), bytes(600))
+            .prop_map(|(version, key_type, spki_der)| ResponseBody::PublicKey {
+                version,
+                key_type,
+                spki_der,
+            })
+            .boxed(),
+        Op::ListKeys => vec(key_listing(), 0..6)
+            .prop_map(ResponseBody::Keys)
+            .boxed(),
+        Op::CreateKey | Op::RotateKey | Op::RetireKey => {
+            version_listing().prop_map(ResponseBody::KeyVersion).boxed()
+        }
+        Op::DestroyKey => Just(ResponseBody::Destroyed).boxed(),
+    }
+}
+
+fn op_and_response() -> impl Strategy<Value = (Op, ResponseFrame)> {
+    select(Op::ALL.to_vec()).prop_flat_map(|op| {
+        let ok = body_for(op).prop_map(ResponseFrame::ok);
+        let err = (error_status(), any::<u32>(), message())
+            .prop_map(|(status, retry, msg)| ResponseFrame::error(status, retry, msg));
+        (Just(op), prop_oneof![3 => ok, 1 => err])
+    })
+}
+
+fn framed(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+proptest! {
+    #[test]
+    fn request_round_trip(frame in request_frame()) {
+        let mut out = BytesMut::new();
+        encode_request(&frame, &mut out).unwrap();
+        prop_assert_eq!(frame_len(out[..4].try_into().unwrap()), out.len() - 4);
+        prop_assert_eq!(decode_request(&out).unwrap(), frame);
+    }
+
+    #[test]
+    fn response_round_trip((op, frame) in op_and_response()) {
+        let mut out = BytesMut::new();
+        encode_response(op, &frame, &mut out).unwrap();
+        prop_assert_eq!(decode_response(op, &out).unwrap(), frame);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(data in vec(any::<u8>(), 0..300), op in 0..Op::ALL.len()) {
+        let op = Op::ALL[op];
+        let _ = decode_request(&data);
+        let _ = decode_response(op, &data);
+        // With a correct prefix the decoders get past the framing check.
+        let _ = decode_request(&framed(&data));
+        let _ = decode_response(op, &framed(&data));
+    }
+
+    /// Valid frames with one byte changed: no panic, and whatever still decodes is canonical
+    /// (re-encoding gives back exactly the same bytes).
+    #[test]
+    fn mutated_requests_never_panic(frame in request_frame(), at in any::<usize>(), byte in any::<u8>()) {
+        let mut out = BytesMut::new();
+        encode_request(&frame, &mut out).unwrap();
+        let mut bytes = out.to_vec();
+        let at = 4 + at % (bytes.len() - 4);
+        bytes[at] = byte;
+        if let Ok(decoded) = decode_request(&bytes) {
+            let mut again = BytesMut::new();
+            encode_request(&decoded, &mut again).unwrap();
+            prop_assert_eq!(&again[..], &bytes[..]);
+        }
+    }
+
+    #[test]
+    fn mutated_responses_never_panic((op, frame) in op_and_response(), at in any::<usize>(), byte in any::<u8>()) {
+        let mut out = BytesMut::new();
+        encode_response(op, &frame, &mut out).unwrap();
+        let mut bytes = out.to_vec();
+        let at = 4 + at % (bytes.len() - 4);
+        bytes[at] = byte;
+        if let Ok(decoded) = decode_response(op, &bytes) {
+            let mut again = BytesMut::new();
+            encode_response(op, &decoded, &mut again).unwrap();
+            prop_assert_eq!(decode_response(op, &again).unwrap(), decoded);
+        }
+    }
+}
+
+// ---- Worked examples (docs/PROTOCOL.md §11) ----
+
+const DOC: &str = include_str!("../../docs/PROTOCOL.md");
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks that `frame` encodes to `expected` and that the doc shows exactly that hex.
+fn check_example(encoded: &[u8], expected: &str) {
+    assert_eq!(hex(encoded), expected);
+    assert!(
+        DOC.contains(expected),
+        "docs/PROTOCOL.md must show the example frame {expected}"
+    );
+}
+
+#[test]
+fn worked_example_sign_request() {
+    let frame = RequestFrame {
+        flags: 0,
+        deadline_ms: 5000,
+        request: Request::Sign {
+            key: KeyName::new("payments").unwrap(),
+            version: None,
+            scheme: Scheme::EcdsaSha256,
+            payload: Bytes::from((0u8..32).collect::<Vec<u8>>()),
+        },
+    };
+    let mut out = BytesMut::new();
+    encode_request(&frame, &mut out).unwrap();
+    check_example(
+        &out,
+        "0000003a0101000000001388087061796d656e7473000000000100000020\
+         000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+    );
+    assert_eq!(decode_request(&out).unwrap(), frame);
+}
+
+#[test]
+fn worked_example_sign_response() {
+    let frame = ResponseFrame::ok(ResponseBody::Signed {
+        version: 1,
+        signature: Bytes::from_static(b"\x30\x06\x02\x01\x2a\x02\x01\x07"),
+    });
+    let mut out = BytesMut::new();
+    encode_response(Op::Sign, &frame, &mut out).unwrap();
+    check_example(
+        &out,
+        "000000190100000000000000000000000001010008300602012a020107",
+    );
+    assert_eq!(decode_response(Op::Sign, &out).unwrap(), frame);
+}
+
+#[test]
+fn worked_example_error_responses() {
+    let frame = ResponseFrame::error(Status::NotFound, 0, "key payments not found");
+    let mut out = BytesMut::new();
+    encode_response(Op::Sign, &frame, &mut out).unwrap();
+    check_example(
+        &out,
+        "00000020010400000000000000166b6579207061796d656e7473206e6f7420666f756e64",
+    );
+    assert_eq!(decode_response(Op::Sign, &out).unwrap(), frame);
+
+    let frame = ResponseFrame::error(Status::Overloaded, 50, "queue full");
+    out.clear();
+    encode_response(Op::Sign, &frame, &mut out).unwrap();
+    check_example(&out, "000000140105000000000032000a71756575652066756c6c");
+    assert_eq!(decode_response(Op::Sign, &out).unwrap(), frame);
+}

@@ -1,0 +1,258 @@
+//! The QUIC front end: a quinn endpoint with mutual TLS, one task per connection and per request
+//! stream, and a graceful drain on shutdown. HSM work never runs here: requests are queued into
+//! the engine and awaited; admin operations run on the blocking pool.
+
+mod dispatch;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use tokio::sync::{watch, Notify};
+
+use crate::config::ServerConfig;
+use crate::tls;
+use crate::Engine;
+
+/// QUIC application error code sent when the server closes a connection for shutdown.
+pub const CLOSE_SHUTDOWN: u32 = 0;
+/// QUIC application error code for a connection whose certificate names no usable identity.
+pub const CLOSE_NO_IDENTITY: u32 = 1;
+/// QUIC application error code for connections over the limit.
+pub const CLOSE_TOO_MANY: u32 = 2;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// TLS material could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The endpoint could not be created (address in use, ...).
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        /// Address from the config.
+        addr: SocketAddr,
+        /// OS error.
+        reason: String,
+    },
+    /// The config is unusable for serving.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A running server: its bound address and the handle that stops it.
+#[derive(Debug)]
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    state: Arc<State>,
+    local: SocketAddr,
+}
+
+/// State shared by all connection and stream tasks.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) engine: Engine,
+    pub(crate) cfg: ServerConfig,
+    /// True once shutdown started: new requests are answered UNAVAILABLE.
+    pub(crate) draining: watch::Sender<bool>,
+    /// True once the grace period is over: waiting requests are answered UNAVAILABLE.
+    pub(crate) expired: watch::Sender<bool>,
+    inflight: AtomicUsize,
+    idle: Notify,
+    connections: AtomicUsize,
+}
+
+impl State {
+    pub(crate) fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+}
+
+/// Counts a request in flight until dropped.
+pub(crate) struct InflightGuard(Arc<State>);
+
+impl InflightGuard {
+    pub(crate) fn new(state: &Arc<State>) -> Self {
+        state.inflight.fetch_add(1, Ordering::SeqCst);
+        InflightGuard(Arc::clone(state))
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Server {
+    /// Binds the endpoint. Must be called inside a tokio runtime.
+    pub fn bind(engine: Engine, cfg: ServerConfig) -> Result<Server, ServeError> {
+        let rustls_cfg = tls::server_config(&cfg.cert, &cfg.key, &cfg.client_ca)?;
+        let crypto = QuicServerConfig::try_from(rustls_cfg)
+            .map_err(|e| ServeError::Config(format!("TLS config unusable for QUIC: {e}")))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server_config.transport_config(Arc::new(transport(&cfg)?));
+        let endpoint =
+            quinn::Endpoint::server(server_config, cfg.listen).map_err(|e| ServeError::Bind {
+                addr: cfg.listen,
+                reason: e.to_string(),
+            })?;
+        let local = endpoint.local_addr().map_err(|e| ServeError::Bind {
+            addr: cfg.listen,
+            reason: e.to_string(),
+        })?;
+        let state = Arc::new(State {
+            engine,
+            cfg,
+            draining: watch::Sender::new(false),
+            expired: watch::Sender::new(false),
+            inflight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            connections: AtomicUsize::new(0),
+        });
+        Ok(Server {
+            endpoint,
+            state,
+            local,
+        })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Serves until `shutdown` resolves, then drains: no new connections; requests already
+    /// accepted get until the grace period to finish, then a retryable UNAVAILABLE; requests
+    /// arriving meanwhile get UNAVAILABLE at once. Stops the engine before returning.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let Server {
+            endpoint, state, ..
+        } = self;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => {
+                        if state.connections.load(Ordering::Relaxed) >= state.cfg.max_connections {
+                            tracing::debug!(peer = %incoming.remote_address(), "connection refused: at max_connections");
+                            incoming.refuse();
+                            continue;
+                        }
+                        tokio::spawn(connection(incoming, Arc::clone(&state)));
+                    }
+                    None => break,
+                },
+            }
+        }
+        tracing::info!("shutting down: draining in-flight requests");
+        endpoint.set_server_config(None);
+        state.draining.send_replace(true);
+        let grace = state.cfg.shutdown_grace();
+        if !wait_idle(&state, grace).await {
+            let left = state.inflight.load(Ordering::SeqCst);
+            tracing::warn!(left, "grace period over; answering the rest UNAVAILABLE");
+            state.expired.send_replace(true);
+            wait_idle(&state, Duration::from_secs(2)).await;
+        }
+        let engine = state.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Waits until no request is in flight, at most `limit`. True when idle.
+async fn wait_idle(state: &State, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let notified = state.idle.notified();
+        if state.inflight.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return state.inflight.load(Ordering::SeqCst) == 0;
+        }
+    }
+}
+
+fn transport(cfg: &ServerConfig) -> Result<TransportConfig, ServeError> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(cfg.max_streams_per_connection));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.stream_receive_window(VarInt::from_u32(cfg.stream_receive_window));
+    t.receive_window(VarInt::from_u32(cfg.connection_receive_window));
+    t.send_window(u64::from(cfg.connection_receive_window));
+    let idle = IdleTimeout::try_from(Duration::from_millis(cfg.idle_timeout_ms))
+        .map_err(|e| ServeError::Config(format!("server.idle_timeout_ms: {e}")))?;
+    t.max_idle_timeout(Some(idle));
+    Ok(t)
+}
+
+/// Counts a connection while it lives.
+struct ConnGuard(Arc<State>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn connection(incoming: quinn::Incoming, state: Arc<State>) {
+    state.connections.fetch_add(1, Ordering::Relaxed);
+    let _guard = ConnGuard(Arc::clone(&state));
+    let peer = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%peer, "handshake failed: {e}");
+            return;
+        }
+    };
+    let identity = match peer_identity(&conn, &state) {
+        Ok(id) => Arc::<str>::from(id),
+        Err(e) => {
+            tracing::warn!(%peer, "refusing connection: {e}");
+            conn.close(VarInt::from_u32(CLOSE_NO_IDENTITY), b"no usable identity");
+            return;
+        }
+    };
+    tracing::debug!(%peer, identity = %identity, "connection established");
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let guard = InflightGuard::new(&state);
+                tokio::spawn(dispatch::stream(
+                    send,
+                    recv,
+                    Arc::clone(&state),
+                    Arc::clone(&identity),
+                    guard,
+                ));
+            }
+            Err(e) => {
+                tracing::debug!(%peer, "connection ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn peer_identity(conn: &quinn::Connection, state: &State) -> Result<String, String> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or("no client certificate")?;
+    let leaf = certs.first().ok_or("empty client certificate chain")?;
+    tls::identity_of(leaf.as_ref(), state.cfg.identity).map_err(|e| e.to_string())
+}

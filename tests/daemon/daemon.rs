@@ -1,0 +1,168 @@
+//! Starting and stopping a real daemon.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use certnode_signer::client::{Client, ClientOptions};
+
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+impl Daemon {
+    /// `signerd init --dev` in a fresh directory, then `signerd serve`; waits until it answers.
+    pub async fn start(name: &str) -> Daemon {
+        Daemon::start_with(name, "").await
+    }
+
+    /// Like `start`, with extra lines for the `[server]` table.
+    pub async fn start_with(name: &str, server_lines: &str) -> Daemon {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("daemon-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let port = free_udp_port();
+        let out = Command::new(env!("CARGO_BIN_EXE_signerd"))
+            .args(["init", "--dev"])
+            .arg(&dir)
+            .args(["--partitions", "2", "--port", &port.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !server_lines.is_empty() {
+            let cfg = dir.join("signerd.toml");
+            let text = std::fs::read_to_string(&cfg).unwrap();
+            let text = text.replacen("[server]\n", &format!("[server]\n{server_lines}\n"), 1);
+            std::fs::write(&cfg, text).unwrap();
+        }
+        let log = std::fs::File::create(dir.join("signerd.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_signerd"))
+            .args(["serve", "--config"])
+            .arg(dir.join("signerd.toml"))
+            .env("SIGNERD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let daemon = Daemon {
+            dir,
+            port,
+            child: Some(child),
+        };
+        daemon.wait_ready().await;
+        daemon
+    }
+
+    async fn wait_ready(&self) {
+        let started = Instant::now();
+        loop {
+            let ok = match Client::connect(self.options("client-app.toml")).await {
+                Ok(c) => {
+                    let r = c.list_keys().await.is_ok();
+                    c.close();
+                    r
+                }
+                Err(_) => false,
+            };
+            if ok {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "daemon did not come up; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn options(&self, file: &str) -> ClientOptions {
+        ClientOptions::from_file(&self.dir.join(file)).unwrap()
+    }
+
+    pub async fn admin(&self) -> Client {
+        Client::connect(self.options("client.toml")).await.unwrap()
+    }
+
+    pub async fn app(&self) -> Client {
+        Client::connect(self.options("client-app.toml"))
+            .await
+            .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("signerd.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.pid();
+        let st = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut child = self.child.take().unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "daemon did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+
+    #[allow(dead_code)]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A unique key name for this test process.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{prefix}-{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    (0..n).map(|_| rand::random::<u8>()).collect()
+}

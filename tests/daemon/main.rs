@@ -1,0 +1,13 @@
+//! Black-box tests: the real `signerd` binary on its own SoftHSM2 tokens, driven over QUIC on
+//! loopback by the client library (and by raw quinn streams for malformed input).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod daemon;
+#[path = "../it/support/verify.rs"]
+mod verify;
+
+mod admin;
+mod bad_input;
+mod shutdown;
+mod signing;

@@ -1,0 +1,104 @@
+//! Signing over QUIC with every key type and scheme; many concurrent requests over one and over
+//! several connections. Every signature is verified independently.
+
+use bytes::Bytes;
+use certnode_signer::{KeyType, Scheme};
+
+use crate::daemon::{random_bytes, unique, Daemon};
+use crate::verify::verify;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_type_and_scheme_over_quic() {
+    let d = Daemon::start("alg").await;
+    let admin = d.admin().await;
+    let app = d.app().await;
+    for key_type in KeyType::ALL {
+        let name = unique(&format!("alg-{key_type}"));
+        let v = admin.create_key(&name, key_type, vec![]).await.unwrap();
+        assert_eq!(v.version, 1);
+        let pk = app.public_key(&name, None).await.unwrap();
+        assert_eq!(pk.key_type, key_type);
+        for scheme in Scheme::ALL.into_iter().filter(|s| key_type.supports(*s)) {
+            let payload = random_bytes(scheme.digest_len().unwrap_or(100));
+            let sig = app.sign(&name, scheme, payload.clone()).await.unwrap();
+            assert_eq!(sig.version, 1);
+            verify(&pk.spki_der, scheme, &payload, &sig.signature)
+                .unwrap_or_else(|e| panic!("{key_type} {scheme}: {e}"));
+            assert!(app
+                .verify(&name, None, scheme, payload, sig.signature.clone())
+                .await
+                .unwrap());
+        }
+    }
+    app.close();
+    admin.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_requests_over_one_and_several_connections() {
+    let d = Daemon::start("conc").await;
+    let admin = d.admin().await;
+    let name = unique("conc");
+    admin
+        .create_key(&name, KeyType::EcP256, vec![])
+        .await
+        .unwrap();
+    let spki = admin.public_key(&name, None).await.unwrap().spki_der;
+    // One connection, 2000 requests in flight together.
+    let one = d.app().await;
+    let mut tasks = Vec::new();
+    for _ in 0..2000 {
+        let (c, n) = (one.clone(), name.clone());
+        tasks.push(tokio::spawn(async move {
+            let digest = Bytes::from(random_bytes(32));
+            (
+                digest.clone(),
+                c.sign(&n, Scheme::EcdsaSha256, digest).await,
+            )
+        }));
+    }
+    // Four more connections, 500 each.
+    for _ in 0..4 {
+        let c = d.app().await;
+        for _ in 0..500 {
+            let (c, n) = (c.clone(), name.clone());
+            tasks.push(tokio::spawn(async move {
+                let digest = Bytes::from(random_bytes(32));
+                (
+                    digest.clone(),
+                    c.sign(&n, Scheme::EcdsaSha256, digest).await,
+                )
+            }));
+        }
+    }
+    let n = tasks.len();
+    for t in tasks {
+        let (digest, sig) = t.await.unwrap();
+        let sig = sig.expect("signed");
+        verify(&spki, Scheme::EcdsaSha256, &digest, &sig.signature).expect("own signature");
+    }
+    assert_eq!(n, 4000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_signing_answers_each_item() {
+    let d = Daemon::start("batch").await;
+    let admin = d.admin().await;
+    let name = unique("batch");
+    admin
+        .create_key(&name, KeyType::EcP384, vec![])
+        .await
+        .unwrap();
+    let spki = admin.public_key(&name, None).await.unwrap().spki_der;
+    let app = d.app().await;
+    let payloads: Vec<Bytes> = (0..64).map(|_| Bytes::from(random_bytes(48))).collect();
+    let results = app
+        .sign_batch(&name, Scheme::EcdsaSha384, payloads.clone())
+        .await
+        .unwrap();
+    assert_eq!(results.len(), payloads.len());
+    for (p, r) in payloads.iter().zip(results) {
+        let sig = r.unwrap();
+        verify(&spki, Scheme::EcdsaSha384, p, &sig.signature).unwrap();
+    }
+}
