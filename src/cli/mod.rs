@@ -18,7 +18,7 @@ pub const EXIT_UNAVAILABLE: u8 = 69;
 
 /// signerd: a signing daemon in front of PKCS#11 HSMs.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "signerd", version, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -9,5 +9,6 @@ mod verify;
 
 mod admin;
 mod bad_input;
+mod cli;
 mod shutdown;
 mod signing;
