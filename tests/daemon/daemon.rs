@@ -46,22 +46,32 @@ impl Daemon {
             let text = text.replacen("[server]\n", &format!("[server]\n{server_lines}\n"), 1);
             std::fs::write(&cfg, text).unwrap();
         }
-        let log = std::fs::File::create(dir.join("signerd.log")).unwrap();
+        let mut daemon = Daemon {
+            dir,
+            port,
+            child: None,
+        };
+        daemon.spawn_serve().await;
+        daemon
+    }
+
+    /// Starts `signerd serve` on this directory (again) and waits until it answers.
+    pub async fn spawn_serve(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("signerd.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_signerd"))
             .args(["serve", "--config"])
-            .arg(dir.join("signerd.toml"))
+            .arg(self.dir.join("signerd.toml"))
             .env("SIGNERD_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        let daemon = Daemon {
-            dir,
-            port,
-            child: Some(child),
-        };
-        daemon.wait_ready().await;
-        daemon
+        self.child = Some(child);
+        self.wait_ready().await;
     }
 
     async fn wait_ready(&self) {

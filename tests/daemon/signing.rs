@@ -102,3 +102,33 @@ async fn batch_signing_answers_each_item() {
         verify(&spki, Scheme::EcdsaSha384, p, &sig.signature).unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reconnects_after_the_daemon_restarts() {
+    let mut d = Daemon::start("restart").await;
+    let admin = d.admin().await;
+    let name = unique("restart");
+    admin
+        .create_key(&name, KeyType::EcP256, vec![])
+        .await
+        .unwrap();
+    let app = d.app().await;
+    app.sign(&name, Scheme::EcdsaSha256, random_bytes(32))
+        .await
+        .unwrap();
+    let status = tokio::task::block_in_place(|| d.terminate());
+    assert_eq!(status.code(), Some(0));
+    // While it is down: a retryable error, not a hang.
+    let err = app
+        .sign(&name, Scheme::EcdsaSha256, random_bytes(32))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    d.spawn_serve().await;
+    // The same client object reconnects by itself; the key is still there (it lives in the HSM).
+    let sig = app
+        .sign(&name, Scheme::EcdsaSha256, random_bytes(32))
+        .await
+        .unwrap();
+    assert_eq!(sig.version, 1);
+}
