@@ -1,22 +1,13 @@
-//! `loadgen`: the load generator for signerd. Its commands arrive with the loadgen issue; until
-//! then it prints its usage.
+//! `loadgen`: the load generator for signerd. Open-loop constant rate with coordinated-omission
+//! corrected latency, closed-loop concurrency, rate schedules, find-max, and the raw PKCS#11
+//! ceiling for comparison in the same run.
 
-use clap::Parser;
+mod cli;
+mod plot;
+mod report;
+mod run;
+mod verify;
 
-/// Load generator for signerd (open-loop rate, closed-loop concurrency, find-max, raw PKCS#11
-/// ceiling). Not implemented yet: this build only prints its usage.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Cli {}
-
-fn main() {
-    let _ = Cli::parse();
-    println!(
-        "loadgen: the load generator for signerd.\n\n\
-         Planned commands (see docs and DESIGN.md §7):\n  \
-         loadgen run --client FILE --key NAME (--rate R | --concurrency C) --duration D\n  \
-         loadgen find-max --client FILE --key NAME --slo-p95 100ms\n  \
-         loadgen ceiling --config FILE --key NAME --threads N --duration D\n\n\
-         Not implemented in this build."
-    );
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

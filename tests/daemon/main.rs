@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod daemon;
-#[path = "../it/support/verify.rs"]
+#[path = "../../loadgen/src/verify.rs"]
 mod verify;
 
 mod admin;

@@ -1,6 +1,7 @@
 //! Fixtures: one SoftHSM2 dev set-up per test process (SoftHSM2 reads SOFTHSM2_CONF once per
 //! process), created by our own `init --dev` code; independent software verifiers.
 
+#[path = "../../../loadgen/src/verify.rs"]
 pub mod verify;
 
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
-//! Independent software verification (RustCrypto), sharing no code with the signer.
+//! Independent software verification (RustCrypto), sharing no code with the signer. Used by
+//! `loadgen --verify` and, through `#[path]`, by the signer's own test suites.
 
 use certnode_signer::Scheme;
 use ed25519_dalek::pkcs8::DecodePublicKey as _;

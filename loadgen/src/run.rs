@@ -1,0 +1,374 @@
+//! The load engine: open loop at a constant rate (latency measured from each request's scheduled
+//! send time, so coordinated omission is corrected), or closed loop with a fixed concurrency.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use certnode_signer::client::{Client, ClientError, Signature};
+use certnode_signer::Scheme;
+use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::report::{self, Interval, RunResult};
+
+/// How load is offered.
+#[derive(Clone, Copy, Debug)]
+pub enum Load {
+    /// Constant arrival rate (requests/s), independent of responses.
+    Rate(f64),
+    /// A fixed number of requests always in flight.
+    Concurrency(usize),
+}
+
+/// One constant-load phase.
+#[derive(Clone, Debug)]
+pub struct Phase {
+    /// The load.
+    pub load: Load,
+    /// Measured window.
+    pub duration: Duration,
+    /// Excluded from results.
+    pub warmup: Duration,
+}
+
+/// What every phase shares.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// One client per connection.
+    pub clients: Vec<Client>,
+    /// Key name.
+    pub key: String,
+    /// Scheme.
+    pub scheme: Scheme,
+    /// Payload length (digest length, or message size for Ed25519).
+    pub payload_len: usize,
+    /// Keep every (payload, signature) of the window for verification afterwards.
+    pub keep_signatures: bool,
+    /// Most requests in flight in open loop; beyond it requests are counted as `client_overflow`
+    /// instead of piling up without bound.
+    pub max_inflight: usize,
+}
+
+/// A signature kept for verification.
+#[derive(Clone, Debug)]
+pub struct Kept {
+    /// What was signed.
+    pub payload: Bytes,
+    /// The answer.
+    pub signature: Signature,
+}
+
+/// One answered request, sent to the collector.
+struct Sample {
+    /// Scheduled send time, as an offset from the phase start.
+    scheduled: Duration,
+    /// Completion minus scheduled send time.
+    latency: Duration,
+    /// `None` = OK.
+    error: Option<&'static str>,
+    kept: Option<Kept>,
+}
+
+/// Runs one phase; `progress` is called about once a second with (elapsed, rate, p95 ms, errors).
+pub async fn run_phase(
+    target: &Target,
+    phase: &Phase,
+    mut progress: impl FnMut(f64, f64, f64, u64),
+) -> (RunResult, Vec<Kept>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
+    let start = Instant::now();
+    let warmup = phase.warmup;
+    let end = warmup + phase.duration;
+    let inflight = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let overflow = Arc::new(AtomicU64::new(0));
+    let driver = {
+        let (target, load, tx) = (target.clone(), phase.load, tx.clone());
+        let (inflight, sent, overflow) = (inflight.clone(), sent.clone(), overflow.clone());
+        tokio::spawn(async move {
+            match load {
+                Load::Rate(rate) => {
+                    open_loop(
+                        &target, rate, start, end, warmup, tx, inflight, sent, overflow,
+                    )
+                    .await
+                }
+                Load::Concurrency(c) => closed_loop(&target, c, start, end, warmup, tx, sent).await,
+            }
+        })
+    };
+    drop(tx);
+
+    // Collect until every sender (driver and request tasks) is gone.
+    let seconds = phase.duration.as_secs_f64().ceil().max(1.0) as usize;
+    let mut intervals: Vec<Interval> = (0..seconds)
+        .map(|i| Interval {
+            start_s: i as f64,
+            length_s: 1.0,
+            hist: report::new_histogram(),
+            ok: 0,
+            errors: 0,
+            offered: 0,
+        })
+        .collect();
+    let mut total = report::new_histogram();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut ok = 0u64;
+    let mut kept = Vec::new();
+    let mut last_progress = Instant::now();
+    let mut window_hist = report::new_histogram();
+    let mut window_ok = 0u64;
+    let mut error_total = 0u64;
+    loop {
+        let sample = tokio::select! {
+            s = rx.recv() => s,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {
+                tick(&mut last_progress, start, &mut window_hist, &mut window_ok, error_total, &mut progress);
+                continue;
+            }
+        };
+        let Some(s) = sample else { break };
+        if s.scheduled < warmup || s.scheduled >= end {
+            continue;
+        }
+        let offset = s.scheduled - warmup;
+        let slot = (offset.as_secs() as usize).min(seconds - 1);
+        let micros = u64::try_from(s.latency.as_micros()).unwrap_or(u64::MAX);
+        report::record(&mut total, micros);
+        report::record(&mut intervals[slot].hist, micros);
+        report::record(&mut window_hist, micros);
+        intervals[slot].offered += 1;
+        match s.error {
+            None => {
+                ok += 1;
+                window_ok += 1;
+                intervals[slot].ok += 1;
+                if let Some(k) = s.kept {
+                    kept.push(k);
+                }
+            }
+            Some(name) => {
+                error_total += 1;
+                intervals[slot].errors += 1;
+                *errors.entry(name.to_owned()).or_default() += 1;
+            }
+        }
+        tick(
+            &mut last_progress,
+            start,
+            &mut window_hist,
+            &mut window_ok,
+            error_total,
+            &mut progress,
+        );
+    }
+    let _ = driver.await;
+    let over = overflow.load(Ordering::Relaxed);
+    if over > 0 {
+        *errors.entry("client_overflow".into()).or_default() += over;
+    }
+    let (mode, offered_rate, concurrency) = match phase.load {
+        Load::Rate(r) => ("open-loop", Some(r), None),
+        Load::Concurrency(c) => ("closed-loop", None, Some(c)),
+    };
+    let result = RunResult {
+        mode: mode.into(),
+        offered_rate,
+        concurrency,
+        connections: target.clients.len(),
+        key: target.key.clone(),
+        scheme: target.scheme.to_string(),
+        duration_s: phase.duration.as_secs_f64(),
+        warmup_s: phase.warmup.as_secs_f64(),
+        sent: sent.load(Ordering::Relaxed),
+        ok,
+        errors,
+        histogram: total,
+        intervals,
+        verified: 0,
+        verify_failures: 0,
+        verify_enabled: target.keep_signatures,
+    };
+    (result, kept)
+}
+
+fn tick(
+    last: &mut Instant,
+    start: Instant,
+    hist: &mut Histogram<u64>,
+    ok: &mut u64,
+    errors: u64,
+    progress: &mut impl FnMut(f64, f64, f64, u64),
+) {
+    let since = last.elapsed();
+    if since >= Duration::from_secs(1) {
+        let p95 = hist.value_at_quantile(0.95) as f64 / 1000.0;
+        progress(
+            start.elapsed().as_secs_f64(),
+            *ok as f64 / since.as_secs_f64(),
+            p95,
+            errors,
+        );
+        hist.reset();
+        *ok = 0;
+        *last = Instant::now();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn open_loop(
+    target: &Target,
+    rate: f64,
+    start: Instant,
+    end: Duration,
+    warmup: Duration,
+    tx: mpsc::UnboundedSender<Sample>,
+    inflight: Arc<AtomicUsize>,
+    sent: Arc<AtomicU64>,
+    overflow: Arc<AtomicU64>,
+) {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let mut n: u64 = 0;
+    let conns = target.clients.len();
+    // Wake every millisecond (or per request at low rates) and launch everything due.
+    let tick = interval.clamp(Duration::from_micros(500), Duration::from_millis(1));
+    loop {
+        let now = start.elapsed();
+        loop {
+            let scheduled = interval.mul_f64(n as f64);
+            if scheduled >= end {
+                return;
+            }
+            if scheduled > now {
+                break;
+            }
+            n += 1;
+            if scheduled >= warmup {
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            if inflight.load(Ordering::Relaxed) >= target.max_inflight {
+                if scheduled >= warmup {
+                    overflow.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            inflight.fetch_add(1, Ordering::Relaxed);
+            let client = target.clients[(n as usize) % conns].clone();
+            let (tx, inflight) = (tx.clone(), inflight.clone());
+            let (key, scheme, len) = (target.key.clone(), target.scheme, target.payload_len);
+            let keep = target.keep_signatures && scheduled >= warmup;
+            tokio::spawn(async move {
+                let sample = one(
+                    &client,
+                    &key,
+                    scheme,
+                    len,
+                    start + scheduled,
+                    scheduled,
+                    keep,
+                )
+                .await;
+                inflight.fetch_sub(1, Ordering::Relaxed);
+                let _ = tx.send(sample);
+            });
+        }
+        tokio::time::sleep(tick).await;
+    }
+}
+
+async fn closed_loop(
+    target: &Target,
+    concurrency: usize,
+    start: Instant,
+    end: Duration,
+    warmup: Duration,
+    tx: mpsc::UnboundedSender<Sample>,
+    sent: Arc<AtomicU64>,
+) {
+    let mut tasks = Vec::with_capacity(concurrency);
+    for i in 0..concurrency.max(1) {
+        let client = target.clients[i % target.clients.len()].clone();
+        let (tx, sent) = (tx.clone(), sent.clone());
+        let (key, scheme, len, keep) = (
+            target.key.clone(),
+            target.scheme,
+            target.payload_len,
+            target.keep_signatures,
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let scheduled = start.elapsed();
+                if scheduled >= end {
+                    return;
+                }
+                let in_window = scheduled >= warmup;
+                if in_window {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                let sample = one(
+                    &client,
+                    &key,
+                    scheme,
+                    len,
+                    Instant::now(),
+                    scheduled,
+                    keep && in_window,
+                )
+                .await;
+                if tx.send(sample).is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn one(
+    client: &Client,
+    key: &str,
+    scheme: Scheme,
+    len: usize,
+    scheduled_at: Instant,
+    scheduled: Duration,
+    keep: bool,
+) -> Sample {
+    let payload: Bytes = (0..len)
+        .map(|_| rand::random::<u8>())
+        .collect::<Vec<u8>>()
+        .into();
+    let result = client.sign(key, scheme, payload.clone()).await;
+    let latency = scheduled_at.elapsed();
+    match result {
+        Ok(signature) => Sample {
+            scheduled,
+            latency,
+            error: None,
+            kept: keep.then_some(Kept { payload, signature }),
+        },
+        Err(e) => Sample {
+            scheduled,
+            latency,
+            error: Some(error_name(&e)),
+            kept: None,
+        },
+    }
+}
+
+/// The status name used in reports for a failed request.
+pub fn error_name(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Status { status, .. } => status.as_str(),
+        ClientError::Timeout => "timeout",
+        ClientError::Transport(_) => "transport",
+        ClientError::Connect(_) => "connect",
+        ClientError::Protocol(_) => "protocol",
+        _ => "client",
+    }
+}
