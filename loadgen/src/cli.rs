@@ -218,7 +218,7 @@ fn ceiling(a: CeilingArgs) -> Result<ExitCode, String> {
             "partitions": r.partitions,
             "key": a.key,
         });
-        report::write_json(&v, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+        report::write_json(&v, &path).map_err(|e| e.to_string())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -364,7 +364,7 @@ fn outputs(
         } else {
             report::steps_json(results, best.flatten(), slo)
         };
-        report::write_json(&v, path).map_err(|e| format!("{}: {e}", path.display()))?;
+        report::write_json(&v, path).map_err(|e| e.to_string())?;
     }
     if let Some(path) = &c.hdr_log {
         if let Some(r) = results.last() {

@@ -19,6 +19,7 @@ pub fn run(path: &Path) -> Result<(), CliError> {
     })?;
     let engine = Engine::open(&cfg).map_err(open_error)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(server_cfg.runtime_threads())
         .enable_all()
         .thread_name("signerd-rt")
         .build()

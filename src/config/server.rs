@@ -52,6 +52,10 @@ pub struct ServerConfig {
     /// Longest deadline a client may ask for (ms). Default 60000.
     #[serde(default = "default_max_deadline_ms")]
     pub max_deadline_ms: u32,
+    /// Async runtime threads for the network side (QUIC, TLS, framing). HSM work has its own
+    /// worker threads. Default: half the CPU cores, at least 1 (tuning/RESULTS.md).
+    #[serde(default)]
+    pub runtime_threads: Option<usize>,
     /// On SIGTERM/SIGINT, how long in-flight requests may take before they are answered
     /// UNAVAILABLE (ms). Default 10000.
     #[serde(default = "default_grace_ms")]
@@ -62,6 +66,14 @@ impl ServerConfig {
     /// Read timeout as a duration.
     pub fn read_timeout(&self) -> Duration {
         Duration::from_millis(self.read_timeout_ms)
+    }
+
+    /// Runtime threads to start.
+    pub fn runtime_threads(&self) -> usize {
+        self.runtime_threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            (cores / 2).max(1)
+        })
     }
 
     /// Shutdown grace as a duration.
@@ -84,6 +96,9 @@ impl ServerConfig {
         }
         if self.idle_timeout_ms < 1000 || self.read_timeout_ms < 10 {
             return Err("server.idle_timeout_ms must be >= 1000 and read_timeout_ms >= 10".into());
+        }
+        if matches!(self.runtime_threads, Some(0) | Some(257..)) {
+            return Err("server.runtime_threads must be between 1 and 256".into());
         }
         if self.default_deadline_ms == 0 || self.default_deadline_ms > self.max_deadline_ms {
             return Err("server.default_deadline_ms must be in 1..=max_deadline_ms".into());
