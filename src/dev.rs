@@ -290,7 +290,9 @@ fn dev_config(module: &Path, conf: &Path, partitions: usize, port: u16) -> Strin
          # Capacity of each worker's queue; a full queue answers OVERLOADED.\n\
          queue_depth = {}\n\
          # Most requests a worker takes per wake-up.\n\
-         max_drain = {}\n\n\
+         max_drain = {}\n\
+         # Requests predicted to wait longer than this in a queue are answered OVERLOADED at once.\n\
+         max_queue_wait_ms = {}\n\n\
          [providers.softhsm]\n\
          module = \"{}\"\n\
          env = {{ SOFTHSM2_CONF = \"{}\" }}\n\
@@ -300,6 +302,7 @@ fn dev_config(module: &Path, conf: &Path, partitions: usize, port: u16) -> Strin
          replicate = true\n",
         crate::config::DEFAULT_QUEUE_DEPTH,
         crate::config::DEFAULT_MAX_DRAIN,
+        crate::config::DEFAULT_MAX_QUEUE_WAIT_MS,
         module.display(),
         conf.display()
     );

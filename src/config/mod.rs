@@ -17,6 +17,8 @@ pub use server::ServerConfig;
 
 /// Default bounded queue capacity per worker shard.
 pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
+/// Default longest predicted queue wait before shedding (ms).
+pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 100;
 /// Default most requests a worker takes from its queue per wake-up.
 pub const DEFAULT_MAX_DRAIN: usize = 64;
 
@@ -66,6 +68,10 @@ pub struct EngineConfig {
     pub queue_depth: usize,
     /// Most requests a worker drains per wake-up (default 64).
     pub max_drain: usize,
+    /// Longest a request may be predicted to wait in a queue; beyond it (or beyond the request's
+    /// own deadline) it is answered OVERLOADED at once instead of queued (default 100 ms: the
+    /// p95 objective).
+    pub max_queue_wait_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +79,7 @@ impl Default for EngineConfig {
         EngineConfig {
             queue_depth: DEFAULT_QUEUE_DEPTH,
             max_drain: DEFAULT_MAX_DRAIN,
+            max_queue_wait_ms: DEFAULT_MAX_QUEUE_WAIT_MS,
         }
     }
 }
@@ -240,6 +247,9 @@ impl Config {
         }
         if !(1..=1 << 20).contains(&self.engine.queue_depth) {
             return bad("engine.queue_depth must be between 1 and 1048576".into());
+        }
+        if !(1..=600_000).contains(&self.engine.max_queue_wait_ms) {
+            return bad("engine.max_queue_wait_ms must be between 1 and 600000".into());
         }
         if !(1..=4096).contains(&self.engine.max_drain) {
             return bad("engine.max_drain must be between 1 and 4096".into());

@@ -25,6 +25,7 @@ use crate::error::EngineError;
 use crate::hsm::der::pem_encode;
 use crate::hsm::{objects, HsmError, Module, Partition, PartitionSpec, PartitionStats};
 use crate::keys::{KeyName, KeyState, KeyType, Payload, Version};
+use crate::pipeline::admission;
 use crate::pipeline::router::{least_loaded, Candidate};
 use crate::pipeline::worker::Worker;
 use crate::pipeline::{Job, Reply, Shard};
@@ -132,6 +133,7 @@ struct Inner {
     stop: Arc<AtomicBool>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     rotation: AtomicUsize,
+    max_queue_wait: Duration,
 }
 
 impl Engine {
@@ -241,6 +243,7 @@ impl Engine {
                 stop,
                 workers: Mutex::new(handles),
                 rotation: AtomicUsize::new(0),
+                max_queue_wait: Duration::from_millis(cfg.engine.max_queue_wait_ms),
             }),
         })
     }
@@ -317,6 +320,14 @@ impl Engine {
             reason: format!("no healthy partition holds key {}", req.key),
             retry_after: Duration::from_secs(1),
         })?;
+        let remaining = req.deadline.saturating_duration_since(Instant::now());
+        if let Err(retry_after) = admission::admit(
+            inner.shards[shard].predicted_wait(),
+            remaining,
+            inner.max_queue_wait,
+        ) {
+            return Err(EngineError::Overloaded { retry_after });
+        }
         let (tx, rx) = oneshot::channel();
         let job = Job {
             version,

@@ -1,5 +1,6 @@
 //! The thread glue between the async callers and the HSM: router, shard queues, worker threads.
 
+pub mod admission;
 pub mod router;
 pub mod shard;
 pub mod worker;

@@ -1,6 +1,6 @@
 //! A shard: one worker's bounded lock-free queue and the wake-up handshake with its thread.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -51,6 +51,8 @@ impl Job {
 pub struct Shard {
     queue: ArrayQueue<Job>,
     in_hand: AtomicUsize,
+    /// Exponentially weighted mean time per job on this worker, in nanoseconds.
+    service_ns: AtomicU64,
     sleeping: AtomicBool,
     unparker: Unparker,
     partition: usize,
@@ -64,6 +66,7 @@ impl Shard {
         let shard = Shard {
             queue: ArrayQueue::new(capacity.max(1)),
             in_hand: AtomicUsize::new(0),
+            service_ns: AtomicU64::new(0),
             sleeping: AtomicBool::new(false),
             unparker: parker.unparker().clone(),
             partition,
@@ -79,6 +82,24 @@ impl Shard {
     /// Jobs queued plus jobs the worker holds: what the router balances on.
     pub fn load(&self) -> usize {
         self.queue.len() + self.in_hand.load(Ordering::Relaxed)
+    }
+
+    /// Records how long one job took on this shard's worker (EWMA, weight 1/8).
+    pub fn record_service(&self, took: std::time::Duration) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.service_ns.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.service_ns.store(new, Ordering::Relaxed);
+    }
+
+    /// How long a job queued now would wait before its worker starts it (0 until measured).
+    pub fn predicted_wait(&self) -> std::time::Duration {
+        let per_job = self.service_ns.load(Ordering::Relaxed);
+        std::time::Duration::from_nanos(per_job.saturating_mul(self.load() as u64))
     }
 
     /// Jobs waiting in the queue.

@@ -108,7 +108,9 @@ impl Worker {
             let mut left = batch.len();
             self.shards[self.me].set_in_hand(left);
             for job in batch.drain(..) {
+                let began = Instant::now();
                 let reply = self.process(&job);
+                self.shards[self.me].record_service(began.elapsed());
                 if done.is_empty() {
                     oldest_held = Instant::now();
                 }

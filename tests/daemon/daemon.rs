@@ -40,12 +40,13 @@ impl Daemon {
             "init: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        if !server_lines.is_empty() {
-            let cfg = dir.join("signerd.toml");
-            let text = std::fs::read_to_string(&cfg).unwrap();
-            let text = text.replacen("[server]\n", &format!("[server]\n{server_lines}\n"), 1);
-            std::fs::write(&cfg, text).unwrap();
-        }
+        let cfg = dir.join("signerd.toml");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let text = text.replacen("[server]\n", &format!("[server]\n{server_lines}\n"), 1);
+        // Tests count every request as signed (or UNAVAILABLE on shutdown): no admission
+        // shedding here; the engine tests cover admission.
+        let text = text.replace("max_queue_wait_ms = 100", "max_queue_wait_ms = 600000");
+        std::fs::write(&cfg, text).unwrap();
         let mut daemon = Daemon {
             dir,
             port,

@@ -209,3 +209,55 @@ fn wrong_pin_fails_once_with_a_clear_error() {
         "the PIN never appears in output"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_sheds_when_the_predicted_wait_is_too_long() {
+    let engine = support::engine_with(|c| {
+        c.engine.max_queue_wait_ms = 20;
+        c.providers
+            .get_mut("softhsm")
+            .unwrap()
+            .workers_per_partition = Some(1);
+    });
+    let name = support::unique("admit");
+    tokio::task::block_in_place(|| {
+        engine.create_key(&name, KeyType::Rsa4096, Some(&["p0".to_owned()]))
+    })
+    .unwrap();
+    // Teach the worker how long an RSA-4096 signature takes.
+    engine
+        .sign(support::request(
+            &name,
+            support::random_payload(Scheme::RsaPssSha256, 0),
+        ))
+        .await
+        .unwrap();
+    let (mut admitted, mut shed) = (Vec::new(), 0);
+    for _ in 0..20 {
+        let started = Instant::now();
+        match engine.submit(support::request(
+            &name,
+            support::random_payload(Scheme::RsaPssSha256, 0),
+        )) {
+            Ok(rx) => admitted.push(rx),
+            Err(EngineError::Overloaded { retry_after }) => {
+                assert!(retry_after >= Duration::from_millis(10), "{retry_after:?}");
+                assert!(
+                    started.elapsed() < Duration::from_millis(20),
+                    "shed at once"
+                );
+                shed += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        shed >= 15,
+        "a 20 ms budget admits only the first slow signatures (shed {shed})"
+    );
+    assert!(!admitted.is_empty(), "an idle worker admits");
+    for rx in admitted {
+        rx.await.unwrap().expect("admitted requests are signed");
+    }
+    engine.shutdown();
+}

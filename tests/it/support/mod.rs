@@ -44,7 +44,10 @@ pub fn fixture() -> &'static Fixture {
             }
             c
         };
-        let config = only(&|n| n != "p2");
+        let mut config = only(&|n| n != "p2");
+        // Tests that count every request as signed must not be shed by admission control;
+        // admission has its own test with a tight budget.
+        config.engine.max_queue_wait_ms = 600_000;
         let isolated = only(&|n| n == "p2");
         let p = &config.providers["softhsm"];
         let module = Module::load(&p.module, &p.env).expect("module loads");
