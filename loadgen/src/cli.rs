@@ -17,6 +17,8 @@ use certnode_signer::Scheme;
 /// answered, and each latency is measured from the request's scheduled send time, so a stalled
 /// server shows up as latency instead of hiding (coordinated omission corrected). Closed loop
 /// (--concurrency): a fixed number of requests in flight; good for throughput, not for latency.
+///
+/// Environment: LOADGEN_THREADS (async runtime threads, default 1).
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, about, long_about)]
 struct Cli {
@@ -181,10 +183,12 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<ExitCode, String>>,
 {
+    // One runtime thread by default: on small machines shared with the daemon, a second thread
+    // mostly takes CPU from the system under test (measured: tuning/RESULTS.md).
     let threads: usize = std::env::var("LOADGEN_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+        .unwrap_or(1);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .enable_all()
