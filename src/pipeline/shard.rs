@@ -53,6 +53,7 @@ pub struct Shard {
     in_hand: AtomicUsize,
     /// Exponentially weighted mean time per job on this worker, in nanoseconds.
     service_ns: AtomicU64,
+    warmed: AtomicBool,
     sleeping: AtomicBool,
     unparker: Unparker,
     partition: usize,
@@ -67,6 +68,7 @@ impl Shard {
             queue: ArrayQueue::new(capacity.max(1)),
             in_hand: AtomicUsize::new(0),
             service_ns: AtomicU64::new(0),
+            warmed: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             unparker: parker.unparker().clone(),
             partition,
@@ -84,8 +86,13 @@ impl Shard {
         self.queue.len() + self.in_hand.load(Ordering::Relaxed)
     }
 
-    /// Records how long one job took on this shard's worker (EWMA, weight 1/8).
+    /// Records how long one job took on this shard's worker (EWMA, weight 1/8). The worker's
+    /// first job is not counted: it pays one-time costs (finding the key, copying it into the
+    /// session) that would make admission shed a burst right after start-up.
     pub fn record_service(&self, took: std::time::Duration) {
+        if !self.warmed.swap(true, Ordering::Relaxed) {
+            return;
+        }
         let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         let old = self.service_ns.load(Ordering::Relaxed);
         let new = if old == 0 {
