@@ -22,20 +22,15 @@ pub fn run(path: &Path) -> Result<(), CliError> {
     println!("keys: {}", keys.len());
     for k in keys {
         for v in &k.versions {
-            let signing = if k.signing_version == Some(v.version) {
-                " (signing)"
-            } else {
-                ""
-            };
-            println!(
-                "  {} v{} {} {}{} on {}",
-                k.name,
+            let line = super::key_line(
+                &k.name,
                 v.version,
                 k.key_type,
                 v.state,
-                signing,
-                v.partitions.join(",")
+                k.signing_version,
+                &v.partitions,
             );
+            println!("  {line}");
         }
     }
     engine.shutdown();

@@ -153,20 +153,15 @@ pub fn run(cmd: KeyCommand) -> Result<(), CliError> {
                     .map_err(call_error)?;
                 for k in keys {
                     for v in &k.versions {
-                        let signing = if k.signing_version == Some(v.version) {
-                            " (signing)"
-                        } else {
-                            ""
-                        };
-                        println!(
-                            "{} v{} {} {}{} on {}",
-                            k.name,
+                        let line = super::key_line(
+                            &k.name,
                             v.version,
                             k.key_type,
                             v.state,
-                            signing,
-                            v.partitions.join(",")
+                            k.signing_version,
+                            &v.partitions,
                         );
+                        println!("{line}");
                     }
                 }
             }

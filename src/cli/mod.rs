@@ -129,3 +129,23 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => selftest::run(&config, &key, &key_type, count),
     }
 }
+
+/// One line of a key listing: `NAME vN TYPE STATE[ (signing)] on P0,P1`.
+pub fn key_line(
+    name: &certnode_signer::KeyName,
+    version: certnode_signer::Version,
+    key_type: certnode_signer::KeyType,
+    state: certnode_signer::KeyState,
+    signing_version: Option<certnode_signer::Version>,
+    partitions: &[String],
+) -> String {
+    let signing = if signing_version == Some(version) {
+        " (signing)"
+    } else {
+        ""
+    };
+    format!(
+        "{name} v{version} {key_type} {state}{signing} on {}",
+        partitions.join(",")
+    )
+}
