@@ -155,6 +155,7 @@ impl Client {
         transport.stream_receive_window(quinn::VarInt::from_u32(1 << 20));
         transport.receive_window(quinn::VarInt::from_u32(16 << 20));
         transport.send_window(16 << 20);
+        transport.ack_frequency_config(Some(crate::server::ack_frequency()));
         config.transport_config(Arc::new(transport));
         let bind: SocketAddr = if opts.endpoints.iter().all(|e| e.is_ipv6()) {
             "[::]:0".parse()
