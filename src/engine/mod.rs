@@ -284,7 +284,8 @@ impl Engine {
                 version.key_type, req.key
             )));
         }
-        if Instant::now() >= req.deadline {
+        let remaining = req.deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
             return Err(EngineError::DeadlineExceeded);
         }
         // Up to 16 candidate shards on the stack (no allocation per request); more spill to a Vec.
@@ -320,7 +321,6 @@ impl Engine {
             reason: format!("no healthy partition holds key {}", req.key),
             retry_after: Duration::from_secs(1),
         })?;
-        let remaining = req.deadline.saturating_duration_since(Instant::now());
         if let Err(retry_after) = admission::admit(
             inner.shards[shard].predicted_wait(),
             remaining,

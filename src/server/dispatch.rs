@@ -10,7 +10,7 @@ use quinn::{RecvStream, SendStream, VarInt};
 use super::{InflightGuard, State};
 use crate::engine::{KeyInfo, SignRequest, VersionInfo};
 use crate::error::{EngineError, Status};
-use crate::keys::{Payload, Version};
+use crate::keys::{KeyName, Payload, Scheme, Version};
 use crate::pipeline::Reply;
 use crate::protocol::{
     self, BatchItem, KeyListing, Op, Request, RequestFrame, ResponseBody, ResponseFrame,
@@ -127,26 +127,13 @@ async fn handle(
             version,
             scheme,
             payload,
-        } => match Payload::new(scheme, payload) {
-            Ok(payload) => {
-                let req = SignRequest {
-                    key,
-                    version,
-                    payload,
-                    deadline,
-                };
-                match engine.submit(req) {
-                    Ok(rx) => {
-                        await_reply(state, rx, deadline)
-                            .await
-                            .map(|s| ResponseBody::Signed {
-                                version: s.version,
-                                signature: Bytes::from(s.signature),
-                            })
-                    }
-                    Err(e) => Err(e),
-                }
-            }
+        } => match submit(engine, &key, version, scheme, payload, deadline) {
+            Ok(rx) => await_reply(state, rx, deadline)
+                .await
+                .map(|s| ResponseBody::Signed {
+                    version: s.version,
+                    signature: Bytes::from(s.signature),
+                }),
             Err(e) => Err(e),
         },
         Request::SignBatch {
@@ -156,15 +143,9 @@ async fn handle(
             payloads,
         } => {
             let mut pending = Vec::with_capacity(payloads.len());
+            // Queue every item first so they sign in parallel, then collect the answers.
             for p in payloads {
-                pending.push(Payload::new(scheme, p).and_then(|payload| {
-                    engine.submit(SignRequest {
-                        key: key.clone(),
-                        version,
-                        payload,
-                        deadline,
-                    })
-                }));
+                pending.push(submit(engine, &key, version, scheme, p, deadline));
             }
             let mut items = Vec::with_capacity(pending.len());
             for p in pending {
@@ -270,6 +251,24 @@ async fn handle(
     }
 }
 
+/// Checks one payload against its scheme and queues it in the engine.
+fn submit(
+    engine: &crate::Engine,
+    key: &KeyName,
+    version: Option<Version>,
+    scheme: Scheme,
+    payload: Bytes,
+    deadline: Instant,
+) -> Result<tokio::sync::oneshot::Receiver<Reply>, EngineError> {
+    let payload = Payload::new(scheme, payload)?;
+    engine.submit(SignRequest {
+        key: key.clone(),
+        version,
+        payload,
+        deadline,
+    })
+}
+
 /// Waits for the worker's answer; answers DEADLINE_EXCEEDED a little after the deadline if the
 /// HSM has not answered (a hung call), and UNAVAILABLE when the shutdown grace period ends.
 async fn await_reply(
@@ -331,7 +330,7 @@ fn listing(k: KeyInfo) -> KeyListing {
 
 fn version_listing(v: VersionInfo) -> VersionListing {
     VersionListing {
-        version: v.version as Version,
+        version: v.version,
         state: v.state,
         partitions: v.partitions,
     }

@@ -145,7 +145,10 @@ impl Server {
                             incoming.refuse();
                             continue;
                         }
-                        tokio::spawn(connection(incoming, Arc::clone(&state)));
+                        // Counted before the task starts, so a burst cannot overshoot the limit.
+                        state.connections.fetch_add(1, Ordering::Relaxed);
+                        let guard = ConnGuard(Arc::clone(&state));
+                        tokio::spawn(connection(incoming, Arc::clone(&state), guard));
                     }
                     None => break,
                 },
@@ -217,9 +220,7 @@ impl Drop for ConnGuard {
     }
 }
 
-async fn connection(incoming: quinn::Incoming, state: Arc<State>) {
-    state.connections.fetch_add(1, Ordering::Relaxed);
-    let _guard = ConnGuard(Arc::clone(&state));
+async fn connection(incoming: quinn::Incoming, state: Arc<State>, _guard: ConnGuard) {
     let peer = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
