@@ -146,6 +146,7 @@ fn engine_loop(
                         version: None,
                         payload: pool[i % pool.len()].clone(),
                         deadline: Instant::now() + Duration::from_secs(10),
+                        identity: Arc::from("bench"),
                     };
                     match engine.sign(req).await {
                         Ok(_) => ok.fetch_add(1, Ordering::Relaxed),

@@ -82,6 +82,8 @@ fn job(version: &Arc<VersionEntry>, payload: &Payload) -> (Job, oneshot::Receive
         version: Arc::clone(version),
         payload: payload.clone(),
         deadline: Instant::now() + Duration::from_secs(3600),
+        enqueued: Instant::now(),
+        identity: Arc::from("bench"),
         reply,
     };
     (job, rx)

@@ -20,8 +20,22 @@ pub const EXIT_UNAVAILABLE: u8 = 69;
 #[derive(Debug, Parser)]
 #[command(name = "signerd", version, about, long_about = None)]
 pub struct Cli {
+    /// Log format on stderr: `human` (default) or `json` (one JSON object per line). Also
+    /// settable with the SIGNERD_LOG_FORMAT environment variable; SIGNERD_LOG sets the filter
+    /// (default `info`).
+    #[arg(long, global = true, value_enum, env = "SIGNERD_LOG_FORMAT", default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines for a terminal or journald.
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

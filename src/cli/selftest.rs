@@ -60,6 +60,7 @@ fn exercise(
                     version: None,
                     payload: p.clone(),
                     deadline: Instant::now() + Duration::from_secs(30),
+                    identity: std::sync::Arc::from("local:selftest"),
                 }));
             }
             for rx in pending {

@@ -8,6 +8,7 @@
 //! (create, rotate, retire, destroy) block on the HSM; call them from a blocking context.
 
 pub mod admin;
+mod health;
 pub mod registry;
 pub mod verify;
 
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam::sync::Unparker;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -27,9 +29,10 @@ use crate::hsm::{objects, HsmError, Module, Partition, PartitionSpec, PartitionS
 use crate::keys::{KeyName, KeyState, KeyType, Payload, Version};
 use crate::pipeline::admission;
 use crate::pipeline::router::{least_loaded, Candidate};
-use crate::pipeline::worker::Worker;
-use crate::pipeline::{Job, Reply, Shard};
+use crate::pipeline::worker::{Crew, Worker};
+use crate::pipeline::{Completion, Direct, Job, Reply, Shard};
 use crate::secret::Pin;
+use health::HealthProbe;
 use registry::{Registry, VersionEntry};
 
 /// Retry hint for a full queue.
@@ -46,6 +49,24 @@ pub struct SignRequest {
     pub payload: Payload,
     /// Past this instant the request is answered DEADLINE_EXCEEDED and never sent to the HSM.
     pub deadline: Instant,
+    /// Who asks: the client identity (or a local name such as `local:selftest`); recorded in
+    /// the audit log.
+    pub identity: Arc<str>,
+}
+
+/// What the daemon plugs into the engine.
+#[derive(Debug, Clone)]
+pub struct Hooks {
+    /// Where workers hand finished jobs (default: straight back to the caller).
+    pub completion: Arc<dyn Completion>,
+}
+
+impl Default for Hooks {
+    fn default() -> Hooks {
+        Hooks {
+            completion: Arc::new(Direct),
+        }
+    }
 }
 
 /// Why the engine could not start.
@@ -133,6 +154,7 @@ struct Inner {
     stop: Arc<AtomicBool>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     rotation: AtomicUsize,
+    health_wake: Unparker,
     max_queue_wait: Duration,
 }
 
@@ -140,6 +162,11 @@ impl Engine {
     /// Loads the modules, logs in to every partition (once each), reads the keys from the tokens
     /// and starts one worker thread per configured session.
     pub fn open(cfg: &Config) -> Result<Engine, OpenError> {
+        Engine::open_with(cfg, Hooks::default())
+    }
+
+    /// Like [`Engine::open`], with the daemon's hooks (where answers go, metrics).
+    pub fn open_with(cfg: &Config, hooks: Hooks) -> Result<Engine, OpenError> {
         let total_partitions: usize = cfg.providers.values().map(|p| p.partitions.len()).sum();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut partitions = Vec::new();
@@ -202,6 +229,12 @@ impl Engine {
             }
         }
         let shards: Arc<[Shard]> = shards.into();
+        let crew = Arc::new(Crew {
+            shards: Arc::clone(&shards),
+            stop: Arc::clone(&stop),
+            max_drain: cfg.engine.max_drain,
+            completion: hooks.completion,
+        });
         let mut handles = Vec::new();
         for (me, (parker, session)) in parkers.into_iter().zip(sessions).enumerate() {
             let part = &partitions[shards[me].partition()];
@@ -212,11 +245,9 @@ impl Engine {
                 .collect();
             let worker = Worker::new(
                 Arc::clone(part),
-                Arc::clone(&shards),
+                Arc::clone(&crew),
                 me,
                 siblings,
-                cfg.engine.max_drain,
-                Arc::clone(&stop),
                 parker,
                 session,
             );
@@ -226,9 +257,16 @@ impl Engine {
                 .map_err(|e| OpenError::Invalid(format!("cannot start worker thread: {e}")))?;
             handles.push(handle);
         }
+        let health = HealthProbe::new(partitions.clone(), Arc::clone(&stop));
+        let health_wake = health.unparker();
+        let handle = std::thread::Builder::new()
+            .name("signer-health".into())
+            .spawn(move || health.run())
+            .map_err(|e| OpenError::Invalid(format!("cannot start the health thread: {e}")))?;
+        handles.push(handle);
         tracing::info!(
             partitions = partitions.len(),
-            workers = handles.len(),
+            workers = handles.len() - 1,
             keys = registry.snapshot().len(),
             "engine started"
         );
@@ -243,6 +281,7 @@ impl Engine {
                 stop,
                 workers: Mutex::new(handles),
                 rotation: AtomicUsize::new(0),
+                health_wake,
                 max_queue_wait: Duration::from_millis(cfg.engine.max_queue_wait_ms),
             }),
         })
@@ -284,7 +323,8 @@ impl Engine {
                 version.key_type, req.key
             )));
         }
-        let remaining = req.deadline.saturating_duration_since(Instant::now());
+        let now = Instant::now();
+        let remaining = req.deadline.saturating_duration_since(now);
         if remaining.is_zero() {
             return Err(EngineError::DeadlineExceeded);
         }
@@ -333,6 +373,8 @@ impl Engine {
             version,
             payload: req.payload,
             deadline: req.deadline,
+            enqueued: now,
+            identity: req.identity,
             reply: tx,
         };
         match inner.shards[shard].push(job) {
@@ -395,6 +437,15 @@ impl Engine {
             .collect()
     }
 
+    /// Every partition's health: name, in rotation, and why not.
+    pub fn partition_health(&self) -> Vec<(String, bool, String)> {
+        self.inner
+            .partitions
+            .iter()
+            .map(|p| (p.name().to_owned(), p.is_healthy(), p.health_reason()))
+            .collect()
+    }
+
     /// Worker threads (one session each) across all partitions.
     pub fn workers(&self) -> usize {
         self.inner.shards.len()
@@ -415,11 +466,12 @@ impl Engine {
             std::thread::yield_now();
         }
         inner.stop.store(true, Ordering::SeqCst);
+        inner.health_wake.unpark();
         for s in inner.shards.iter() {
             s.wake();
         }
         let handles: Vec<_> = inner.workers.lock().drain(..).collect();
-        let n = handles.len();
+        let n = handles.len().saturating_sub(1);
         for h in handles {
             if h.join().is_err() {
                 tracing::error!("a worker thread panicked");

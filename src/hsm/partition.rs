@@ -46,6 +46,10 @@ pub struct Partition {
     /// Serializes session opening so that login problems surface once.
     open_lock: Mutex<()>,
     healthy: AtomicBool,
+    /// Why the partition is out of rotation (empty while healthy).
+    health_reason: Mutex<String>,
+    /// Set once the token rejected our PIN: never present it again (real tokens lock).
+    pin_rejected: AtomicBool,
     signed: AtomicU64,
     hsm_calls: AtomicU64,
     session_rebuilds: AtomicU64,
@@ -82,6 +86,8 @@ impl Partition {
             anchor: Mutex::new(None),
             open_lock: Mutex::new(()),
             healthy: AtomicBool::new(true),
+            health_reason: Mutex::new(String::new()),
+            pin_rejected: AtomicBool::new(false),
             signed: AtomicU64::new(0),
             hsm_calls: AtomicU64::new(0),
             session_rebuilds: AtomicU64::new(0),
@@ -100,6 +106,13 @@ impl Partition {
     /// Logs the token in again after `USER_NOT_LOGGED_IN` (HSM idle timeout, someone logged out).
     /// Serialized; a login that another thread already restored is not repeated.
     pub fn login(&self) -> HsmResult<()> {
+        if self.pin_rejected.load(Ordering::Relaxed) {
+            return Err(HsmError::Login(format!(
+                "partition {}: the token rejected our PIN earlier; not presenting it again. Fix \
+                 the PIN source and restart.",
+                self.spec.name
+            )));
+        }
         let mut anchor = self.anchor.lock();
         let usable = anchor
             .as_ref()
@@ -131,6 +144,7 @@ impl Partition {
                 let err = HsmError::from(e);
                 match err.class() {
                     ErrorClass::PinIncorrect | ErrorClass::PinLocked => {
+                        self.pin_rejected.store(true, Ordering::Relaxed);
                         Err(HsmError::Login(format!(
                             "login to partition {} (token {:?}) failed: {err}. The PIN is wrong \
                              or locked; not retrying, because real tokens lock after a few \
@@ -169,11 +183,41 @@ impl Partition {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Takes the partition in or out of rotation.
-    pub fn set_healthy(&self, healthy: bool) {
-        if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
-            tracing::warn!(partition = %self.spec.name, healthy, "partition health changed");
+    /// Why the partition is out of rotation (empty while healthy).
+    pub fn health_reason(&self) -> String {
+        self.health_reason.lock().clone()
+    }
+
+    /// Takes the partition out of rotation, saying why (logged once per change).
+    pub fn mark_unhealthy(&self, reason: &str) {
+        let mut why = self.health_reason.lock();
+        if why.as_str() != reason {
+            reason.clone_into(&mut why);
         }
+        if self.healthy.swap(false, Ordering::SeqCst) {
+            tracing::warn!(partition = %self.spec.name, reason, "partition out of rotation");
+        }
+    }
+
+    /// Puts the partition back into rotation (logged once per change).
+    pub fn mark_healthy(&self) {
+        if !self.healthy.swap(true, Ordering::SeqCst) {
+            self.health_reason.lock().clear();
+            tracing::info!(partition = %self.spec.name, "partition back in rotation");
+        }
+    }
+
+    /// Checks that the token answers and our login holds: the anchor session is alive and
+    /// logged in, restoring either if lost (never re-presenting a rejected PIN). Cheap; the
+    /// engine's health thread calls it about once a second.
+    pub fn probe(&self) -> HsmResult<()> {
+        self.login()?;
+        let anchor = self.anchor.lock();
+        let session = anchor
+            .as_ref()
+            .ok_or_else(|| HsmError::Unexpected("anchor session missing".into()))?;
+        session.get_session_info()?;
+        Ok(())
     }
 
     /// Counters for tests, benchmarks and (later) metrics.

@@ -1,8 +1,10 @@
 //! The thread glue between the async callers and the HSM: router, shard queues, worker threads.
 
 pub mod admission;
+pub mod completion;
 pub mod router;
 pub mod shard;
 pub mod worker;
 
+pub use completion::{Completion, Direct};
 pub use shard::{Job, Reply, Shard, Signed};

@@ -35,6 +35,10 @@ pub struct Job {
     pub payload: Payload,
     /// Past this instant the HSM is not called.
     pub deadline: Instant,
+    /// When the job was queued (queue-wait metric).
+    pub enqueued: Instant,
+    /// Who asked (the client identity, for the audit log).
+    pub identity: Arc<str>,
     /// Where the answer goes; used exactly once.
     pub reply: oneshot::Sender<Reply>,
 }
@@ -191,6 +195,8 @@ mod tests {
             version,
             payload,
             deadline,
+            enqueued: Instant::now(),
+            identity: Arc::from("test"),
             reply: tx,
         };
         (j, rx)

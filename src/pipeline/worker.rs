@@ -10,6 +10,7 @@ use crossbeam::sync::Parker;
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, SessionState};
 
+use super::completion::Completion;
 use super::shard::{Job, Reply, Shard, Signed};
 use crate::engine::registry::VersionEntry;
 use crate::error::EngineError;
@@ -30,9 +31,23 @@ const ANSWER_HOLD: Duration = Duration::from_millis(2);
 /// Retry hint when the HSM is busy or the partition failed.
 const HSM_RETRY_AFTER: Duration = Duration::from_millis(250);
 
+/// What all workers of one engine share.
+#[derive(Debug)]
+pub struct Crew {
+    /// Every shard, indexed by worker.
+    pub shards: Arc<[Shard]>,
+    /// Set at shutdown: finish the queue, then exit.
+    pub stop: Arc<AtomicBool>,
+    /// Most jobs taken per wake-up.
+    pub max_drain: usize,
+    /// Where finished jobs go.
+    pub completion: Arc<dyn Completion>,
+}
+
 /// Everything a worker thread owns.
 pub struct Worker {
     partition: Arc<Partition>,
+    crew: Arc<Crew>,
     shards: Arc<[Shard]>,
     me: usize,
     siblings: Vec<usize>,
@@ -56,24 +71,22 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// A worker for shard `me`, with a session already opened on its partition. `siblings` are
     /// the other shards of the same partition, from which an idle worker takes work.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         partition: Arc<Partition>,
-        shards: Arc<[Shard]>,
+        crew: Arc<Crew>,
         me: usize,
         siblings: Vec<usize>,
-        max_drain: usize,
-        stop: Arc<AtomicBool>,
         parker: Parker,
         session: Session,
     ) -> Worker {
         Worker {
             partition,
-            shards,
+            shards: Arc::clone(&crew.shards),
+            max_drain: crew.max_drain,
+            stop: Arc::clone(&crew.stop),
+            crew,
             me,
             siblings,
-            max_drain,
-            stop,
             parker,
             session: Some(session),
             handles: HashMap::new(),
@@ -119,12 +132,12 @@ impl Worker {
                 }
                 done.push((job, reply));
                 if done.len() >= ANSWER_GROUP || now - oldest_held >= ANSWER_HOLD {
-                    answer_all(&mut done);
+                    self.crew.completion.complete(&mut done);
                 }
                 left -= 1;
                 self.shards[self.me].set_in_hand(left);
             }
-            answer_all(&mut done);
+            self.crew.completion.complete(&mut done);
         }
         self.handles.clear();
         if let Some(s) = self.session.take() {
@@ -284,6 +297,9 @@ impl Worker {
     }
 
     fn to_engine_error(&self, e: HsmError) -> EngineError {
+        if e.class() == ErrorClass::DeviceLost {
+            self.partition.mark_unhealthy(&e.to_string());
+        }
         match e.class() {
             ErrorClass::Request => EngineError::HsmRequest(e.to_string()),
             ErrorClass::Busy
@@ -295,12 +311,6 @@ impl Worker {
             },
             _ => EngineError::Hsm(format!("partition {}: {e}", self.partition.name())),
         }
-    }
-}
-
-fn answer_all(done: &mut Vec<(Job, Reply)>) {
-    for (job, reply) in done.drain(..) {
-        job.answer(reply);
     }
 }
 

@@ -98,7 +98,7 @@ async fn respond(send: &mut SendStream, op: Op, frame: &ResponseFrame) {
 async fn handle(
     req: RequestFrame,
     state: &Arc<State>,
-    identity: &str,
+    identity: &Arc<str>,
     received: Instant,
 ) -> ResponseFrame {
     if state.is_draining() {
@@ -108,8 +108,12 @@ async fn handle(
         });
     }
     let op = req.request.op();
-    if op.is_admin() && !state.cfg.admins.iter().any(|a| a == identity) {
-        tracing::warn!(identity, op = op.as_str(), "admin operation denied");
+    if op.is_admin() && !state.cfg.admins.iter().any(|a| **a == **identity) {
+        tracing::warn!(
+            identity = &**identity,
+            op = op.as_str(),
+            "admin operation denied"
+        );
         return status_frame(
             Status::PermissionDenied,
             format!("identity {identity:?} may not run {}", op.as_str()),
@@ -127,7 +131,7 @@ async fn handle(
             version,
             scheme,
             payload,
-        } => match submit(engine, &key, version, scheme, payload, deadline) {
+        } => match submit(engine, identity, &key, version, scheme, payload, deadline) {
             Ok(rx) => await_reply(state, rx, deadline)
                 .await
                 .map(|s| ResponseBody::Signed {
@@ -145,7 +149,7 @@ async fn handle(
             let mut pending = Vec::with_capacity(payloads.len());
             // Queue every item first so they sign in parallel, then collect the answers.
             for p in payloads {
-                pending.push(submit(engine, &key, version, scheme, p, deadline));
+                pending.push(submit(engine, identity, &key, version, scheme, p, deadline));
             }
             let mut items = Vec::with_capacity(pending.len());
             for p in pending {
@@ -203,7 +207,7 @@ async fn handle(
             placement,
         } => {
             let engine = engine.clone();
-            let who = identity.to_owned();
+            let who = Arc::clone(identity);
             blocking(move || {
                 let placement = (!placement.is_empty()).then_some(placement);
                 let v = engine.create_key(&key, key_type, placement.as_deref())?;
@@ -254,6 +258,7 @@ async fn handle(
 /// Checks one payload against its scheme and queues it in the engine.
 fn submit(
     engine: &crate::Engine,
+    identity: &Arc<str>,
     key: &KeyName,
     version: Option<Version>,
     scheme: Scheme,
@@ -266,6 +271,7 @@ fn submit(
         version,
         payload,
         deadline,
+        identity: Arc::clone(identity),
     })
 }
 

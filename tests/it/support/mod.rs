@@ -91,6 +91,7 @@ pub fn request(key: &KeyName, payload: Payload) -> SignRequest {
         version: None,
         payload,
         deadline: Instant::now() + Duration::from_secs(30),
+        identity: std::sync::Arc::from("test"),
     }
 }
 
