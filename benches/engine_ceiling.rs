@@ -29,7 +29,12 @@ fn main() -> Result<(), String> {
     let dir = std::env::var("BENCH_DIR")
         .unwrap_or_else(|_| format!("{}/../bench-dev", env!("CARGO_TARGET_TMPDIR")));
     let duration = Duration::from_secs_f64(secs);
-    let setup = init_dev(std::path::Path::new(&dir), 2, 0).map_err(|e| e.to_string())?;
+    let setup = init_dev(
+        std::path::Path::new(&dir),
+        2,
+        certnode_signer::dev::DevPorts { quic: 0, admin: 0 },
+    )
+    .map_err(|e| e.to_string())?;
     let mut cfg = Config::load(&setup.config).map_err(|e| e.to_string())?;
     // This measures throughput against the raw loop; admission (shedding when the predicted
     // queue wait is long) is not what is measured here.

@@ -68,13 +68,33 @@ pub enum DevError {
 
 /// Default QUIC port of a dev set-up.
 pub const DEV_PORT: u16 = 7443;
+/// Default admin HTTP port of a dev set-up.
+pub const DEV_ADMIN_PORT: u16 = 7444;
+
+/// Where a dev set-up listens (all on 127.0.0.1; 0 = any free port, for tests).
+#[derive(Clone, Copy, Debug)]
+pub struct DevPorts {
+    /// QUIC (UDP).
+    pub quic: u16,
+    /// Admin HTTP (TCP).
+    pub admin: u16,
+}
+
+impl Default for DevPorts {
+    fn default() -> Self {
+        DevPorts {
+            quic: DEV_PORT,
+            admin: DEV_ADMIN_PORT,
+        }
+    }
+}
 
 /// Creates (or completes) a dev set-up with `partitions` tokens in `dir`, serving on
-/// 127.0.0.1:`port` (`DIR/signerd.toml`, `DIR/client.toml` for the admin identity,
+/// 127.0.0.1 on `ports` (`DIR/signerd.toml`, `DIR/client.toml` for the admin identity,
 /// `DIR/client-app.toml` for an ordinary one, dev PKI in `DIR/tls`).
 ///
 /// SoftHSM2 reads `SOFTHSM2_CONF` once per process, so a process can use one dev directory only.
-pub fn init_dev(dir: &Path, partitions: usize, port: u16) -> Result<DevSetup, DevError> {
+pub fn init_dev(dir: &Path, partitions: usize, ports: DevPorts) -> Result<DevSetup, DevError> {
     let module_path = find_softhsm2().ok_or(DevError::NoSoftHsm)?;
     if partitions == 0 || partitions > 16 {
         return Err(DevError::Inconsistent(
@@ -128,14 +148,14 @@ pub fn init_dev(dir: &Path, partitions: usize, port: u16) -> Result<DevSetup, De
     if wrote_config {
         write_file(
             &config,
-            &dev_config(&module_path, &conf, partitions, port),
+            &dev_config(&module_path, &conf, partitions, ports),
             0o644,
         )?;
     }
     for (file, who) in [("client.toml", "admin"), ("client-app.toml", "app")] {
         let path = dir.join(file);
         if !path.exists() {
-            write_file(&path, &client_config(port, who), 0o644)?;
+            write_file(&path, &client_config(ports.quic, who), 0o644)?;
         }
     }
     Ok(DevSetup {
@@ -272,13 +292,14 @@ fn client_config(port: u16, who: &str) -> String {
     )
 }
 
-fn dev_config(module: &Path, conf: &Path, partitions: usize, port: u16) -> String {
+fn dev_config(module: &Path, conf: &Path, partitions: usize, ports: DevPorts) -> String {
+    let DevPorts { quic, admin } = ports;
     let mut s = format!(
         "# signerd configuration for a local SoftHSM2 dev set-up (written by signerd init --dev).\n\
          # Relative paths are relative to this file's directory.\n\n\
          [server]\n\
          # QUIC listen address (UDP).\n\
-         listen = \"127.0.0.1:{port}\"\n\
+         listen = \"127.0.0.1:{quic}\"\n\
          cert = \"tls/server.pem\"\n\
          key = \"tls/server.key\"\n\
          # Client certificates must chain to this CA; the identity is the first SAN URI.\n\
@@ -286,6 +307,18 @@ fn dev_config(module: &Path, conf: &Path, partitions: usize, port: u16) -> Strin
          identity = \"san-uri\"\n\
          # Identities allowed to create, rotate, retire and destroy keys.\n\
          admins = [\"signerd://dev/admin\"]\n\n\
+         [admin]\n\
+         # Admin HTTP listener: /metrics (Prometheus), /livez, /readyz. Keep it on loopback.\n\
+         listen = \"127.0.0.1:{admin}\"\n\n\
+         [audit]\n\
+         # Hash-chained audit log (docs/AUDIT.md); rotated files sit next to it.\n\
+         path = \"audit/audit.log\"\n\
+         rotate_mib = 256\n\
+         # A checkpoint signed in the HSM every N records or T milliseconds.\n\
+         checkpoint_records = 10000\n\
+         checkpoint_interval_ms = 1000\n\
+         # ECDSA P-256 HSM key that signs checkpoints (created at first start; not usable by clients).\n\
+         key = \"signerd-audit\"\n\n\
          [engine]\n\
          # Capacity of each worker's queue; a full queue answers OVERLOADED.\n\
          queue_depth = {}\n\

@@ -147,6 +147,10 @@ pub struct RunResult {
     pub errors: BTreeMap<String, u64>,
     /// Latency (µs) of every answered request in the window, from its scheduled send time.
     pub histogram: Histogram<u64>,
+    /// Latency (µs) of the requests answered OK only (admitted and signed). Under overload the
+    /// shed requests are answered fast, which pulls `histogram` down; this one shows what
+    /// admitted requests experienced.
+    pub ok_histogram: Histogram<u64>,
     /// The measured window cut into intervals, in time order.
     pub intervals: Vec<Interval>,
     /// Signatures verified after the run (0 when `--verify` was off).
@@ -281,6 +285,17 @@ pub fn summary_table(r: &RunResult) -> String {
         );
     }
     let _ = writeln!(s, "  {:<W2$}{:>12.2}", "max", r.max_ms(), W2 = W - 2);
+    if r.error_count() > 0 && !r.ok_histogram.is_empty() {
+        let _ = writeln!(
+            s,
+            "  {:<W2$}{:>12.2} / {:.2} / {:.2}",
+            "ok only p50/p95/p99",
+            histogram_percentile_ms(&r.ok_histogram, 50.0),
+            histogram_percentile_ms(&r.ok_histogram, 95.0),
+            histogram_percentile_ms(&r.ok_histogram, 99.0),
+            W2 = W - 2
+        );
+    }
     if !r.errors.is_empty() {
         s.push('\n');
         s.push_str("errors by status\n");
@@ -353,7 +368,8 @@ fn interval_json(i: &Interval) -> Value {
 /// Fields: `mode`, `offered_rate` (null for closed loop), `concurrency`, `connections`, `key`,
 /// `scheme`, `duration_s`, `warmup_s`, `sent`, `ok`, `errors` (object status → count),
 /// `error_count`, `error_ratio`, `achieved_rate`, `latency_ms` (`p50`, `p90`, `p95`, `p99`,
-/// `p999`, `max`, `mean`), `latency_samples`, `verify_enabled`, `verified`, `verify_failures`,
+/// `p999`, `max`, `mean`), `latency_samples`, `latency_ok_ms` (the same, over OK answers only),
+/// `verify_enabled`, `verified`, `verify_failures`,
 /// and `intervals` (each: `start_s`, `length_s`, `offered`, `ok`, `errors`, `achieved_rate`,
 /// `p50_ms`, `p90_ms`, `p95_ms`, `p99_ms`, `max_ms`).
 pub fn to_json(r: &RunResult) -> Value {
@@ -374,6 +390,7 @@ pub fn to_json(r: &RunResult) -> Value {
         "achieved_rate": r.achieved_rate(),
         "latency_ms": latency_json(&r.histogram),
         "latency_samples": r.histogram.len(),
+        "latency_ok_ms": latency_json(&r.ok_histogram),
         "verify_enabled": r.verify_enabled,
         "verified": r.verified,
         "verify_failures": r.verify_failures,
@@ -648,6 +665,11 @@ pub(crate) mod tests {
             sent: 1000,
             ok: 990,
             errors,
+            ok_histogram: {
+                let mut ok = new_histogram();
+                record(&mut ok, 7_000);
+                ok
+            },
             histogram,
             intervals,
             verified: 990,
@@ -671,6 +693,7 @@ pub(crate) mod tests {
             ok: 0,
             errors: BTreeMap::new(),
             histogram: new_histogram(),
+            ok_histogram: new_histogram(),
             intervals: Vec::new(),
             verified: 0,
             verify_failures: 0,
@@ -773,6 +796,14 @@ pub(crate) mod tests {
         }
         assert_close(lat["max"].as_f64().unwrap(), 109.0);
         assert_close(lat["mean"].as_f64().unwrap(), 55.0);
+        // The OK-only histogram is reported separately (one sample of 7 ms here).
+        assert_close(v["latency_ok_ms"]["p95"].as_f64().unwrap(), 7.0);
+        assert_close(v["latency_ok_ms"]["max"].as_f64().unwrap(), 7.0);
+        assert!(
+            summary_table(&r).contains("ok only p50/p95/p99"),
+            "a run with errors shows the OK-only latency"
+        );
+        assert!(!summary_table(&empty()).contains("ok only"));
         assert_eq!(v["mode"], json!("open-loop"));
         assert_eq!(v["concurrency"], Value::Null);
         assert_eq!(v["connections"], json!(4));

@@ -116,6 +116,7 @@ pub async fn run_phase(
         })
         .collect();
     let mut total = report::new_histogram();
+    let mut ok_only = report::new_histogram();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut ok = 0u64;
     let mut kept = Vec::new();
@@ -144,6 +145,7 @@ pub async fn run_phase(
         intervals[slot].offered += 1;
         match s.error {
             None => {
+                report::record(&mut ok_only, micros);
                 ok += 1;
                 window_ok += 1;
                 intervals[slot].ok += 1;
@@ -188,6 +190,7 @@ pub async fn run_phase(
         ok,
         errors,
         histogram: total,
+        ok_histogram: ok_only,
         intervals,
         verified: 0,
         verify_failures: 0,

@@ -3,10 +3,10 @@
 use std::path::Path;
 
 use super::{CliError, EXIT_UNAVAILABLE, EXIT_USAGE};
-use certnode_signer::dev::{init_dev, DevError};
+use certnode_signer::dev::{init_dev, DevError, DevPorts};
 
-pub fn run(dir: &Path, partitions: usize, port: u16) -> Result<(), CliError> {
-    let setup = init_dev(dir, partitions, port).map_err(|e| match e {
+pub fn run(dir: &Path, partitions: usize, ports: DevPorts) -> Result<(), CliError> {
+    let setup = init_dev(dir, partitions, ports).map_err(|e| match e {
         DevError::NoSoftHsm => CliError::new(EXIT_UNAVAILABLE, e),
         DevError::Inconsistent(_) => CliError::new(EXIT_USAGE, e),
         _ => CliError::new(1, e),

@@ -77,6 +77,9 @@ enum Command {
         /// QUIC port the dev config listens on (127.0.0.1).
         #[arg(long, default_value_t = certnode_signer::dev::DEV_PORT)]
         port: u16,
+        /// Admin HTTP port (metrics, health) the dev config listens on (127.0.0.1).
+        #[arg(long, default_value_t = certnode_signer::dev::DEV_ADMIN_PORT)]
+        admin_port: u16,
     },
     /// Load a config, log in to every partition and list the keys found, then exit.
     Check {
@@ -133,7 +136,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             dev,
             partitions,
             port,
-        } => init::run(&dev, partitions, port),
+            admin_port,
+        } => init::run(
+            &dev,
+            partitions,
+            certnode_signer::dev::DevPorts {
+                quic: port,
+                admin: admin_port,
+            },
+        ),
         Command::Check { config } => check::run(&config),
         Command::Selftest {
             config,

@@ -11,8 +11,10 @@ use serde::Deserialize;
 use crate::hsm::uri::Pkcs11Uri;
 use crate::secret::PinSource;
 
+pub mod ops;
 pub mod server;
 
+pub use ops::{AdminConfig, AuditSection};
 pub use server::ServerConfig;
 
 /// Default bounded queue capacity per worker shard.
@@ -56,6 +58,12 @@ pub struct Config {
     /// The QUIC front end; required by `signerd serve`.
     #[serde(default)]
     pub server: Option<ServerConfig>,
+    /// The admin HTTP listener (metrics, health); `signerd serve` starts it when present.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// The audit log; `signerd serve` requires this table (see `disabled`).
+    #[serde(default)]
+    pub audit: Option<AuditSection>,
     /// PKCS#11 providers by name (one table each).
     pub providers: BTreeMap<String, ProviderConfig>,
 }
@@ -198,6 +206,9 @@ impl Config {
             s.key = absolute(base, &s.key);
             s.client_ca = absolute(base, &s.client_ca);
         }
+        if let Some(a) = &mut self.audit {
+            a.path = absolute(base, &a.path);
+        }
         for p in self.providers.values_mut() {
             p.module = absolute(base, &p.module);
             for part in &mut p.partitions {
@@ -244,6 +255,12 @@ impl Config {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if let Some(s) = &self.server {
             s.validate().map_err(ConfigError::Invalid)?;
+        }
+        if let Some(a) = &self.audit {
+            a.validate().map_err(ConfigError::Invalid)?;
+        }
+        if self.admin.as_ref().is_some_and(|a| a.max_connections == 0) {
+            return bad("admin.max_connections must be at least 1".into());
         }
         if !(1..=1 << 20).contains(&self.engine.queue_depth) {
             return bad("engine.queue_depth must be between 1 and 1048576".into());

@@ -8,7 +8,10 @@
 //! (create, rotate, retire, destroy) block on the HSM; call them from a blocking context.
 
 pub mod admin;
+mod audit_key;
 mod health;
+
+pub use audit_key::AuditKeySigner;
 pub mod registry;
 pub mod verify;
 

@@ -9,11 +9,18 @@ use certnode_signer::client::{Client, ClientOptions};
 pub struct Daemon {
     pub dir: PathBuf,
     pub port: u16,
+    /// Admin HTTP port (metrics, health).
+    pub admin_port: u16,
     child: Option<Child>,
 }
 
 fn free_udp_port() -> u16 {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+fn free_tcp_port() -> u16 {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     s.local_addr().unwrap().port()
 }
 
@@ -29,10 +36,12 @@ impl Daemon {
             .join(format!("daemon-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let port = free_udp_port();
+        let admin_port = free_tcp_port();
         let out = Command::new(env!("CARGO_BIN_EXE_signerd"))
             .args(["init", "--dev"])
             .arg(&dir)
             .args(["--partitions", "2", "--port", &port.to_string()])
+            .args(["--admin-port", &admin_port.to_string()])
             .output()
             .unwrap();
         assert!(
@@ -50,6 +59,7 @@ impl Daemon {
         let mut daemon = Daemon {
             dir,
             port,
+            admin_port,
             child: None,
         };
         daemon.spawn_serve().await;

@@ -219,7 +219,12 @@ fn init_dev_twice_is_safe_and_keeps_everything() {
     let f = support::fixture();
     let pins_before = std::fs::read(f.setup.dir.join("pins/p0.pin")).unwrap();
     let config_before = std::fs::read(&f.setup.config).unwrap();
-    let again = certnode_signer::dev::init_dev(&f.setup.dir, 3, 0).unwrap();
+    let again = certnode_signer::dev::init_dev(
+        &f.setup.dir,
+        3,
+        certnode_signer::dev::DevPorts { quic: 0, admin: 0 },
+    )
+    .unwrap();
     assert!(
         again.created.is_empty(),
         "no token re-initialized: {:?}",

@@ -35,7 +35,12 @@ pub fn fixture() -> &'static Fixture {
         let dir =
             PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("it-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let setup = init_dev(&dir, 3, 0).expect("init --dev (is softhsm2 installed?)");
+        let setup = init_dev(
+            &dir,
+            3,
+            certnode_signer::dev::DevPorts { quic: 0, admin: 0 },
+        )
+        .expect("init --dev (is softhsm2 installed?)");
         let all = Config::load(&setup.config).expect("dev config loads");
         let only = |keep: &dyn Fn(&str) -> bool| {
             let mut c = all.clone();
