@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod protocol;
 pub mod secret;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 
 pub use engine::{Engine, Hooks, KeyInfo, PublicKey, SignRequest, VersionInfo};

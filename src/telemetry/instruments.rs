@@ -1,0 +1,509 @@
+//! [`Metrics`]: every series registered once, at start, with the label values known then; the hot
+//! path indexes into arrays of handles.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics::{Counter, Gauge, Histogram};
+
+use super::{names, OPS, OVERLOAD_REASONS, STATUSES};
+
+/// The `op` label of a request. `Op as usize` indexes [`OPS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Op {
+    /// `sign`
+    Sign,
+    /// `verify`
+    Verify,
+    /// `public_key`
+    PublicKey,
+    /// `list_keys`
+    ListKeys,
+    /// `create_key`
+    CreateKey,
+    /// `rotate_key`
+    RotateKey,
+    /// `retire_key`
+    RetireKey,
+    /// `destroy_key`
+    DestroyKey,
+}
+
+impl Op {
+    /// Every op, in label order.
+    pub const ALL: [Op; 8] = [
+        Op::Sign,
+        Op::Verify,
+        Op::PublicKey,
+        Op::ListKeys,
+        Op::CreateKey,
+        Op::RotateKey,
+        Op::RetireKey,
+        Op::DestroyKey,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        OPS[self as usize]
+    }
+}
+
+/// The `status` label of a request (wire status names). `StatusLabel as usize` indexes
+/// [`STATUSES`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum StatusLabel {
+    /// `OK`
+    Ok,
+    /// `INVALID_ARGUMENT`
+    InvalidArgument,
+    /// `UNAUTHENTICATED`
+    Unauthenticated,
+    /// `PERMISSION_DENIED`
+    PermissionDenied,
+    /// `NOT_FOUND`
+    NotFound,
+    /// `FAILED_PRECONDITION`
+    FailedPrecondition,
+    /// `OVERLOADED`
+    Overloaded,
+    /// `UNAVAILABLE`
+    Unavailable,
+    /// `DEADLINE_EXCEEDED`
+    DeadlineExceeded,
+    /// `INTERNAL`
+    Internal,
+}
+
+impl StatusLabel {
+    /// Every status, in label order.
+    pub const ALL: [StatusLabel; 10] = [
+        StatusLabel::Ok,
+        StatusLabel::InvalidArgument,
+        StatusLabel::Unauthenticated,
+        StatusLabel::PermissionDenied,
+        StatusLabel::NotFound,
+        StatusLabel::FailedPrecondition,
+        StatusLabel::Overloaded,
+        StatusLabel::Unavailable,
+        StatusLabel::DeadlineExceeded,
+        StatusLabel::Internal,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        STATUSES[self as usize]
+    }
+}
+
+/// The `reason` label of `signer_overloaded_total`. `OverloadReason as usize` indexes
+/// [`OVERLOAD_REASONS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum OverloadReason {
+    /// `queue_full`: every eligible shard queue was full.
+    QueueFull,
+    /// `queue_wait`: the expected queue wait exceeded the budget.
+    QueueWait,
+    /// `deadline`: the request could not be served before its deadline.
+    Deadline,
+}
+
+impl OverloadReason {
+    /// Every reason, in label order.
+    pub const ALL: [OverloadReason; 3] = [
+        OverloadReason::QueueFull,
+        OverloadReason::QueueWait,
+        OverloadReason::Deadline,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        OVERLOAD_REASONS[self as usize]
+    }
+}
+
+/// Circuit breaker state, as the value of `signer_breaker_state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BreakerState {
+    /// 0: calls flow.
+    Closed = 0,
+    /// 1: a probe call is allowed.
+    HalfOpen = 1,
+    /// 2: calls are refused.
+    Open = 2,
+}
+
+/// Pre-registered metric handles. Cheap to clone (one `Arc`); share one per process.
+///
+/// Every method takes label positions (enums, partition and shard indices as given to
+/// [`Metrics::new`]) instead of strings, so recording hashes and allocates nothing. An index out of
+/// range is ignored (no panic, nothing recorded).
+///
+/// Construct it after [`install`](super::install): handles bind to whichever recorder is current
+/// when they are registered (the global one, a [`metrics::with_local_recorder`] one in tests, or
+/// the no-op recorder when none is installed, in which case every method does nothing).
+///
+/// Initial values: counters 0 (every op × status pair, every partition, every reason), gauges 0,
+/// which means "closed" for the breaker and "not healthy" for partitions and the audit log until
+/// the caller says otherwise.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    partitions: Vec<String>,
+    /// Indexed `op * STATUSES.len() + status`.
+    requests: Vec<Counter>,
+    request_duration: Vec<Histogram>,
+    queue_wait: Histogram,
+    hsm_duration: Vec<Histogram>,
+    batch_size: Histogram,
+    queue_depth: Vec<Gauge>,
+    inflight: Vec<Gauge>,
+    breaker_state: Vec<Gauge>,
+    session_rebuilds: Vec<Counter>,
+    partition_healthy: Vec<Gauge>,
+    audit_records: Counter,
+    audit_fsyncs: Counter,
+    audit_write_failures: Counter,
+    audit_healthy: Gauge,
+    audit_checkpoints: Counter,
+    authz_denied: Vec<Counter>,
+    overloaded: Vec<Counter>,
+    connections: Gauge,
+}
+
+impl Metrics {
+    /// Registers every series for these partitions (by name, in the order the caller indexes them)
+    /// and `shards` shard queues, with `signer_build_info{version=<crate version>}` = 1.
+    pub fn new<S: AsRef<str>>(partitions: &[S], shards: usize) -> Metrics {
+        describe();
+        let partitions: Vec<String> = partitions.iter().map(|p| p.as_ref().to_owned()).collect();
+        let mut requests = Vec::with_capacity(OPS.len() * STATUSES.len());
+        for op in OPS {
+            for status in STATUSES {
+                requests.push(counter!(names::REQUESTS_TOTAL, "op" => *op, "status" => *status));
+            }
+        }
+        let request_duration = OPS
+            .iter()
+            .map(|op| metrics::histogram!(names::REQUEST_DURATION_SECONDS, "op" => *op))
+            .collect();
+        let hsm_duration = partitions
+            .iter()
+            .map(|p| metrics::histogram!(names::HSM_DURATION_SECONDS, "partition" => p.clone()))
+            .collect();
+        let inflight = partitions
+            .iter()
+            .map(|p| metrics::gauge!(names::INFLIGHT, "partition" => p.clone()))
+            .collect();
+        let breaker_state = partitions
+            .iter()
+            .map(|p| metrics::gauge!(names::BREAKER_STATE, "partition" => p.clone()))
+            .collect();
+        let session_rebuilds = partitions
+            .iter()
+            .map(|p| counter!(names::SESSION_REBUILDS_TOTAL, "partition" => p.clone()))
+            .collect();
+        let partition_healthy = partitions
+            .iter()
+            .map(|p| metrics::gauge!(names::PARTITION_HEALTHY, "partition" => p.clone()))
+            .collect();
+        let queue_depth = (0..shards)
+            .map(|s| metrics::gauge!(names::QUEUE_DEPTH, "shard" => s.to_string()))
+            .collect();
+        metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+
+        let inner = Inner {
+            requests,
+            request_duration,
+            queue_wait: metrics::histogram!(names::QUEUE_WAIT_SECONDS),
+            hsm_duration,
+            batch_size: metrics::histogram!(names::BATCH_SIZE),
+            queue_depth,
+            inflight,
+            breaker_state,
+            session_rebuilds,
+            partition_healthy,
+            audit_records: counter!(names::AUDIT_RECORDS_TOTAL),
+            audit_fsyncs: counter!(names::AUDIT_FSYNCS_TOTAL),
+            audit_write_failures: counter!(names::AUDIT_WRITE_FAILURES_TOTAL),
+            audit_healthy: metrics::gauge!(names::AUDIT_HEALTHY),
+            audit_checkpoints: counter!(names::AUDIT_CHECKPOINTS_TOTAL),
+            authz_denied: OPS
+                .iter()
+                .map(|op| counter!(names::AUTHZ_DENIED_TOTAL, "op" => *op))
+                .collect(),
+            overloaded: OVERLOAD_REASONS
+                .iter()
+                .map(|r| counter!(names::OVERLOADED_TOTAL, "reason" => *r))
+                .collect(),
+            connections: metrics::gauge!(names::CONNECTIONS),
+            partitions,
+        };
+        Metrics {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Partition names, in index order.
+    pub fn partitions(&self) -> &[String] {
+        &self.inner.partitions
+    }
+
+    /// Number of shard queues.
+    pub fn shards(&self) -> usize {
+        self.inner.queue_depth.len()
+    }
+
+    // ---- hot path: counters and histograms ----
+
+    /// One answered request: `signer_requests_total{op,status}` += 1 and its end-to-end time into
+    /// `signer_request_duration_seconds{op}`.
+    #[inline]
+    pub fn request(&self, op: Op, status: StatusLabel, elapsed: Duration) {
+        let i = op as usize * STATUSES.len() + status as usize;
+        if let Some(c) = self.inner.requests.get(i) {
+            c.increment(1);
+        }
+        if let Some(h) = self.inner.request_duration.get(op as usize) {
+            h.record(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Time a job waited in its shard queue (`signer_queue_wait_seconds`).
+    #[inline]
+    pub fn queue_wait(&self, waited: Duration) {
+        self.inner.queue_wait.record(waited.as_secs_f64());
+    }
+
+    /// Time one HSM call took on `partition` (`signer_hsm_duration_seconds{partition}`).
+    #[inline]
+    pub fn hsm_call(&self, partition: usize, took: Duration) {
+        if let Some(h) = self.inner.hsm_duration.get(partition) {
+            h.record(took.as_secs_f64());
+        }
+    }
+
+    /// Jobs in one batch a worker drained (`signer_batch_size`).
+    #[inline]
+    pub fn batch(&self, size: usize) {
+        self.inner.batch_size.record(size as f64);
+    }
+
+    /// A PKCS#11 session of `partition` was rebuilt (`signer_session_rebuilds_total`).
+    pub fn session_rebuild(&self, partition: usize) {
+        if let Some(c) = self.inner.session_rebuilds.get(partition) {
+            c.increment(1);
+        }
+    }
+
+    /// Authorization refused an `op` (`signer_authz_denied_total{op}`).
+    pub fn authz_denied(&self, op: Op) {
+        if let Some(c) = self.inner.authz_denied.get(op as usize) {
+            c.increment(1);
+        }
+    }
+
+    /// A request was shed as OVERLOADED (`signer_overloaded_total{reason}`).
+    #[inline]
+    pub fn overloaded(&self, reason: OverloadReason) {
+        if let Some(c) = self.inner.overloaded.get(reason as usize) {
+            c.increment(1);
+        }
+    }
+
+    /// `n` audit records appended (`signer_audit_records_total`).
+    #[inline]
+    pub fn audit_records(&self, n: u64) {
+        self.inner.audit_records.increment(n);
+    }
+
+    /// One audit fsync (`signer_audit_fsyncs_total`).
+    pub fn audit_fsync(&self) {
+        self.inner.audit_fsyncs.increment(1);
+    }
+
+    /// One failed audit write or fsync (`signer_audit_write_failures_total`).
+    pub fn audit_write_failure(&self) {
+        self.inner.audit_write_failures.increment(1);
+    }
+
+    /// One signed audit checkpoint written (`signer_audit_checkpoints_total`).
+    pub fn audit_checkpoint(&self) {
+        self.inner.audit_checkpoints.increment(1);
+    }
+
+    // ---- gauges: set directly, or from a sampler / scrape hook ----
+
+    /// Jobs waiting in shard `shard` (`signer_queue_depth{shard}`).
+    pub fn set_queue_depth(&self, shard: usize, depth: usize) {
+        if let Some(g) = self.inner.queue_depth.get(shard) {
+            g.set(depth as f64);
+        }
+    }
+
+    /// Jobs in flight on `partition` (`signer_inflight{partition}`).
+    pub fn set_inflight(&self, partition: usize, n: usize) {
+        if let Some(g) = self.inner.inflight.get(partition) {
+            g.set(n as f64);
+        }
+    }
+
+    /// `signer_inflight{partition}` += 1 (pair with [`Metrics::inflight_dec`]).
+    #[inline]
+    pub fn inflight_inc(&self, partition: usize) {
+        if let Some(g) = self.inner.inflight.get(partition) {
+            g.increment(1.0);
+        }
+    }
+
+    /// `signer_inflight{partition}` -= 1.
+    #[inline]
+    pub fn inflight_dec(&self, partition: usize) {
+        if let Some(g) = self.inner.inflight.get(partition) {
+            g.decrement(1.0);
+        }
+    }
+
+    /// Breaker state of `partition` (`signer_breaker_state{partition}`: 0, 1, 2).
+    pub fn set_breaker_state(&self, partition: usize, state: BreakerState) {
+        if let Some(g) = self.inner.breaker_state.get(partition) {
+            g.set(f64::from(state as u8));
+        }
+    }
+
+    /// Health of `partition` (`signer_partition_healthy{partition}`: 1 or 0).
+    pub fn set_partition_healthy(&self, partition: usize, healthy: bool) {
+        if let Some(g) = self.inner.partition_healthy.get(partition) {
+            g.set(f64::from(u8::from(healthy)));
+        }
+    }
+
+    /// Health of the audit log (`signer_audit_healthy`: 1 or 0).
+    pub fn set_audit_healthy(&self, healthy: bool) {
+        self.inner.audit_healthy.set(f64::from(u8::from(healthy)));
+    }
+
+    /// Open client connections (`signer_connections`).
+    pub fn set_connections(&self, n: usize) {
+        self.inner.connections.set(n as f64);
+    }
+
+    /// `signer_connections` += 1 (pair with [`Metrics::connection_closed`]).
+    pub fn connection_opened(&self) {
+        self.inner.connections.increment(1.0);
+    }
+
+    /// `signer_connections` -= 1.
+    pub fn connection_closed(&self) {
+        self.inner.connections.decrement(1.0);
+    }
+}
+
+/// HELP lines. Descriptions are per recorder, so this runs with every [`Metrics::new`]; it is
+/// cheap and idempotent.
+fn describe() {
+    use names::*;
+    describe_counter!(REQUESTS_TOTAL, "Requests answered, by op and wire status.");
+    describe_histogram!(
+        REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "End-to-end request latency (stream accepted to response written), by op."
+    );
+    describe_histogram!(
+        QUEUE_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time a job waited in its shard queue before a worker took it."
+    );
+    describe_histogram!(
+        HSM_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time inside one HSM (PKCS#11) call, by partition."
+    );
+    describe_histogram!(
+        BATCH_SIZE,
+        "Jobs per batch a worker drained from its queue."
+    );
+    describe_gauge!(QUEUE_DEPTH, "Jobs waiting in a shard queue.");
+    describe_gauge!(
+        INFLIGHT,
+        "Jobs handed to a partition's workers and not yet answered."
+    );
+    describe_gauge!(
+        BREAKER_STATE,
+        "Circuit breaker state per partition: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        SESSION_REBUILDS_TOTAL,
+        "PKCS#11 sessions rebuilt after a session-lost error, by partition."
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
+    describe_counter!(AUDIT_RECORDS_TOTAL, "Audit records appended.");
+    describe_counter!(AUDIT_FSYNCS_TOTAL, "Audit log fsyncs.");
+    describe_counter!(
+        AUDIT_WRITE_FAILURES_TOTAL,
+        "Audit log writes or fsyncs that failed."
+    );
+    describe_gauge!(
+        AUDIT_HEALTHY,
+        "1 while the audit log accepts writes, else 0."
+    );
+    describe_counter!(AUDIT_CHECKPOINTS_TOTAL, "Signed audit checkpoints written.");
+    describe_counter!(
+        AUTHZ_DENIED_TOTAL,
+        "Requests refused by authorization, by op."
+    );
+    describe_gauge!(PARTITION_HEALTHY, "1 if the partition is healthy, else 0.");
+    describe_counter!(
+        OVERLOADED_TOTAL,
+        "Requests shed as OVERLOADED, by reason (queue_full, queue_wait, deadline)."
+    );
+    describe_gauge!(CONNECTIONS, "Open client connections.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_match_label_lists() {
+        assert_eq!(Op::ALL.len(), OPS.len());
+        for (i, op) in Op::ALL.iter().enumerate() {
+            assert_eq!(*op as usize, i);
+            assert_eq!(op.as_str(), OPS[i]);
+        }
+        assert_eq!(StatusLabel::ALL.len(), STATUSES.len());
+        for (i, s) in StatusLabel::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i);
+            assert_eq!(s.as_str(), STATUSES[i]);
+        }
+        assert_eq!(OverloadReason::ALL.len(), OVERLOAD_REASONS.len());
+        for (i, r) in OverloadReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            assert_eq!(r.as_str(), OVERLOAD_REASONS[i]);
+        }
+    }
+
+    #[test]
+    fn works_without_a_recorder_and_ignores_bad_indices() {
+        // No recorder installed in this scope's thread-local; globally maybe, which is fine too.
+        let m = Metrics::new(&["a"], 1);
+        assert_eq!(m.partitions(), ["a".to_string()]);
+        assert_eq!(m.shards(), 1);
+        m.request(Op::Sign, StatusLabel::Ok, Duration::from_millis(1));
+        m.hsm_call(7, Duration::from_millis(1));
+        m.set_queue_depth(9, 3);
+        m.set_inflight(9, 3);
+        m.inflight_inc(9);
+        m.set_breaker_state(9, BreakerState::Open);
+        m.set_partition_healthy(9, true);
+        m.session_rebuild(9);
+    }
+}
