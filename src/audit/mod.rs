@@ -188,6 +188,8 @@ pub(crate) struct Shared {
     head: Mutex<Chain>,
     #[cfg(test)]
     fail_writes: AtomicBool,
+    #[cfg(test)]
+    hold_writes: AtomicBool,
 }
 
 impl AuditLog {
@@ -219,6 +221,8 @@ impl AuditLog {
             head: Mutex::new(rec.chain.clone()),
             #[cfg(test)]
             fail_writes: AtomicBool::new(false),
+            #[cfg(test)]
+            hold_writes: AtomicBool::new(false),
         });
         let (tx, rx) = channel::bounded(cfg.queue);
         let (cp_req_tx, cp_req_rx) = channel::bounded(1);
@@ -369,6 +373,12 @@ impl AuditLog {
     #[cfg(test)]
     pub(crate) fn inject_write_failure(&self) {
         self.inner.shared.fail_writes.store(true, Ordering::SeqCst);
+    }
+
+    /// While set, the writer waits before each write (as behind a slow disk), so batches queue.
+    #[cfg(test)]
+    pub(crate) fn hold_writes(&self, hold: bool) {
+        self.inner.shared.hold_writes.store(hold, Ordering::SeqCst);
     }
 
     fn refusal(&self) -> Option<AuditError> {

@@ -277,6 +277,10 @@ impl Writer {
 
     fn write_and_sync(&mut self) -> std::io::Result<()> {
         #[cfg(test)]
+        while self.shared.hold_writes.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        #[cfg(test)]
         if self.shared.fail_writes.load(Ordering::Relaxed) {
             return Err(std::io::Error::other("injected write failure"));
         }

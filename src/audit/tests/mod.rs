@@ -96,11 +96,13 @@ pub(super) fn commit_wait(log: &AuditLog, entries: Vec<AuditEntry>) -> Result<()
 /// Writes `n` entries in batches of `batch`, pausing so that checkpoints land in between.
 pub(super) fn fill(log: &AuditLog, n: u64, batch: u64) {
     let mut i = 0;
+    let mut batches = 0;
     while i < n {
         let k = batch.min(n - i);
         commit_wait(log, (i..i + k).map(entry).collect()).unwrap();
         i += k;
-        if i % 20 == 0 {
+        batches += 1;
+        if batches % 5 == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
