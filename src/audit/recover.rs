@@ -13,6 +13,9 @@ use super::AuditError;
 /// How much of a file's end is read to find (and check) its last records.
 const WINDOW: u64 = 1 << 20;
 
+/// A log never gets near u64 seqs; a larger one comes from a crafted file (and would overflow).
+const MAX_SEQ: u64 = 1 << 62;
+
 /// The active file, opened for appending, and where the chain stands.
 #[derive(Debug)]
 pub(crate) struct Recovered {
@@ -57,7 +60,7 @@ pub(crate) fn recover(active: &Path) -> Result<Recovered, AuditError> {
     };
     let (chain, start) = match (&tail.last, segs.rotated.last()) {
         (Some(last), _) => (
-            chain_after(last),
+            chain_after(last, active)?,
             StartInfo {
                 reason: StartReason::Restart,
                 prev_file: None,
@@ -81,7 +84,7 @@ pub(crate) fn recover(active: &Path) -> Result<Recovered, AuditError> {
                 }
             };
             (
-                chain_after(last),
+                chain_after(last, seg)?,
                 StartInfo {
                     reason: StartReason::Restart,
                     prev_file: file_name(seg).map(str::to_owned),
@@ -109,11 +112,17 @@ pub(crate) fn recover(active: &Path) -> Result<Recovered, AuditError> {
     })
 }
 
-fn chain_after(last: &Parsed) -> Chain {
-    Chain {
-        next_seq: last.seq.saturating_add(1),
-        head: last.hash,
+fn chain_after(last: &Parsed, path: &Path) -> Result<Chain, AuditError> {
+    if last.seq >= MAX_SEQ {
+        return Err(AuditError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("last seq {} is implausibly large", last.seq),
+        });
     }
+    Ok(Chain {
+        next_seq: last.seq + 1,
+        head: last.hash,
+    })
 }
 
 /// What the end of one file looks like.

@@ -78,10 +78,9 @@ pub fn verify(
     live: bool,
 ) -> Result<VerifyReport, AuditError> {
     let trusted = match trusted_spki {
-        Some(spki) => Some((
-            spki,
-            verifying_key(spki).map_err(|e| AuditError::Config(format!("trusted key: {e}")))?,
-        )),
+        Some(spki) => {
+            Some(verifying_key(spki).map_err(|e| AuditError::Config(format!("trusted key: {e}")))?)
+        }
         None => None,
     };
     let segs = Segments::find(path)?;
@@ -92,9 +91,16 @@ pub fn verify(
             std::io::Error::new(std::io::ErrorKind::NotFound, "no audit log here"),
         ));
     }
+    // Pass 1. The lengths seen here bound pass 2, so a live log that grows in between cannot
+    // show pass 2 a checkpoint whose covered hash pass 1 did not know to keep.
     let mut covers = HashSet::new();
+    let mut lengths = Vec::with_capacity(files.len());
     for f in &files {
-        for_each_line(f, |_, line, _| {
+        let len = std::fs::metadata(f)
+            .map_err(|e| AuditError::io(f, e))?
+            .len();
+        lengths.push(len);
+        for_each_line(f, len, |_, line, _| {
             if let Some(c) = covers_seq_of(line) {
                 covers.insert(c);
             }
@@ -119,7 +125,7 @@ pub fn verify(
         let prev_name = i.checked_sub(1).and_then(|j| file_name(&files[j]));
         let name_seq = segs.rotated.get(i).map(|(s, _)| *s);
         let mut lines = 0u64;
-        for_each_line(f, |no, line, complete| {
+        for_each_line(f, lengths[i], |no, line, complete| {
             lines = no;
             if !complete {
                 if last_file && live && !active_missing && line.len() <= MAX_LINE {
@@ -158,7 +164,11 @@ pub fn verify(
     if let Some(p) = &v.prev {
         report.head_seq = Some(p.seq);
         report.head_hash = Some(to_hex(&p.hash));
-        report.uncovered = p.seq - report.covered_seq.map_or(0, |c| c + 1) + 1;
+        report.uncovered = if report.sealed {
+            0
+        } else {
+            (p.seq + 1).saturating_sub(report.covered_seq.map_or(0, |c| c + 1))
+        };
     }
     match v.bad {
         None => Ok(report),
@@ -166,14 +176,15 @@ pub fn verify(
     }
 }
 
-/// Calls `f(line_number, line_without_newline, complete)` for each line; stops when `f`
-/// returns false. An incomplete line is one without a newline (at EOF) or an overlong one.
+/// Calls `f(line_number, line_without_newline, complete)` for each line of the first `len`
+/// bytes; stops when `f` returns false. An incomplete line is one without a newline (at EOF) or an overlong one.
 fn for_each_line(
     path: &Path,
+    len: u64,
     mut f: impl FnMut(u64, &[u8], bool) -> bool,
 ) -> Result<(), AuditError> {
     let file = File::open(path).map_err(|e| AuditError::io(path, e))?;
-    let mut r = BufReader::with_capacity(256 * 1024, file);
+    let mut r = BufReader::with_capacity(256 * 1024, file.take(len));
     let mut buf = Vec::new();
     let mut no = 0u64;
     loop {
@@ -217,8 +228,8 @@ struct Prev {
     final_covers: Option<u64>,
 }
 
-struct Verifier<'a> {
-    trusted: Option<(&'a [u8], VerifyingKey)>,
+struct Verifier {
+    trusted: Option<VerifyingKey>,
     covers: HashSet<u64>,
     hashes: HashMap<u64, [u8; 32]>,
     /// Unpinned: the first checkpoint's key.
@@ -228,7 +239,7 @@ struct Verifier<'a> {
     bad: Option<BadRecord>,
 }
 
-impl Verifier<'_> {
+impl Verifier {
     fn expected(&self) -> u64 {
         self.prev.as_ref().map_or(0, |p| p.seq.saturating_add(1))
     }
@@ -405,8 +416,9 @@ impl Verifier<'_> {
         let fp = to_hex(&sha256(&c.spki));
         let who = format!("key {} v{} (fingerprint {fp})", c.key, c.version);
         let vk = match (&self.trusted, &self.key) {
-            (Some((spki, vk)), _) => {
-                if c.spki != *spki {
+            (Some(vk), _) => {
+                // Compare keys, not encodings: the pinned SPKI may encode the point differently.
+                if verifying_key(&c.spki).ok().as_ref() != Some(vk) {
                     return Err(format!(
                         "checkpoint signed by {who}, not by the trusted key"
                     ));

@@ -87,6 +87,38 @@ fn queued_batches_share_one_write_and_sync() {
 }
 
 #[test]
+fn live_verification_while_the_log_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = AuditConfig {
+        checkpoint_records: 5,
+        checkpoint_interval: Duration::from_millis(2),
+        ..cfg(dir.path())
+    };
+    let path = c.path.clone();
+    let log = AuditLog::open(c, Box::new(SoftSigner::new(1))).unwrap();
+    fill(&log, 20, 2);
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for i in 0..300 {
+                commit_wait(&log, vec![entry(i), entry(i + 1000)]).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let mut rounds = 0;
+    while !writer.is_finished() || rounds == 0 {
+        let r = verify(&path, None, true).unwrap();
+        assert!(!r.sealed);
+        assert!(r.entries >= 20);
+        rounds += 1;
+    }
+    writer.join().unwrap();
+    log.close();
+    assert!(verify(&path, None, false).unwrap().sealed);
+}
+
+#[test]
 fn restart_continues_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let path = sealed_log(dir.path(), 30);
