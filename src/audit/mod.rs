@@ -207,6 +207,7 @@ impl AuditLog {
             .map_err(|e| AuditError::Config(format!("checkpoint key {}: {e}", key.name)))?;
         let dir = segments::parent(&cfg.path);
         std::fs::create_dir_all(&dir).map_err(|e| AuditError::io(&dir, e))?;
+        let guard = OpenGuard::acquire(&cfg.path)?;
         let rec = recover::recover(&cfg.path)?;
         let shared = Arc::new(Shared {
             healthy: AtomicBool::new(true),
@@ -235,6 +236,7 @@ impl AuditLog {
         };
         let writer = Writer::start(
             cfg,
+            guard,
             rec,
             key_fields,
             Arc::clone(&shared),
@@ -336,37 +338,7 @@ impl AuditLog {
     /// threads; waits at most [`CLOSE_TIMEOUT`]. If the audit key does not sign in time the
     /// log is left unsealed (and `verify` will say so). Later commits get `Closed`.
     pub fn close(&self) {
-        let s = &self.inner.shared;
-        if s.closed.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let deadline = Instant::now() + CLOSE_TIMEOUT;
-        let (reply_tx, reply_rx) = channel::bounded(1);
-        let sent = self
-            .inner
-            .tx
-            .send_deadline(
-                Msg::Close {
-                    deadline,
-                    reply: reply_tx,
-                },
-                deadline,
-            )
-            .is_ok();
-        let replied = sent
-            && reply_rx
-                .recv_deadline(deadline + Duration::from_millis(500))
-                .is_ok();
-        if replied {
-            if let Some(h) = self.inner.writer.lock().take() {
-                let _ = h.join();
-            }
-        } else {
-            tracing::error!(
-                path = %self.inner.path.display(),
-                "audit writer did not finish closing in time"
-            );
-        }
+        self.inner.close();
     }
 
     /// Makes the next writes fail, as a full or broken disk would.
@@ -390,6 +362,84 @@ impl AuditLog {
         } else {
             None
         }
+    }
+}
+
+impl Inner {
+    fn close(&self) {
+        if self.shared.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        let (reply_tx, reply_rx) = channel::bounded(1);
+        let msg = Msg::Close {
+            deadline,
+            reply: reply_tx,
+        };
+        let on_writer = self
+            .writer
+            .lock()
+            .as_ref()
+            .is_some_and(|h| h.thread().id() == std::thread::current().id());
+        if on_writer {
+            // Closed from a `done` callback: the writer cannot wait for itself. It seals when
+            // it gets to this message.
+            let _ = self.tx.try_send(msg);
+            return;
+        }
+        let replied = self.tx.send_deadline(msg, deadline).is_ok()
+            && reply_rx
+                .recv_deadline(deadline + Duration::from_millis(500))
+                .is_ok();
+        if replied {
+            if let Some(h) = self.writer.lock().take() {
+                let _ = h.join();
+            }
+        } else {
+            tracing::error!(
+                path = %self.path.display(),
+                "audit writer did not finish closing in time"
+            );
+        }
+    }
+}
+
+/// Dropping the last handle closes the log like [`AuditLog::close`] (and may block as long).
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Active files open in this process. Two writers on one file would break the chain; this
+/// stops a second `open` in the same process. (Across processes, deployment must ensure one
+/// daemon per audit path; see docs/AUDIT.md.)
+static OPEN_LOGS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Registration of an open active file; removed when the writer thread ends.
+#[derive(Debug)]
+pub(crate) struct OpenGuard(PathBuf);
+
+impl OpenGuard {
+    fn acquire(active: &std::path::Path) -> Result<OpenGuard, AuditError> {
+        let dir = segments::parent(active);
+        let dir = std::fs::canonicalize(&dir).map_err(|e| AuditError::io(&dir, e))?;
+        let key = dir.join(active.file_name().unwrap_or_default());
+        let mut open = OPEN_LOGS.lock();
+        if open.contains(&key) {
+            return Err(AuditError::Config(format!(
+                "audit log {} is already open in this process",
+                key.display()
+            )));
+        }
+        open.push(key.clone());
+        Ok(OpenGuard(key))
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        OPEN_LOGS.lock().retain(|p| *p != self.0);
     }
 }
 

@@ -255,7 +255,8 @@ pub(crate) fn covers_seq_of(line: &[u8]) -> Option<u64> {
         covers_seq: Option<u64>,
     }
     let s = std::str::from_utf8(line).ok()?;
-    if !s.contains("\"checkpoint\"") {
+    // Any line that could be a checkpoint: one that says so, or one with \u escapes.
+    if !s.contains("\"checkpoint\"") && !s.contains("\\u") {
         return None;
     }
     let p: Peek = serde_json::from_str(s).ok()?;

@@ -17,7 +17,7 @@ use super::record::{
 };
 use super::recover::Recovered;
 use super::segments::{file_name, parent, segment_path, sync_dir};
-use super::{AuditConfig, AuditEntry, AuditError, Completion, Shared};
+use super::{AuditConfig, AuditEntry, AuditError, Completion, OpenGuard, Shared};
 
 /// Stop draining the queue into one batch past this many bytes.
 const MAX_BATCH_BYTES: usize = 4 << 20;
@@ -33,6 +33,8 @@ pub(crate) enum Msg {
 
 pub(crate) struct Writer {
     cfg: AuditConfig,
+    /// Held for the writer's life: this active file is open in this process.
+    _guard: OpenGuard,
     dir: PathBuf,
     file: File,
     active_len: u64,
@@ -71,6 +73,7 @@ impl Writer {
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         cfg: AuditConfig,
+        guard: OpenGuard,
         rec: Recovered,
         key: KeyFields,
         shared: Arc<Shared>,
@@ -82,6 +85,7 @@ impl Writer {
         let mut w = Writer {
             dir: parent(&cfg.path),
             cfg,
+            _guard: guard,
             file: rec.file,
             active_len: rec.active_len,
             active_first_seq: first_seq,

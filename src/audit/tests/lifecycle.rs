@@ -119,6 +119,23 @@ fn live_verification_while_the_log_is_written() {
 }
 
 #[test]
+fn one_writer_per_file_and_dropping_the_last_handle_seals() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let log = AuditLog::open(c.clone(), Box::new(SoftSigner::new(1))).unwrap();
+    let again = AuditLog::open(c.clone(), Box::new(SoftSigner::new(1))).unwrap_err();
+    assert!(matches!(again, AuditError::Config(_)), "{again}");
+    fill(&log, 3, 3);
+    let clone = log.clone();
+    drop(log);
+    commit_wait(&clone, vec![entry(9)]).unwrap();
+    drop(clone);
+    assert!(verify(&c.path, None, false).unwrap().sealed);
+    let log = AuditLog::open(c, Box::new(SoftSigner::new(1))).unwrap();
+    log.close();
+}
+
+#[test]
 fn restart_continues_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let path = sealed_log(dir.path(), 30);
