@@ -194,17 +194,25 @@ impl Fields<'_> {
 /// everything else (valid UTF-8) as is.
 fn push_json_str(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
-    for &b in s.as_bytes() {
-        match b {
-            b'"' => buf.extend_from_slice(b"\\\""),
-            b'\\' => buf.extend_from_slice(b"\\\\"),
-            0..=0x1f | 0x7f => {
-                buf.extend_from_slice(b"\\u00");
-                buf.extend_from_slice(to_hex(&[b]).as_bytes());
-            }
-            _ => buf.push(b),
+    let bytes = s.as_bytes();
+    let mut clean = 0; // start of the run of bytes that need no escape
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0..=0x1f | 0x7f => b"",
+            _ => continue,
+        };
+        buf.extend_from_slice(&bytes[clean..i]);
+        clean = i + 1;
+        if esc.is_empty() {
+            buf.extend_from_slice(b"\\u00");
+            buf.extend_from_slice(to_hex(&[b]).as_bytes());
+        } else {
+            buf.extend_from_slice(esc);
         }
     }
+    buf.extend_from_slice(&bytes[clean..]);
     buf.push(b'"');
 }
 
@@ -383,6 +391,16 @@ mod tests {
         f.buf.push(b'}');
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v["a"], "q\"b\\s\n\u{1}é\u{7f}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_round_trips_through_json(s in ".*") {
+            let mut buf = Vec::new();
+            push_json_str(&mut buf, &s);
+            let back: String = serde_json::from_slice(&buf).unwrap();
+            proptest::prop_assert_eq!(back, s);
+        }
     }
 
     #[test]
