@@ -4,6 +4,7 @@
 //! (registry, admin) → [`pipeline`] (router, shard queues, workers) → [`hsm`] (modules,
 //! partitions, key objects, mechanisms).
 
+pub mod audit;
 pub mod ceiling;
 pub mod client;
 pub mod config;
