@@ -47,6 +47,11 @@ impl KeyName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name as a shared string (no copy).
+    pub fn shared(&self) -> std::sync::Arc<str> {
+        std::sync::Arc::clone(&self.0)
+    }
 }
 
 impl fmt::Display for KeyName {

@@ -20,7 +20,7 @@ pub mod server;
 pub mod telemetry;
 pub mod tls;
 
-pub use engine::{Engine, Hooks, KeyInfo, PublicKey, SignRequest, VersionInfo};
+pub use engine::{Engine, KeyInfo, PublicKey, SignRequest, VersionInfo};
 pub use error::{EngineError, Status};
 pub use keys::{KeyName, KeyState, KeyType, Payload, Scheme, Version};
 pub use pipeline::Signed;

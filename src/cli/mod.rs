@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod check;
 mod init;
 mod key;
@@ -50,6 +51,9 @@ enum Command {
     /// Key administration through a running daemon.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Sign random digests through a running daemon and verify every signature.
     Sign {
         /// Client config.
@@ -106,6 +110,26 @@ enum Command {
     },
 }
 
+/// `signerd audit ...`
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check an audit log: the hash chain across all rotated files and every signed checkpoint.
+    /// Prints the first bad record and exits 1 if anything was edited, deleted, reordered or
+    /// truncated.
+    Verify {
+        /// The active audit log file (rotated segments beside it are found automatically).
+        file: PathBuf,
+        /// Pin the audit key: its public key (PEM, e.g. from `signerd key public signerd-audit`).
+        /// Without it the key named in the log is used and the report says it was not pinned.
+        #[arg(long, value_name = "PEM")]
+        public_key: Option<PathBuf>,
+        /// The log belongs to a running daemon: records after the last checkpoint are reported
+        /// as not yet covered instead of failing the check for a missing seal.
+        #[arg(long)]
+        live: bool,
+    },
+}
+
 /// A failed command: what to print and the exit code.
 #[derive(Debug)]
 pub struct CliError {
@@ -126,6 +150,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve { config } => serve::run(&config),
         Command::Key(cmd) => key::run(cmd),
+        Command::Audit(AuditCommand::Verify {
+            file,
+            public_key,
+            live,
+        }) => {
+            audit::verify_cmd(&file, public_key.as_deref(), live).map_err(|e| CliError::new(1, e))
+        }
         Command::Sign {
             client,
             key,

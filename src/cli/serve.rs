@@ -1,13 +1,18 @@
 //! `signerd serve --config FILE`: the daemon.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::{CliError, EXIT_UNAVAILABLE, EXIT_USAGE};
-use certnode_signer::config::Config;
+use certnode_signer::audit::{AuditConfig, AuditLog};
+use certnode_signer::config::{AdminConfig, Config};
 use certnode_signer::engine::OpenError;
 use certnode_signer::hsm::ErrorClass;
-use certnode_signer::server::{ServeError, Server};
-use certnode_signer::Engine;
+use certnode_signer::pipeline::audited::Audited;
+use certnode_signer::server::{Extras, ServeError, Server};
+use certnode_signer::telemetry::{self, Admin, AdminLimits, PartitionHealth, ReadyReport};
+use certnode_signer::{Engine, KeyName};
 
 pub fn run(path: &Path) -> Result<(), CliError> {
     let cfg = Config::load(path).map_err(|e| CliError::new(EXIT_USAGE, e))?;
@@ -17,7 +22,19 @@ pub fn run(path: &Path) -> Result<(), CliError> {
             format!("{}: no [server] table; serve needs one", path.display()),
         )
     })?;
+    // The recorder must exist before the engine registers its instruments.
+    let prometheus = match &cfg.admin {
+        Some(_) => Some(telemetry::install().map_err(|e| CliError::new(1, e))?),
+        None => None,
+    };
     let engine = Engine::open(&cfg).map_err(open_error)?;
+    let (audit, audit_key) = match open_audit(&cfg, &engine) {
+        Ok(a) => a,
+        Err(e) => {
+            engine.shutdown();
+            return Err(e);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(server_cfg.runtime_threads())
         .enable_all()
@@ -28,13 +45,25 @@ pub fn run(path: &Path) -> Result<(), CliError> {
         let partitions = engine.partition_names_all().join(", ");
         let keys = engine.list().len();
         let workers = engine.workers();
-        let server = Server::bind(engine.clone(), server_cfg).map_err(|e| match e {
+        let extras = Extras {
+            audit: audit.clone(),
+            audit_key,
+        };
+        let server = Server::bind_with(engine.clone(), server_cfg, extras).map_err(|e| match e {
             ServeError::Bind { .. } => CliError::new(EXIT_UNAVAILABLE, e),
             _ => CliError::new(EXIT_USAGE, e),
         })?;
+        let admin = match (&cfg.admin, prometheus) {
+            (Some(admin_cfg), Some(handle)) => Some(
+                start_admin(admin_cfg, handle, &engine, audit.as_ref(), server.draining()).await?,
+            ),
+            _ => None,
+        };
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             listen = %server.local_addr(),
+            admin = %cfg.admin.as_ref().map_or_else(|| "off".to_owned(), |a| a.listen.to_string()),
+            audit = %cfg.audit.as_ref().filter(|a| !a.disabled).map_or_else(|| "off".to_owned(), |a| a.path.display().to_string()),
             alpn = "certnode-sign/1",
             partitions = %partitions,
             workers,
@@ -42,12 +71,155 @@ pub fn run(path: &Path) -> Result<(), CliError> {
             "signerd started"
         );
         server.run(shutdown_signal()).await;
+        if let Some(admin) = admin {
+            admin.stop().await;
+        }
         Ok(())
     });
     if result.is_err() {
         engine.shutdown();
     }
+    // The engine has stopped (every answer given): close the log with a signed checkpoint.
+    if let Some(audit) = audit {
+        audit.close();
+        let stats = audit.stats();
+        tracing::info!(
+            records = stats.records,
+            fsyncs = stats.batches,
+            checkpoints = stats.checkpoints,
+            "audit log closed"
+        );
+    }
     result
+}
+
+/// The running admin listener and its background tasks.
+struct AdminTasks {
+    server: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    upkeep: tokio::task::JoinHandle<()>,
+}
+
+impl AdminTasks {
+    /// Stops the listener (last, so that `/readyz` says "draining" during the drain).
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+        self.upkeep.abort();
+    }
+}
+
+/// Binds the admin listener (`/metrics`, `/livez`, `/readyz`) and starts it with the metrics
+/// upkeep task. Scrapes refresh the sampled gauges (queues, health, audit totals).
+async fn start_admin(
+    admin_cfg: &AdminConfig,
+    handle: telemetry::PrometheusHandle,
+    engine: &Engine,
+    audit: Option<&AuditLog>,
+    draining: tokio::sync::watch::Receiver<bool>,
+) -> Result<AdminTasks, CliError> {
+    let listener = telemetry::bind_admin(admin_cfg.listen)
+        .await
+        .map_err(|e| CliError::new(EXIT_UNAVAILABLE, format!("admin listener: {e}")))?;
+    let ready = {
+        let engine = engine.clone();
+        let audit = audit.cloned();
+        move || ReadyReport {
+            keys_loaded: true, // the engine read every key from the tokens before serving
+            partitions: engine
+                .partition_health()
+                .into_iter()
+                .map(|(name, healthy, reason)| PartitionHealth {
+                    name,
+                    healthy,
+                    reason,
+                })
+                .collect(),
+            draining: *draining.borrow(),
+            blocked: audit
+                .as_ref()
+                .filter(|a| !a.healthy())
+                .map(|_| "the audit log cannot be written; signing fails closed".to_owned()),
+        }
+    };
+    let sample = {
+        let engine = engine.clone();
+        let audit = audit.cloned();
+        move || {
+            engine.sample_metrics();
+            let m = engine.metrics();
+            match &audit {
+                Some(a) => {
+                    let st = a.stats();
+                    m.set_audit_totals(st.records, st.batches, st.write_failures, st.checkpoints);
+                    m.set_audit_healthy(a.healthy());
+                }
+                None => m.set_audit_healthy(false),
+            }
+        }
+    };
+    let limits = AdminLimits {
+        max_connections: admin_cfg.max_connections,
+        ..AdminLimits::default()
+    };
+    let admin = Admin::new(handle.clone(), Arc::new(ready))
+        .limits(limits)
+        .on_scrape(sample);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(admin.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let upkeep = telemetry::spawn_upkeep(handle, telemetry::UPKEEP_INTERVAL);
+    Ok(AdminTasks {
+        server,
+        stop,
+        upkeep,
+    })
+}
+
+/// Opens the audit log (creating the audit key on first start) and routes every finished sign
+/// job through it. Without an `[audit]` table serve refuses to start; `disabled = true` runs
+/// without one, with a warning.
+fn open_audit(
+    cfg: &Config,
+    engine: &Engine,
+) -> Result<(Option<AuditLog>, Option<KeyName>), CliError> {
+    let Some(section) = &cfg.audit else {
+        return Err(CliError::new(
+            EXIT_USAGE,
+            "no [audit] table in the config: signerd records every signature in an audit log \
+             (see docs/AUDIT.md); add one, or set `[audit] disabled = true` to run without",
+        ));
+    };
+    if section.disabled {
+        tracing::warn!(
+            "the audit log is disabled ([audit] disabled = true): signatures are not recorded"
+        );
+        return Ok((None, None));
+    }
+    let name = KeyName::new(&section.key).map_err(|e| CliError::new(EXIT_USAGE, e))?;
+    let signer = engine
+        .audit_key_signer(&name)
+        .map_err(|e| CliError::new(EXIT_UNAVAILABLE, format!("audit key {name}: {e}")))?;
+    let audit_cfg = AuditConfig {
+        path: section.path.clone(),
+        rotate_bytes: section.rotate_mib.saturating_mul(1 << 20),
+        checkpoint_records: section.checkpoint_records,
+        checkpoint_interval: Duration::from_millis(section.checkpoint_interval_ms),
+        ..AuditConfig::new(section.path.clone())
+    };
+    let log = AuditLog::open(audit_cfg, Box::new(signer)).map_err(|e| {
+        CliError::new(
+            EXIT_UNAVAILABLE,
+            format!("audit log {}: {e}", section.path.display()),
+        )
+    })?;
+    let completion = Audited::new(log.clone(), engine.partition_names_all());
+    engine
+        .set_completion(Arc::new(completion))
+        .map_err(|e| CliError::new(1, e))?;
+    tracing::info!(path = %section.path.display(), key = %name, "audit log open");
+    Ok((Some(log), Some(name)))
 }
 
 fn open_error(e: OpenError) -> CliError {

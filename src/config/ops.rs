@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// Default admin listener: loopback only.
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7444";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 /// Default name of the HSM key that signs audit checkpoints.
 pub const DEFAULT_AUDIT_KEY: &str = "signerd-audit";
 
@@ -16,7 +16,7 @@ pub const DEFAULT_AUDIT_KEY: &str = "signerd-audit";
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Address to listen on (default 127.0.0.1:7444).
+    /// Address to listen on (default 127.0.0.1:9464, the usual Prometheus exporter port).
     pub listen: SocketAddr,
     /// Most admin connections served at once (default 64); more wait in the kernel backlog.
     pub max_connections: usize,
@@ -28,7 +28,7 @@ impl Default for AdminConfig {
             // The constant parses; a test checks it.
             listen: DEFAULT_ADMIN_LISTEN
                 .parse()
-                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7444))),
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9464))),
             max_connections: 64,
         }
     }

@@ -132,3 +132,17 @@ impl Engine {
         })
     }
 }
+
+impl crate::audit::CheckpointSigner for AuditKeySigner {
+    fn sign(&mut self, digest: &[u8; 32]) -> Result<Vec<u8>, String> {
+        self.sign_digest(digest)
+    }
+
+    fn key(&self) -> crate::audit::CheckpointKey {
+        crate::audit::CheckpointKey {
+            name: self.version.name.to_string(),
+            version: self.version.version,
+            spki_der: self.version.spki.clone(),
+        }
+    }
+}

@@ -33,8 +33,9 @@ use crate::keys::{KeyName, KeyState, KeyType, Payload, Version};
 use crate::pipeline::admission;
 use crate::pipeline::router::{least_loaded, Candidate};
 use crate::pipeline::worker::{Crew, Worker};
-use crate::pipeline::{Completion, Direct, Job, Reply, Shard};
+use crate::pipeline::{Completion, Job, Reply, Shard};
 use crate::secret::Pin;
+use crate::telemetry::{BreakerState, Metrics, OverloadReason};
 use health::HealthProbe;
 use registry::{Registry, VersionEntry};
 
@@ -55,21 +56,6 @@ pub struct SignRequest {
     /// Who asks: the client identity (or a local name such as `local:selftest`); recorded in
     /// the audit log.
     pub identity: Arc<str>,
-}
-
-/// What the daemon plugs into the engine.
-#[derive(Debug, Clone)]
-pub struct Hooks {
-    /// Where workers hand finished jobs (default: straight back to the caller).
-    pub completion: Arc<dyn Completion>,
-}
-
-impl Default for Hooks {
-    fn default() -> Hooks {
-        Hooks {
-            completion: Arc::new(Direct),
-        }
-    }
 }
 
 /// Why the engine could not start.
@@ -158,6 +144,7 @@ struct Inner {
     workers: Mutex<Vec<JoinHandle<()>>>,
     rotation: AtomicUsize,
     health_wake: Unparker,
+    crew: Arc<Crew>,
     max_queue_wait: Duration,
 }
 
@@ -165,11 +152,6 @@ impl Engine {
     /// Loads the modules, logs in to every partition (once each), reads the keys from the tokens
     /// and starts one worker thread per configured session.
     pub fn open(cfg: &Config) -> Result<Engine, OpenError> {
-        Engine::open_with(cfg, Hooks::default())
-    }
-
-    /// Like [`Engine::open`], with the daemon's hooks (where answers go, metrics).
-    pub fn open_with(cfg: &Config, hooks: Hooks) -> Result<Engine, OpenError> {
         let total_partitions: usize = cfg.providers.values().map(|p| p.partitions.len()).sum();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut partitions = Vec::new();
@@ -232,11 +214,14 @@ impl Engine {
             }
         }
         let shards: Arc<[Shard]> = shards.into();
+        let names: Vec<&str> = partitions.iter().map(|p| p.name()).collect();
+        let metrics = Metrics::new(&names, shards.len());
         let crew = Arc::new(Crew {
+            metrics,
             shards: Arc::clone(&shards),
             stop: Arc::clone(&stop),
             max_drain: cfg.engine.max_drain,
-            completion: hooks.completion,
+            completion: std::sync::OnceLock::new(),
         });
         let mut handles = Vec::new();
         for (me, (parker, session)) in parkers.into_iter().zip(sessions).enumerate() {
@@ -285,6 +270,7 @@ impl Engine {
                 workers: Mutex::new(handles),
                 rotation: AtomicUsize::new(0),
                 health_wake,
+                crew,
                 max_queue_wait: Duration::from_millis(cfg.engine.max_queue_wait_ms),
             }),
         })
@@ -369,6 +355,12 @@ impl Engine {
             remaining,
             inner.max_queue_wait,
         ) {
+            let reason = if remaining < inner.max_queue_wait {
+                OverloadReason::Deadline
+            } else {
+                OverloadReason::QueueWait
+            };
+            inner.crew.metrics.overloaded(reason);
             return Err(EngineError::Overloaded { retry_after });
         }
         let (tx, rx) = oneshot::channel();
@@ -382,9 +374,12 @@ impl Engine {
         };
         match inner.shards[shard].push(job) {
             Ok(()) => Ok(rx),
-            Err(_job) => Err(EngineError::Overloaded {
-                retry_after: OVERLOADED_RETRY_AFTER,
-            }),
+            Err(_job) => {
+                inner.crew.metrics.overloaded(OverloadReason::QueueFull);
+                Err(EngineError::Overloaded {
+                    retry_after: OVERLOADED_RETRY_AFTER,
+                })
+            }
         }
     }
 
@@ -438,6 +433,48 @@ impl Engine {
             .iter()
             .map(|p| p.name().to_owned())
             .collect()
+    }
+
+    /// Routes every finished job through `completion` from now on (the daemon's audit log).
+    /// Set once, before requests arrive; a second call is refused.
+    pub fn set_completion(&self, completion: Arc<dyn Completion>) -> Result<(), EngineError> {
+        self.inner
+            .crew
+            .completion
+            .set(completion)
+            .map_err(|_| EngineError::Internal("the engine's completion is already set".into()))
+    }
+
+    /// The engine's Prometheus instruments (shared with the server).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.crew.metrics
+    }
+
+    /// Refreshes the sampled gauges: queue depth per shard, work in hand per partition,
+    /// partition health and the breaker state it implies. Cheap; called on each scrape.
+    pub fn sample_metrics(&self) {
+        let inner = &*self.inner;
+        let m = &inner.crew.metrics;
+        for (i, s) in inner.shards.iter().enumerate() {
+            m.set_queue_depth(i, s.queued());
+        }
+        for p in &inner.partitions {
+            let load: usize = inner.shards_by_partition[p.index()]
+                .iter()
+                .map(|s| inner.shards[*s].load())
+                .sum();
+            m.set_inflight(p.index(), load);
+            let healthy = p.is_healthy();
+            m.set_partition_healthy(p.index(), healthy);
+            m.set_breaker_state(
+                p.index(),
+                if healthy {
+                    BreakerState::Closed
+                } else {
+                    BreakerState::Open
+                },
+            );
+        }
     }
 
     /// Every partition's health: name, in rotation, and why not.

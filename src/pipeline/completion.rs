@@ -7,8 +7,9 @@ use super::shard::{Job, Reply};
 /// most a batch); must not do blocking I/O on that thread (hand it to another thread instead)
 /// and must answer every job exactly once.
 pub trait Completion: Send + Sync + std::fmt::Debug {
-    /// Takes every job out of `done` and answers it (now or later).
-    fn complete(&self, done: &mut Vec<(Job, Reply)>);
+    /// Takes every job out of `done` and answers it (now or later). `partition` is the index
+    /// of the partition whose worker handled them.
+    fn complete(&self, partition: usize, done: &mut Vec<(Job, Reply)>);
 }
 
 /// Answers at once, on the worker thread.
@@ -16,7 +17,7 @@ pub trait Completion: Send + Sync + std::fmt::Debug {
 pub struct Direct;
 
 impl Completion for Direct {
-    fn complete(&self, done: &mut Vec<(Job, Reply)>) {
+    fn complete(&self, _partition: usize, done: &mut Vec<(Job, Reply)>) {
         for (job, reply) in done.drain(..) {
             job.answer(reply);
         }

@@ -1,6 +1,7 @@
 //! The thread glue between the async callers and the HSM: router, shard queues, worker threads.
 
 pub mod admission;
+pub mod audited;
 pub mod completion;
 pub mod router;
 pub mod shard;

@@ -10,12 +10,13 @@ use crossbeam::sync::Parker;
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, SessionState};
 
-use super::completion::Completion;
+use super::completion::{Completion, Direct};
 use super::shard::{Job, Reply, Shard, Signed};
 use crate::engine::registry::VersionEntry;
 use crate::error::EngineError;
 use crate::hsm::{mechanism, objects, ErrorClass, HsmError, Partition};
 use crate::keys::KeyState;
+use crate::telemetry::Metrics;
 
 /// Longest a worker sleeps before re-checking for work and shutdown (a safety net; pushes wake it).
 const IDLE_PARK: Duration = Duration::from_millis(100);
@@ -40,8 +41,10 @@ pub struct Crew {
     pub stop: Arc<AtomicBool>,
     /// Most jobs taken per wake-up.
     pub max_drain: usize,
-    /// Where finished jobs go.
-    pub completion: Arc<dyn Completion>,
+    /// Prometheus instruments (no-ops unless a recorder was installed before the engine opened).
+    pub metrics: Metrics,
+    /// Where finished jobs go, once the daemon set it ([`Direct`] until then).
+    pub completion: std::sync::OnceLock<Arc<dyn Completion>>,
 }
 
 /// Everything a worker thread owns.
@@ -120,10 +123,14 @@ impl Worker {
             }
             let mut left = batch.len();
             self.shards[self.me].set_in_hand(left);
+            self.crew.metrics.batch(left);
             // One clock read per job: each job starts when the previous one finished.
             let mut now = Instant::now();
             for job in batch.drain(..) {
                 let began = now;
+                self.crew
+                    .metrics
+                    .queue_wait(began.saturating_duration_since(job.enqueued));
                 let reply = self.process(&job, began);
                 now = Instant::now();
                 self.shards[self.me].record_service(now - began);
@@ -132,18 +139,25 @@ impl Worker {
                 }
                 done.push((job, reply));
                 if done.len() >= ANSWER_GROUP || now - oldest_held >= ANSWER_HOLD {
-                    self.crew.completion.complete(&mut done);
+                    self.complete(&mut done);
                 }
                 left -= 1;
                 self.shards[self.me].set_in_hand(left);
             }
-            self.crew.completion.complete(&mut done);
+            self.complete(&mut done);
         }
         self.handles.clear();
         if let Some(s) = self.session.take() {
             if let Err(e) = s.close() {
                 tracing::debug!(partition = %self.partition.name(), "closing session: {e}");
             }
+        }
+    }
+
+    fn complete(&self, done: &mut Vec<(Job, Reply)>) {
+        match self.crew.completion.get() {
+            Some(c) => c.complete(self.partition.index(), done),
+            None => Direct.complete(self.partition.index(), done),
         }
     }
 
@@ -206,7 +220,12 @@ impl Worker {
             let attempt = self.key_handle(version).and_then(|h| {
                 self.partition.count_hsm_call();
                 let session = self.session.as_ref().ok_or_else(no_session)?;
-                session.sign(&mech, h, &input).map_err(HsmError::from)
+                let called = Instant::now();
+                let signed = session.sign(&mech, h, &input).map_err(HsmError::from);
+                self.crew
+                    .metrics
+                    .hsm_call(self.partition.index(), called.elapsed());
+                signed
             });
             let err = match attempt {
                 Ok(raw) => return Ok(raw),
@@ -284,6 +303,7 @@ impl Worker {
             let _ = old.close();
         }
         self.partition.count_rebuild();
+        self.crew.metrics.session_rebuild(self.partition.index());
         self.session = Some(self.partition.open_session()?);
         Ok(())
     }

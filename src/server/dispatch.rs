@@ -2,12 +2,13 @@
 //! answer exactly once, finish.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
 
 use super::{InflightGuard, State};
+use crate::audit::AuditEntry;
 use crate::engine::{KeyInfo, SignRequest, VersionInfo};
 use crate::error::{EngineError, Status};
 use crate::keys::{KeyName, Payload, Scheme, Version};
@@ -19,6 +20,8 @@ use crate::protocol::{
 
 /// Stream error code when the request could not be read (too large, too slow).
 const STREAM_REFUSED: u32 = 1;
+/// While draining, how long a stream waits for the peer to acknowledge its answer.
+const DRAIN_DELIVERY: Duration = Duration::from_secs(1);
 /// Retry hint while shutting down.
 const DRAIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -73,6 +76,15 @@ pub(super) async fn stream(
         ),
     };
     respond(&mut send, op, &frame).await;
+    state
+        .engine
+        .metrics()
+        .request(op.into(), frame.status.into(), received.elapsed());
+    if state.is_draining() {
+        // The endpoint closes (discarding unsent data) once no request is in flight: while
+        // draining, a request counts as in flight until the peer has its answer.
+        let _ = tokio::time::timeout(DRAIN_DELIVERY, send.stopped()).await;
+    }
 }
 
 async fn respond(send: &mut SendStream, op: Op, frame: &ResponseFrame) {
@@ -108,16 +120,34 @@ async fn handle(
         });
     }
     let op = req.request.op();
+    let (subject, subject_version) = subject(&req.request);
     if op.is_admin() && !state.cfg.admins.iter().any(|a| **a == **identity) {
         tracing::warn!(
             identity = &**identity,
             op = op.as_str(),
             "admin operation denied"
         );
-        return status_frame(
-            Status::PermissionDenied,
-            format!("identity {identity:?} may not run {}", op.as_str()),
-        );
+        let reason = format!("identity {identity:?} may not run {}", op.as_str());
+        return deny(state, identity, op, subject, reason).await;
+    }
+    if let (Some(reserved), Some(key)) = (&state.extras.audit_key, &subject) {
+        if reserved == key && op != Op::GetPublicKey {
+            tracing::warn!(identity = &**identity, op = op.as_str(), key = %key, "operation on the audit key denied");
+            let reason =
+                format!("key {key} is reserved for the audit log; only its public key can be read");
+            return deny(state, identity, op, subject, reason).await;
+        }
+    }
+    if op.is_admin() {
+        if let Some(audit) = &state.extras.audit {
+            if !audit.healthy() {
+                return error_frame(&EngineError::Unavailable {
+                    reason: "audit log cannot be written; administrative operations are refused"
+                        .into(),
+                    retry_after: DRAIN_RETRY_AFTER,
+                });
+            }
+        }
     }
     let budget = match req.deadline_ms {
         0 => state.cfg.default_deadline_ms,
@@ -244,6 +274,18 @@ async fn handle(
             .await
         }
     };
+    if op.is_admin() {
+        if let Err(e) = audit_admin(state, identity, op, subject, subject_version, &result).await {
+            tracing::error!(
+                op = op.as_str(),
+                "administrative operation done but not audited: {e}"
+            );
+            return error_frame(&EngineError::Internal(format!(
+                "{} was carried out, but its audit record could not be written: {e}",
+                op.as_str()
+            )));
+        }
+    }
     match result {
         Ok(body) => ResponseFrame {
             status: Status::Ok,
@@ -252,6 +294,109 @@ async fn handle(
             body: Some(body),
         },
         Err(e) => error_frame(&e),
+    }
+}
+
+/// The key (and version) a request names, for authorization and the audit log.
+fn subject(request: &Request) -> (Option<KeyName>, Option<Version>) {
+    match request {
+        Request::Sign { key, version, .. }
+        | Request::SignBatch { key, version, .. }
+        | Request::Verify { key, version, .. }
+        | Request::GetPublicKey { key, version } => (Some(key.clone()), *version),
+        Request::RetireKey { key, version } | Request::DestroyKey { key, version } => {
+            (Some(key.clone()), Some(*version))
+        }
+        Request::CreateKey { key, .. } | Request::RotateKey { key } => (Some(key.clone()), None),
+        Request::ListKeys => (None, None),
+    }
+}
+
+fn audit_entry(
+    identity: &Arc<str>,
+    op: Op,
+    key: Option<KeyName>,
+    version: Option<Version>,
+    status: Status,
+    detail: Option<String>,
+) -> AuditEntry {
+    AuditEntry {
+        time: SystemTime::now(),
+        identity: Arc::clone(identity),
+        op: op.as_str(),
+        key: key.map(|k| k.shared()),
+        version,
+        payload_sha256: None,
+        status: status.as_str(),
+        partition: None,
+        detail,
+    }
+}
+
+/// Answers PERMISSION_DENIED, after recording the denial in the audit log.
+async fn deny(
+    state: &State,
+    identity: &Arc<str>,
+    op: Op,
+    key: Option<KeyName>,
+    reason: String,
+) -> ResponseFrame {
+    state.engine.metrics().authz_denied(op.into());
+    if let Some(audit) = &state.extras.audit {
+        let entry = audit_entry(
+            identity,
+            op,
+            key,
+            None,
+            Status::PermissionDenied,
+            Some(reason.clone()),
+        );
+        if let Err(e) = audit.append(entry).await {
+            tracing::error!("authorization failure not audited: {e}");
+        }
+    }
+    status_frame(Status::PermissionDenied, reason)
+}
+
+/// Records an administrative operation (done or failed) and waits until the record is durable.
+async fn audit_admin(
+    state: &State,
+    identity: &Arc<str>,
+    op: Op,
+    key: Option<KeyName>,
+    version: Option<Version>,
+    result: &Result<ResponseBody, EngineError>,
+) -> Result<(), crate::audit::AuditError> {
+    let Some(audit) = &state.extras.audit else {
+        return Ok(());
+    };
+    let (status, detail, version) = match result {
+        Ok(ResponseBody::KeyVersion(v)) => (Status::Ok, None, Some(v.version)),
+        Ok(_) => (Status::Ok, None, version),
+        Err(e) => (e.status(), Some(e.to_string()), version),
+    };
+    audit
+        .append(audit_entry(identity, op, key, version, status, detail))
+        .await
+}
+
+/// Records a connection refused for want of a usable client identity.
+pub(super) async fn audit_auth_failure(state: &State, reason: &str) {
+    if let Some(audit) = &state.extras.audit {
+        let entry = AuditEntry {
+            time: SystemTime::now(),
+            identity: Arc::from("-"),
+            op: "auth",
+            key: None,
+            version: None,
+            payload_sha256: None,
+            status: Status::Unauthenticated.as_str(),
+            partition: None,
+            detail: Some(reason.to_owned()),
+        };
+        if let Err(e) = audit.append(entry).await {
+            tracing::error!("authentication failure not audited: {e}");
+        }
     }
 }
 

@@ -13,7 +13,9 @@ use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 use tokio::sync::{watch, Notify};
 
+use crate::audit::AuditLog;
 use crate::config::ServerConfig;
+use crate::keys::KeyName;
 use crate::tls;
 use crate::Engine;
 
@@ -51,11 +53,22 @@ pub struct Server {
     local: SocketAddr,
 }
 
+/// What the daemon adds around the QUIC server: the audit log and the key reserved for it.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    /// Admin operations and authorization failures are recorded here (signs are recorded by
+    /// the engine's workers). `None` runs without an audit log.
+    pub audit: Option<AuditLog>,
+    /// The audit log's own key: clients may read its public key and nothing else.
+    pub audit_key: Option<KeyName>,
+}
+
 /// State shared by all connection and stream tasks.
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) engine: Engine,
     pub(crate) cfg: ServerConfig,
+    pub(crate) extras: Extras,
     /// True once shutdown started: new requests are answered UNAVAILABLE.
     pub(crate) draining: watch::Sender<bool>,
     /// True once the grace period is over: waiting requests are answered UNAVAILABLE.
@@ -92,6 +105,15 @@ impl Drop for InflightGuard {
 impl Server {
     /// Binds the endpoint. Must be called inside a tokio runtime.
     pub fn bind(engine: Engine, cfg: ServerConfig) -> Result<Server, ServeError> {
+        Server::bind_with(engine, cfg, Extras::default())
+    }
+
+    /// Like [`Server::bind`], with the audit log and reserved key.
+    pub fn bind_with(
+        engine: Engine,
+        cfg: ServerConfig,
+        extras: Extras,
+    ) -> Result<Server, ServeError> {
         let rustls_cfg = tls::server_config(&cfg.cert, &cfg.key, &cfg.client_ca)?;
         let crypto = QuicServerConfig::try_from(rustls_cfg)
             .map_err(|e| ServeError::Config(format!("TLS config unusable for QUIC: {e}")))?;
@@ -109,6 +131,7 @@ impl Server {
         let state = Arc::new(State {
             engine,
             cfg,
+            extras,
             draining: watch::Sender::new(false),
             expired: watch::Sender::new(false),
             inflight: AtomicUsize::new(0),
@@ -120,6 +143,11 @@ impl Server {
             state,
             local,
         })
+    }
+
+    /// Turns true when the server starts draining (for `/readyz`).
+    pub fn draining(&self) -> watch::Receiver<bool> {
+        self.state.draining.subscribe()
     }
 
     /// The bound UDP address.
@@ -147,6 +175,7 @@ impl Server {
                         }
                         // Counted before the task starts, so a burst cannot overshoot the limit.
                         state.connections.fetch_add(1, Ordering::Relaxed);
+                        state.engine.metrics().connection_opened();
                         let guard = ConnGuard(Arc::clone(&state));
                         tokio::spawn(connection(incoming, Arc::clone(&state), guard));
                     }
@@ -217,6 +246,7 @@ struct ConnGuard(Arc<State>);
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.engine.metrics().connection_closed();
     }
 }
 
@@ -226,6 +256,15 @@ async fn connection(incoming: quinn::Incoming, state: Arc<State>, _guard: ConnGu
         Ok(c) => c,
         Err(e) => {
             tracing::debug!(%peer, "handshake failed: {e}");
+            // A TLS alert (no client certificate, an unknown CA, ...) is an authentication
+            // failure and is audited; timeouts and resets are not.
+            if matches!(e, quinn::ConnectionError::TransportError(_)) {
+                dispatch::audit_auth_failure(
+                    &state,
+                    &format!("peer {peer}: handshake refused: {e}"),
+                )
+                .await;
+            }
             return;
         }
     };
@@ -234,6 +273,7 @@ async fn connection(incoming: quinn::Incoming, state: Arc<State>, _guard: ConnGu
         Err(e) => {
             tracing::warn!(%peer, "refusing connection: {e}");
             conn.close(VarInt::from_u32(CLOSE_NO_IDENTITY), b"no usable identity");
+            dispatch::audit_auth_failure(&state, &format!("peer {peer}: {e}")).await;
             return;
         }
     };

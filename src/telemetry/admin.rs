@@ -352,6 +352,7 @@ mod tests {
             keys_loaded: true,
             partitions: vec![PartitionHealth::unhealthy("p0", "token not present")],
             draining: false,
+            blocked: None,
         });
 
         let r = st.respond(&Method::GET, "/livez");

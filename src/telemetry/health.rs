@@ -30,6 +30,9 @@ pub struct ReadyReport {
     pub partitions: Vec<PartitionHealth>,
     /// A graceful drain has started: stop routing new requests here.
     pub draining: bool,
+    /// Why signing is impossible whatever the partitions say (e.g. the audit log cannot be
+    /// written, so signing fails closed). Empty when nothing blocks.
+    pub blocked: Option<String>,
 }
 
 /// One partition's health, for `/readyz`.
@@ -66,16 +69,22 @@ impl PartitionHealth {
 impl ReadyReport {
     /// Ready: not draining, keys loaded, and at least one partition healthy.
     pub fn is_ready(&self) -> bool {
-        !self.draining && self.keys_loaded && self.partitions.iter().any(|p| p.healthy)
+        !self.draining
+            && self.blocked.is_none()
+            && self.keys_loaded
+            && self.partitions.iter().any(|p| p.healthy)
     }
 
     /// The `/readyz` answer: HTTP status (200 or 503) and a plain-text body. The first line is
-    /// `ready`, `draining`, or `not ready: <why>`; then one line per partition, `<name>: ok` or
+    /// `ready`, `draining`, or `not ready: <why>` (`blocked`, keys, partitions); then one line per partition, `<name>: ok` or
     /// `<name>: unhealthy: <reason>`. Names and reasons are flattened to one line each.
     pub fn render(&self) -> (u16, String) {
         let mut body = String::new();
         let code = if self.draining {
             body.push_str("draining\n");
+            503
+        } else if let Some(why) = &self.blocked {
+            let _ = writeln!(body, "not ready: {}", one_line(why));
             503
         } else if !self.keys_loaded {
             body.push_str("not ready: keys not loaded\n");
@@ -126,7 +135,23 @@ mod tests {
             keys_loaded,
             partitions: parts,
             draining,
+            blocked: None,
         }
+    }
+
+    #[test]
+    fn blocked_is_503_with_the_reason_even_with_healthy_partitions() {
+        let mut r = report(true, false, vec![PartitionHealth::healthy("p0")]);
+        assert_eq!(r.render().0, 200);
+        r.blocked = Some("audit log cannot be written:\nEIO".into());
+        assert!(!r.is_ready());
+        let (code, body) = r.render();
+        assert_eq!(code, 503);
+        assert!(
+            body.starts_with("not ready: audit log cannot be written: EIO\n"),
+            "{body}"
+        );
+        assert!(body.contains("p0: ok"), "{body}");
     }
 
     #[test]
@@ -213,6 +238,7 @@ mod tests {
             keys_loaded: true,
             partitions: vec![PartitionHealth::healthy("p")],
             draining: false,
+            blocked: None,
         };
         let dynsrc: std::sync::Arc<dyn Readiness> = std::sync::Arc::new(src);
         assert!(dynsrc.readiness().is_ready());

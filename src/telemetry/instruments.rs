@@ -15,10 +15,12 @@ use super::{names, OPS, OVERLOAD_REASONS, STATUSES};
 pub enum Op {
     /// `sign`
     Sign,
+    /// `sign_batch`
+    SignBatch,
     /// `verify`
     Verify,
-    /// `public_key`
-    PublicKey,
+    /// `get_public_key`
+    GetPublicKey,
     /// `list_keys`
     ListKeys,
     /// `create_key`
@@ -33,10 +35,11 @@ pub enum Op {
 
 impl Op {
     /// Every op, in label order.
-    pub const ALL: [Op; 8] = [
+    pub const ALL: [Op; 9] = [
         Op::Sign,
+        Op::SignBatch,
         Op::Verify,
-        Op::PublicKey,
+        Op::GetPublicKey,
         Op::ListKeys,
         Op::CreateKey,
         Op::RotateKey,
@@ -55,37 +58,34 @@ impl Op {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum StatusLabel {
-    /// `OK`
+    /// `ok`
     Ok,
-    /// `INVALID_ARGUMENT`
+    /// `invalid_argument`
     InvalidArgument,
-    /// `UNAUTHENTICATED`
+    /// `unauthenticated`
     Unauthenticated,
-    /// `PERMISSION_DENIED`
+    /// `permission_denied`
     PermissionDenied,
-    /// `NOT_FOUND`
+    /// `not_found`
     NotFound,
-    /// `FAILED_PRECONDITION`
-    FailedPrecondition,
-    /// `OVERLOADED`
+    /// `overloaded`
     Overloaded,
-    /// `UNAVAILABLE`
+    /// `unavailable`
     Unavailable,
-    /// `DEADLINE_EXCEEDED`
+    /// `deadline_exceeded`
     DeadlineExceeded,
-    /// `INTERNAL`
+    /// `internal`
     Internal,
 }
 
 impl StatusLabel {
     /// Every status, in label order.
-    pub const ALL: [StatusLabel; 10] = [
+    pub const ALL: [StatusLabel; 9] = [
         StatusLabel::Ok,
         StatusLabel::InvalidArgument,
         StatusLabel::Unauthenticated,
         StatusLabel::PermissionDenied,
         StatusLabel::NotFound,
-        StatusLabel::FailedPrecondition,
         StatusLabel::Overloaded,
         StatusLabel::Unavailable,
         StatusLabel::DeadlineExceeded,
@@ -95,6 +95,40 @@ impl StatusLabel {
     /// The label value.
     pub fn as_str(self) -> &'static str {
         STATUSES[self as usize]
+    }
+}
+
+impl From<crate::protocol::Op> for Op {
+    fn from(op: crate::protocol::Op) -> Op {
+        use crate::protocol::Op as P;
+        match op {
+            P::Sign => Op::Sign,
+            P::SignBatch => Op::SignBatch,
+            P::Verify => Op::Verify,
+            P::GetPublicKey => Op::GetPublicKey,
+            P::ListKeys => Op::ListKeys,
+            P::CreateKey => Op::CreateKey,
+            P::RotateKey => Op::RotateKey,
+            P::RetireKey => Op::RetireKey,
+            P::DestroyKey => Op::DestroyKey,
+        }
+    }
+}
+
+impl From<crate::error::Status> for StatusLabel {
+    fn from(s: crate::error::Status) -> StatusLabel {
+        use crate::error::Status as S;
+        match s {
+            S::Ok => StatusLabel::Ok,
+            S::InvalidArgument => StatusLabel::InvalidArgument,
+            S::Unauthenticated => StatusLabel::Unauthenticated,
+            S::PermissionDenied => StatusLabel::PermissionDenied,
+            S::NotFound => StatusLabel::NotFound,
+            S::Overloaded => StatusLabel::Overloaded,
+            S::Unavailable => StatusLabel::Unavailable,
+            S::DeadlineExceeded => StatusLabel::DeadlineExceeded,
+            S::Internal => StatusLabel::Internal,
+        }
     }
 }
 
@@ -317,6 +351,21 @@ impl Metrics {
         if let Some(c) = self.inner.overloaded.get(reason as usize) {
             c.increment(1);
         }
+    }
+
+    /// Sets the audit counters to the audit log's own totals (sampled on scrape; the log counts
+    /// them itself): records, fsyncs, write failures, checkpoints.
+    pub fn set_audit_totals(
+        &self,
+        records: u64,
+        fsyncs: u64,
+        write_failures: u64,
+        checkpoints: u64,
+    ) {
+        self.inner.audit_records.absolute(records);
+        self.inner.audit_fsyncs.absolute(fsyncs);
+        self.inner.audit_write_failures.absolute(write_failures);
+        self.inner.audit_checkpoints.absolute(checkpoints);
     }
 
     /// `n` audit records appended (`signer_audit_records_total`).

@@ -143,8 +143,9 @@ pub const METRICS: &[(&str, MetricKind, &[&str])] = &[
 /// `op` label values, in [`Op`] order.
 pub const OPS: &[&str] = &[
     "sign",
+    "sign_batch",
     "verify",
-    "public_key",
+    "get_public_key",
     "list_keys",
     "create_key",
     "rotate_key",
@@ -152,18 +153,18 @@ pub const OPS: &[&str] = &[
     "destroy_key",
 ];
 
-/// `status` label values (the wire status names), in [`StatusLabel`] order.
+/// `status` label values (`Status::as_str`, the wire statuses in lower case), in
+/// [`StatusLabel`] order.
 pub const STATUSES: &[&str] = &[
-    "OK",
-    "INVALID_ARGUMENT",
-    "UNAUTHENTICATED",
-    "PERMISSION_DENIED",
-    "NOT_FOUND",
-    "FAILED_PRECONDITION",
-    "OVERLOADED",
-    "UNAVAILABLE",
-    "DEADLINE_EXCEEDED",
-    "INTERNAL",
+    "ok",
+    "invalid_argument",
+    "unauthenticated",
+    "permission_denied",
+    "not_found",
+    "overloaded",
+    "unavailable",
+    "deadline_exceeded",
+    "internal",
 ];
 
 /// `reason` label values of `signer_overloaded_total`, in [`OverloadReason`] order.

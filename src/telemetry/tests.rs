@@ -24,6 +24,7 @@ fn readiness() -> (Arc<Mutex<ReadyReport>>, Arc<dyn Readiness>) {
             PartitionHealth::unhealthy("hsm-b", "breaker open"),
         ],
         draining: false,
+        blocked: None,
     }));
     let r = Arc::clone(&report);
     (report, Arc::new(move || r.lock().clone()))
@@ -268,10 +269,10 @@ async fn admin_listener_serves_metrics_and_health() {
     let s = parse(&text);
     assert_all_series(&text, &s);
     let req = |op, status| counter(&s, names::REQUESTS_TOTAL, &[("op", op), ("status", status)]);
-    assert_eq!(req("sign", "OK"), 5.0);
-    assert_eq!(req("sign", "OVERLOADED"), 2.0);
-    assert_eq!(req("create_key", "PERMISSION_DENIED"), 1.0);
-    assert_eq!(req("verify", "OK"), 0.0);
+    assert_eq!(req("sign", "ok"), 5.0);
+    assert_eq!(req("sign", "overloaded"), 2.0);
+    assert_eq!(req("create_key", "permission_denied"), 1.0);
+    assert_eq!(req("verify", "ok"), 0.0);
 
     let sign = buckets(&s, names::REQUEST_DURATION_SECONDS, &[("op", "sign")]);
     assert_eq!(bucket(&sign, 0.002), 0.0);
@@ -482,7 +483,7 @@ fn install_is_idempotent_and_exposes_registered_series() {
     let _m = Metrics::new(&["p"], 1);
     let (a, b) = (h1.render(), h2.render());
     assert!(
-        a.contains("signer_requests_total{op=\"sign\",status=\"OK\"} 0"),
+        a.contains("signer_requests_total{op=\"sign\",status=\"ok\"} 0"),
         "{a}"
     );
     assert!(b.contains("# TYPE signer_batch_size histogram"), "{b}");

@@ -10,5 +10,6 @@ mod verify;
 mod admin;
 mod bad_input;
 mod cli;
+mod observability;
 mod shutdown;
 mod signing;
