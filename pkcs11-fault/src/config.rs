@@ -84,6 +84,9 @@ pub struct Gate {
     pub window: Option<(Duration, Option<Duration>)>,
     /// Fires at most this many times, then the rule is spent ("the next N calls").
     pub count: Option<u64>,
+    /// Stops firing for good at the application's first `C_Finalize` after the rule was loaded
+    /// (a fault that only a re-initialisation of the module clears).
+    pub until_finalize: bool,
 }
 
 /// What a rule does when it fires.
@@ -186,6 +189,7 @@ struct RawRule {
     after_calls: Option<u64>,
     window_s: Option<Vec<f64>>,
     count: Option<u64>,
+    until_finalize: Option<bool>,
     // actions
     rv: Option<RawRv>,
     fixed_ms: Option<f64>,
@@ -359,6 +363,7 @@ impl RawRule {
             after_calls: self.after_calls.unwrap_or(0),
             window,
             count: self.count,
+            until_finalize: self.until_finalize.unwrap_or(false),
         })
     }
 }

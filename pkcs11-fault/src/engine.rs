@@ -15,7 +15,7 @@ use crate::capacity::{Acquire, Permit};
 use crate::config::{Action, Config};
 use crate::names::{fid, rv_text, FUNCTIONS, FUNCTION_COUNT};
 use crate::rng::entropy_seed;
-use crate::rules::{LiveRule, RuleSet};
+use crate::rules::{At, LiveRule, RuleSet};
 use crate::stats::{write_atomic, RuleStats, Stats};
 
 /// Env: path of the TOML config (absent: pure pass-through).
@@ -60,6 +60,7 @@ pub(crate) struct Engine {
     config_errors: AtomicU64,
     calls: [AtomicU64; FUNCTION_COUNT],
     injected_total: AtomicU64,
+    finalizes: AtomicU64,
     dirty: AtomicBool,
     sessions: RwLock<HashMap<CK_SESSION_HANDLE, CK_SLOT_ID>>,
     labels: RwLock<HashMap<CK_SLOT_ID, Arc<str>>>,
@@ -123,6 +124,7 @@ impl Engine {
             config_errors: AtomicU64::new(0),
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
             injected_total: AtomicU64::new(0),
+            finalizes: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             sessions: RwLock::new(HashMap::new()),
             labels: RwLock::new(HashMap::new()),
@@ -233,7 +235,13 @@ impl Engine {
             },
         };
         let mut rules = self.rules.write();
-        let next = RuleSet::build(config, rules.generation + 1, &rules, self.entropy);
+        let next = RuleSet::build(
+            config,
+            rules.generation + 1,
+            &rules,
+            self.entropy,
+            self.finalizes.load(Ordering::Acquire),
+        );
         *rules = Arc::new(next);
         self.dirty.store(true, Ordering::Relaxed);
     }
@@ -290,6 +298,16 @@ impl Engine {
         self.sessions.write().retain(|_, s| *s != slot);
     }
 
+    /// Records a successful C_Finalize (ends `until_finalize` rules).
+    pub(crate) fn finalized(&self) {
+        self.finalizes.fetch_add(1, Ordering::AcqRel);
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    fn at(&self) -> At {
+        At::now(self.finalizes.load(Ordering::Acquire))
+    }
+
     /// Forgets sessions and labels (C_Initialize, C_Finalize).
     pub(crate) fn forget_all(&self) {
         self.sessions.write().clear();
@@ -341,7 +359,7 @@ impl Engine {
         let Some(label) = self.label(slot) else {
             return false;
         };
-        match rules.token_removed(&label, Instant::now()) {
+        match rules.token_removed(&label, self.at()) {
             Some(rule) => {
                 rule.injected();
                 self.injected_total.fetch_add(1, Ordering::Relaxed);
@@ -379,7 +397,7 @@ impl Engine {
         }
         let token = self.token_of(ctx);
         let tok = token.as_deref();
-        let now = Instant::now();
+        let now = self.at();
 
         // Pass 1: every matching rule counts the call (and draws, if it has a probability).
         let mut removed: Option<&Arc<LiveRule>> = None;
@@ -553,6 +571,7 @@ impl Engine {
             config: self.config_path.as_ref().map(|p| p.display().to_string()),
             target: self.target().map(|t| t.path.display().to_string()),
             calls,
+            finalizes: self.finalizes.load(Ordering::Relaxed),
             injected_total: self.injected_total.load(Ordering::Relaxed),
             rules,
         }

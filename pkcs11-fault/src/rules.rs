@@ -15,6 +15,26 @@ use crate::capacity::Fifo;
 use crate::config::{Action, Config, RuleSpec};
 use crate::rng::{stream_seed, Rng};
 
+/// The moment a rule is evaluated at: the monotonic time and how many times the application has
+/// finalized the module so far.
+#[derive(Debug, Clone, Copy)]
+pub struct At {
+    /// Now.
+    pub now: Instant,
+    /// Successful `C_Finalize` calls so far.
+    pub finalizes: u64,
+}
+
+impl At {
+    /// Now, with `finalizes` finalizations so far.
+    pub fn now(finalizes: u64) -> At {
+        At {
+            now: Instant::now(),
+            finalizes,
+        }
+    }
+}
+
 /// The rules in force, and the config they came from.
 #[derive(Debug, Default)]
 pub struct RuleSet {
@@ -35,6 +55,7 @@ pub struct LiveRule {
     pub spec: RuleSpec,
     fingerprint: String,
     loaded: Instant,
+    finalizes_at_load: u64,
     alive: AtomicBool,
     matched: AtomicU64,
     fired: AtomicU64,
@@ -47,7 +68,13 @@ pub struct LiveRule {
 impl RuleSet {
     /// The rule set for `config`, taking over the state of unchanged rules from `previous` and
     /// marking the rest of `previous` dead.
-    pub fn build(config: Config, generation: u64, previous: &RuleSet, entropy: u64) -> RuleSet {
+    pub fn build(
+        config: Config,
+        generation: u64,
+        previous: &RuleSet,
+        entropy: u64,
+        finalizes: u64,
+    ) -> RuleSet {
         let seed = config.seed.unwrap_or(entropy);
         let mut old: HashMap<&str, Vec<&Arc<LiveRule>>> = HashMap::new();
         for r in &previous.rules {
@@ -71,6 +98,7 @@ impl RuleSet {
                 Arc::new(LiveRule {
                     spec: spec.clone(),
                     loaded: Instant::now(),
+                    finalizes_at_load: finalizes,
                     alive: AtomicBool::new(true),
                     matched: AtomicU64::new(0),
                     fired: AtomicU64::new(0),
@@ -100,13 +128,13 @@ impl RuleSet {
     }
 
     /// Whether a `remove` rule hides `token` now (a state query: counts nothing).
-    pub fn token_removed(&self, token: &str, now: Instant) -> Option<&Arc<LiveRule>> {
+    pub fn token_removed(&self, token: &str, at: At) -> Option<&Arc<LiveRule>> {
         self.rules.iter().find(|r| {
             matches!(r.spec.action, Action::Remove { .. })
                 && r.token_matches(Some(token))
                 && r.is_alive()
                 && r.matched.load(Ordering::Relaxed) >= r.spec.gate.after_calls
-                && r.in_window(now)
+                && r.in_force(at)
         })
     }
 }
@@ -134,19 +162,19 @@ impl LiveRule {
     /// Counts a matching call and tells whether the rule fires on it, `count` aside (see
     /// [`LiveRule::take`]). Draws from the rule's PRNG on every matching call when it has a
     /// probability, so its sequence depends only on the calls it matched.
-    pub fn gate(&self, now: Instant) -> bool {
+    pub fn gate(&self, at: At) -> bool {
         let n = self.matched.fetch_add(1, Ordering::Relaxed) + 1;
         let roll = match self.spec.gate.probability {
             Some(p) => self.rng.lock().next_f64() < p,
             None => true,
         };
-        roll && n > self.spec.gate.after_calls && self.in_window(now)
+        roll && n > self.spec.gate.after_calls && self.in_force(at)
     }
 
     /// Counts a call on a token for a `remove` rule, and tells whether the token is gone for it.
-    pub fn remove_gate(&self, now: Instant) -> bool {
+    pub fn remove_gate(&self, at: At) -> bool {
         let n = self.matched.fetch_add(1, Ordering::Relaxed) + 1;
-        n > self.spec.gate.after_calls && self.in_window(now)
+        n > self.spec.gate.after_calls && self.in_force(at)
     }
 
     /// Takes one of the rule's `count` firings; false when spent.
@@ -165,12 +193,16 @@ impl LiveRule {
         }
     }
 
-    /// Whether `now` is inside the rule's window (true without one).
-    pub fn in_window(&self, now: Instant) -> bool {
+    /// Whether the time and finalize gates are open: inside the window (if any), and not
+    /// finalized since loading (for `until_finalize`).
+    pub fn in_force(&self, at: At) -> bool {
+        if self.spec.gate.until_finalize && at.finalizes != self.finalizes_at_load {
+            return false;
+        }
         match self.spec.gate.window {
             None => true,
             Some((from, until)) => {
-                let t = now.saturating_duration_since(self.loaded);
+                let t = at.now.saturating_duration_since(self.loaded);
                 t >= from && until.is_none_or(|u| t < u)
             }
         }
@@ -238,7 +270,13 @@ mod tests {
     use super::*;
 
     fn set(text: &str, prev: &RuleSet) -> RuleSet {
-        RuleSet::build(Config::parse(text).unwrap(), prev.generation + 1, prev, 1)
+        RuleSet::build(
+            Config::parse(text).unwrap(),
+            prev.generation + 1,
+            prev,
+            1,
+            0,
+        )
     }
 
     const A: &str = "seed = 1\n[[rule]]\nkind = \"error\"\nrv = 5\nprobability = 0.5\n";
@@ -247,7 +285,7 @@ mod tests {
     fn unchanged_rules_keep_their_state_others_die() {
         let empty = RuleSet::default();
         let one = set(A, &empty);
-        let now = Instant::now();
+        let now = At::now(0);
         for _ in 0..10 {
             one.rules[0].gate(now);
         }
@@ -266,7 +304,7 @@ mod tests {
     fn seeded_streams_repeat_and_ignore_other_rules() {
         let draws = |text: &str| {
             let s = set(text, &RuleSet::default());
-            let now = Instant::now();
+            let now = At::now(0);
             (0..64).map(|_| s.rules[0].gate(now)).collect::<Vec<_>>()
         };
         let a = draws(A);
@@ -275,7 +313,7 @@ mod tests {
         // Another rule before it does not change its stream.
         let with_other = format!("seed = 1\n[[rule]]\nkind = \"latency\"\n{}", &A[9..]);
         let s = set(&with_other, &RuleSet::default());
-        let now = Instant::now();
+        let now = At::now(0);
         let b: Vec<bool> = (0..64).map(|_| s.rules[1].gate(now)).collect();
         assert_eq!(a, b);
     }
@@ -287,9 +325,21 @@ mod tests {
             &RuleSet::default(),
         );
         let r = &s.rules[0];
-        let now = Instant::now();
+        let now = At::now(0);
         let fired: Vec<bool> = (0..6).map(|_| r.gate(now) && r.take()).collect();
         assert_eq!(fired, [false, false, true, true, false, false]);
+    }
+
+    #[test]
+    fn until_finalize_ends_at_the_next_finalize() {
+        let s = set(
+            "[[rule]]\nkind = \"error\"\nrv = 5\nuntil_finalize = true\n",
+            &RuleSet::default(),
+        );
+        let r = &s.rules[0];
+        assert!(r.gate(At::now(0)));
+        assert!(!r.gate(At::now(1)));
+        assert!(!r.gate(At::now(2)));
     }
 
     #[test]
@@ -298,7 +348,7 @@ mod tests {
             "[[rule]]\nkind = \"remove\"\ntoken = \"t1\"\nafter_calls = 1\n",
             &RuleSet::default(),
         );
-        let now = Instant::now();
+        let now = At::now(0);
         assert!(s.token_removed("t1", now).is_none());
         assert!(!s.rules[0].remove_gate(now));
         assert!(s.token_removed("t1", now).is_some());

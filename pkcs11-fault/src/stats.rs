@@ -20,6 +20,8 @@ pub struct Stats {
     pub target: Option<String>,
     /// Calls per PKCS#11 function (functions never called are left out).
     pub calls: BTreeMap<String, u64>,
+    /// Successful `C_Finalize` calls (see `until_finalize`).
+    pub finalizes: u64,
     /// Faults injected by all rules, including rules since removed.
     pub injected_total: u64,
     /// The rules in force, in file order.

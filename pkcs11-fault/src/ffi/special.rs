@@ -60,6 +60,7 @@ pub(super) unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
             || {},
         );
         if rv == CKR_OK {
+            eng.finalized();
             eng.stop_watcher();
             eng.forget_all();
             eng.write_stats(true);

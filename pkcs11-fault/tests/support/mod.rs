@@ -48,23 +48,28 @@ pub struct Hsm {
     _keepers: Mutex<Vec<Session>>,
 }
 
-/// The fault module built next to this test binary: target/<profile>/deps/<test> →
-/// target/<profile>/libcertnode_pkcs11_fault.so (cargo builds the cdylib before the tests).
+/// The fault module built for this test run. Cargo builds the cdylib into target/<profile>/deps/
+/// (next to this test binary) before running the tests, but copies it up to
+/// target/<profile>/libcertnode_pkcs11_fault.so only on `cargo build`, so deps/ is the fresh one.
 pub fn module_path() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe path");
     let deps = exe.parent().expect("deps dir");
-    let profile = deps.parent().expect("profile dir");
-    let path = profile.join(MODULE_FILE);
-    assert!(path.exists(), "{} not built", path.display());
-    path
+    for dir in [Some(deps), deps.parent()].into_iter().flatten() {
+        let path = dir.join(MODULE_FILE);
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!("{MODULE_FILE} not built next to {}", exe.display());
 }
 
 /// Creates the process's token directory and tokens. `config`: whether to set
 /// SIGNERD_FAULT_CONFIG (to an empty file the tests then rewrite) or leave it unset.
 /// Call once per process, before any other use of the module.
 pub fn setup(name: &str, config: bool) -> Hsm {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pkcs11-fault-{name}-{}", std::process::id()));
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    remove_stale_dirs(&tmp, &format!("pkcs11-fault-{name}-"));
+    let dir = tmp.join(format!("pkcs11-fault-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("tokens")).unwrap();
     let conf = dir.join("softhsm2.conf");
@@ -155,6 +160,25 @@ pub fn setup(name: &str, config: bool) -> Hsm {
     }
 }
 
+/// Removes token directories left by earlier test processes that are gone.
+fn remove_stale_dirs(tmp: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// The slot holding the token labelled `label`, among slots with a token present.
 pub fn slot_of(ctx: &Pkcs11, label: &str) -> Option<Slot> {
     ctx.get_slots_with_token().unwrap().into_iter().find(|s| {
@@ -221,6 +245,11 @@ impl Hsm {
         std::fs::rename(&tmp, path).unwrap();
     }
 
+    /// Closes the sessions that hold the logins (before finalizing the module).
+    pub fn close_sessions(&self) {
+        self._keepers.lock().unwrap().clear();
+    }
+
     pub fn stats(&self) -> Stats {
         self.control.stats().unwrap()
     }
@@ -270,9 +299,4 @@ pub fn find_keys(session: &Session) -> Vec<ObjectHandle> {
             Attribute::Label(KEY_LABEL.into()),
         ])
         .unwrap()
-}
-
-/// Path helper for tests.
-pub fn file_in(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
 }
