@@ -111,6 +111,28 @@ fn injected_sign_error_ends_the_operation() {
 }
 
 #[test]
+fn injected_update_error_ends_the_multipart_operation() {
+    // Per PKCS#11 an error from C_DigestUpdate ends the digest; the module ends it in SoftHSM2
+    // too (through C_DigestFinal), so a new C_DigestInit works.
+    let (_g, h, _r) = begin();
+    h.configure(
+        "[[rule]]\nkind = \"error\"\nfunction = \"C_DigestUpdate\"\nrv = \"CKR_DEVICE_ERROR\"\ncount = 1\n",
+    );
+    let s = h.session("fault-1");
+    let sha = cryptoki::mechanism::Mechanism::Sha256;
+    s.digest_init(&sha).unwrap();
+    let e = s.digest_update(b"abc").unwrap_err();
+    assert_eq!(rv(&e), Some(RvError::DeviceError));
+    s.digest_init(&sha).unwrap();
+    s.digest_update(b"abc").unwrap();
+    use sha2::Digest;
+    assert_eq!(
+        s.digest_final().unwrap(),
+        sha2::Sha256::digest(b"abc").to_vec()
+    );
+}
+
+#[test]
 fn error_after_n_calls() {
     let (_g, h, _r) = begin();
     h.configure(
