@@ -1,8 +1,9 @@
-//! The module's process-wide state and the decision made on every call: which rules match, what
-//! they inject, and whether the call is forwarded to the wrapped module.
+//! The module's process-wide state: the rules in force and their reload, the watcher thread, the
+//! session → slot → label bookkeeping, call counters and the stats. The per-call decision is in
+//! `call.rs`, the wrapped module in `target.rs`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -11,11 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 use cryptoki_sys::*;
 use parking_lot::{Mutex, RwLock};
 
-use crate::capacity::{Acquire, Permit};
-use crate::config::{Action, Config};
-use crate::names::{fid, rv_text, FUNCTIONS, FUNCTION_COUNT};
+use crate::config::Config;
+use crate::names::{FUNCTIONS, FUNCTION_COUNT};
 use crate::rng::entropy_seed;
-use crate::rules::{At, LiveRule, RuleSet};
+use crate::rules::{At, RuleSet};
 use crate::stats::{write_atomic, RuleStats, Stats};
 
 /// Env: path of the TOML config (absent: pure pass-through).
@@ -41,14 +41,6 @@ pub(crate) enum Ctx {
     Slot(CK_SLOT_ID),
     /// A session handle (its slot was recorded at C_OpenSession).
     Session(CK_SESSION_HANDLE),
-}
-
-/// The wrapped module: the library (kept loaded for the life of the process) and a copy of its
-/// function list.
-pub(crate) struct Target {
-    _lib: libloading::Library,
-    pub list: CK_FUNCTION_LIST,
-    pub path: PathBuf,
 }
 
 /// The process-wide state.
@@ -111,6 +103,11 @@ pub(crate) fn log(msg: &str) {
     eprintln!("certnode-pkcs11-fault: {msg}");
 }
 
+mod call;
+mod target;
+
+pub(crate) use target::Target;
+
 impl Engine {
     fn new(config_path: Option<PathBuf>) -> Engine {
         Engine {
@@ -160,7 +157,7 @@ impl Engine {
             .or_else(|| std::env::var_os(ENV_TARGET).map(PathBuf::from))
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_TARGET));
-        let target = load_module(&path, ours)?;
+        let target = target::load_module(&path, ours)?;
         let _ = self.target.set(target);
         self.target
             .get()
@@ -369,165 +366,6 @@ impl Engine {
         }
     }
 
-    // ---- the call path ----
-
-    /// Counts a call that is forwarded without rules (C_GetSlotList's own path).
-    pub(crate) fn count_call(&self, fid: usize) {
-        if let Some(c) = self.calls.get(fid) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        self.dirty.store(true, Ordering::Relaxed);
-    }
-
-    /// Runs one call through the rules: removal, capacity, latency, hangs, errors, then (if no
-    /// rule answered) `call`, the forward to the wrapped module. `drain` runs when an injected
-    /// return code replaces a call that, per PKCS#11, ends the active operation; it ends that
-    /// operation in the wrapped module too.
-    pub(crate) fn intercept(
-        &self,
-        fid: usize,
-        ctx: Ctx,
-        call: impl FnOnce() -> CK_RV,
-        drain: impl FnOnce(),
-    ) -> CK_RV {
-        self.count_call(fid);
-        let set = self.rules();
-        if set.rules.is_empty() {
-            return call();
-        }
-        let token = self.token_of(ctx);
-        let tok = token.as_deref();
-        let now = self.at();
-
-        // Pass 1: every matching rule counts the call (and draws, if it has a probability).
-        let mut removed: Option<&Arc<LiveRule>> = None;
-        let mut fired: Vec<&Arc<LiveRule>> = Vec::new();
-        for r in &set.rules {
-            if let Action::Remove { .. } = r.spec.action {
-                if tok.is_some() && r.token_matches(tok) && r.remove_gate(now) && removed.is_none()
-                {
-                    removed = Some(r);
-                }
-            } else if r.matches(fid, tok) && r.gate(now) {
-                fired.push(r);
-            }
-        }
-
-        // Removal.
-        if let Some(rule) = removed {
-            if !REMOVAL_EXEMPT.contains(&fid) {
-                let rv = match (ctx, &rule.spec.action) {
-                    (Ctx::Slot(_), _) => CKR_TOKEN_NOT_PRESENT,
-                    (_, Action::Remove { rv }) => *rv,
-                    _ => CKR_DEVICE_REMOVED,
-                };
-                self.note(rule);
-                return injected_rv(rv, drain);
-            }
-        }
-
-        // Capacity: a place in each matching token queue (released, after the minimum call time,
-        // when `_permits` drops at the end of this function).
-        let mut _permits: Vec<Permit> = Vec::new();
-        for r in &fired {
-            let Action::Capacity {
-                max_concurrent,
-                call: min_call,
-                max_waiting,
-                rv,
-            } = r.spec.action
-            else {
-                continue;
-            };
-            let Some(token) = &token else {
-                continue; // capacity is per token; token-less calls pass
-            };
-            if !r.take() {
-                continue;
-            }
-            let fifo = r.fifo(token, max_concurrent);
-            match fifo.acquire(min_call, max_waiting, r.alive_flag()) {
-                Acquire::Entered(p) => _permits.push(p),
-                Acquire::Busy => {
-                    r.busy();
-                    self.injected_total.fetch_add(1, Ordering::Relaxed);
-                    self.dirty.store(true, Ordering::Relaxed);
-                    return injected_rv(rv, drain);
-                }
-                Acquire::Abandoned => {}
-            }
-        }
-
-        // Latency: all matching rules add up, one sleep.
-        let mut delay = Duration::ZERO;
-        for r in &fired {
-            if let Action::Latency { fixed, jitter } = r.spec.action {
-                if r.take() {
-                    delay += fixed + r.jitter(jitter);
-                    self.note(r);
-                }
-            }
-        }
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
-        }
-
-        // Hangs, one after another.
-        for r in &fired {
-            if let Action::Hang { max, rv } = r.spec.action {
-                if !r.take() {
-                    continue;
-                }
-                self.note(r);
-                let lifted = self.hang(r, max);
-                if let (false, Some(rv)) = (lifted, rv) {
-                    return injected_rv(rv, drain);
-                }
-            }
-        }
-
-        // Errors: the first that fires answers.
-        for r in &fired {
-            if let Action::Error { rv } = r.spec.action {
-                if r.take() {
-                    self.note(r);
-                    return injected_rv(rv, drain);
-                }
-            }
-        }
-
-        call()
-    }
-
-    /// Blocks for `max` (or until lifted); true when the rule was lifted.
-    fn hang(&self, rule: &LiveRule, max: Option<Duration>) -> bool {
-        let start = Instant::now();
-        loop {
-            if !rule.is_alive() {
-                return true;
-            }
-            let slice = match max {
-                Some(m) => {
-                    let spent = start.elapsed();
-                    if spent >= m {
-                        return false;
-                    }
-                    (m - spent).min(SLICE)
-                }
-                None => SLICE,
-            };
-            std::thread::sleep(slice);
-            // Do not depend on the watcher alone (e.g. C_Finalize ran in another thread).
-            self.check_config(false);
-        }
-    }
-
-    fn note(&self, rule: &LiveRule) {
-        rule.injected();
-        self.injected_total.fetch_add(1, Ordering::Relaxed);
-        self.dirty.store(true, Ordering::Relaxed);
-    }
-
     // ---- stats ----
 
     /// A snapshot of the counters.
@@ -606,23 +444,6 @@ impl Engine {
     }
 }
 
-/// Answers an injected return code; ends the wrapped operation first unless the code is one that
-/// keeps it (`CKR_OK`, `CKR_BUFFER_TOO_SMALL`).
-fn injected_rv(rv: CK_RV, drain: impl FnOnce()) -> CK_RV {
-    if rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL {
-        drain();
-    }
-    rv
-}
-
-/// Functions a removed token does not fail: slot info (it reports the token absent instead) and
-/// closing sessions (so applications can clean up and rebuild).
-const REMOVAL_EXEMPT: [usize; 3] = [
-    fid("C_GetSlotInfo"),
-    fid("C_CloseSession"),
-    fid("C_CloseAllSessions"),
-];
-
 /// A token label as text: the 32 space-padded bytes, trailing blanks and NULs trimmed.
 pub(crate) fn label_text(label: &[CK_UTF8CHAR]) -> String {
     String::from_utf8_lossy(label)
@@ -640,41 +461,6 @@ fn file_sig(m: &std::fs::Metadata) -> FileSig {
         len: m.len(),
         ino,
     }
-}
-
-fn load_module(path: &Path, ours: *const CK_FUNCTION_LIST) -> Result<Target, String> {
-    // SAFETY: loading a shared library runs its initializers; the path names a PKCS#11 module,
-    // which is what this module exists to wrap (the operator chose it).
-    let lib = unsafe { libloading::Library::new(path) }
-        .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
-    // SAFETY: `C_GetFunctionList` has this signature in every PKCS#11 module (v2.x and 3.x).
-    let get: libloading::Symbol<'_, unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
-        unsafe { lib.get(b"C_GetFunctionList\0") }
-            .map_err(|e| format!("{}: no C_GetFunctionList: {e}", path.display()))?;
-    let mut list: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
-    // SAFETY: `list` is a valid out-pointer for the call.
-    let rv = unsafe { get(&mut list) };
-    if rv != CKR_OK || list.is_null() {
-        return Err(format!(
-            "{}: C_GetFunctionList returned {}",
-            path.display(),
-            rv_text(rv)
-        ));
-    }
-    if std::ptr::eq(list, ours) {
-        return Err(format!(
-            "{}: that is this fault module itself; point target at the real module",
-            path.display()
-        ));
-    }
-    // SAFETY: the module returned a non-null pointer to its function list, which stays valid
-    // while the library is loaded (we keep it loaded for the life of the process); we copy it.
-    let list = unsafe { *list };
-    Ok(Target {
-        _lib: lib,
-        list,
-        path: path.to_owned(),
-    })
 }
 
 #[cfg(test)]
