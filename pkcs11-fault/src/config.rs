@@ -1,0 +1,531 @@
+//! The fault config: a small TOML file, parsed once into types that cannot be wrong (every rule
+//! knows its kind, every return code is a number, every function name exists).
+//!
+//! The format is documented in the crate's README.md; keep the two in step.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cryptoki_sys::{CKR_DEVICE_REMOVED, CKR_FUNCTION_FAILED, CK_RV};
+use serde::Deserialize;
+
+use crate::names::{fid, function_index, parse_rv, FUNCTIONS};
+
+/// A parsed, validated config.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    /// PRNG seed for probabilities and jitter; `None`: seeded from the clock.
+    pub seed: Option<u64>,
+    /// The wrapped module, if the file names one.
+    pub target: Option<PathBuf>,
+    /// Where to write the stats file, if anywhere.
+    pub stats: Option<PathBuf>,
+    /// The rules, in file order (which is also the order in which they are applied).
+    pub rules: Vec<RuleSpec>,
+}
+
+/// One `[[rule]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleSpec {
+    /// A name for the stats (`name = ...`; the stats say `rule<index>` without one).
+    pub name: Option<String>,
+    /// Which functions it applies to.
+    pub functions: FunctionSet,
+    /// Which token (by label) it applies to; `None`: any token, and calls with no token.
+    pub token: Option<String>,
+    /// When it fires.
+    pub gate: Gate,
+    /// What it does when it fires.
+    pub action: Action,
+}
+
+/// A set of PKCS#11 functions, as a bit set over [`FUNCTIONS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FunctionSet(u128);
+
+impl FunctionSet {
+    /// `"*"`: every function except `C_Initialize` and `C_Finalize` (name those explicitly), so a
+    /// catch-all rule cannot stop a process from starting up or shutting down.
+    pub fn all() -> FunctionSet {
+        let mut bits = (1u128 << FUNCTIONS.len()) - 1;
+        bits &= !(1u128 << fid("C_Initialize"));
+        bits &= !(1u128 << fid("C_Finalize"));
+        FunctionSet(bits)
+    }
+
+    /// Whether the function with index `fid` is in the set.
+    pub fn contains(self, fid: usize) -> bool {
+        fid < 128 && self.0 & (1u128 << fid) != 0
+    }
+
+    /// The names in the set, or `["*"]` for [`FunctionSet::all`].
+    pub fn names(self) -> Vec<&'static str> {
+        if self == FunctionSet::all() {
+            return vec!["*"];
+        }
+        FUNCTIONS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.contains(*i))
+            .map(|(_, n)| *n)
+            .collect()
+    }
+}
+
+/// When a rule fires. A rule *matches* a call by function and token; every matching call is
+/// counted (`n`), and the rule fires on it when all of these hold.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Gate {
+    /// Fires with this probability (a fresh draw from the rule's own PRNG stream per matching call).
+    pub probability: Option<f64>,
+    /// The first `after_calls` matching calls pass.
+    pub after_calls: u64,
+    /// Only from `.0` until `.1` (exclusive; `None`: forever) after the rule was loaded.
+    pub window: Option<(Duration, Option<Duration>)>,
+    /// Fires at most this many times, then the rule is spent ("the next N calls").
+    pub count: Option<u64>,
+    /// Stops firing for good at the application's first `C_Finalize` after the rule was loaded
+    /// (a fault that only a re-initialisation of the module clears).
+    pub until_finalize: bool,
+}
+
+/// What a rule does when it fires.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Return `rv` instead of forwarding.
+    Error { rv: CK_RV },
+    /// Sleep `fixed` plus a uniform draw in `[0, jitter)`, then go on.
+    Latency { fixed: Duration, jitter: Duration },
+    /// Block for `max` (`None`: until the rule is lifted), then return `rv` or (`None`) forward.
+    /// Lifting the rule ends the block at once, and the call is forwarded.
+    Hang {
+        max: Option<Duration>,
+        rv: Option<CK_RV>,
+    },
+    /// The token is gone: hidden from `C_GetSlotList(TRUE)`, `CKR_TOKEN_NOT_PRESENT` from
+    /// slot functions, `rv` from calls on its sessions.
+    Remove { rv: CK_RV },
+    /// A network HSM's capacity, per token: at most `max_concurrent` calls inside at once, each
+    /// taking at least `call`; the rest wait in FIFO order, or get `rv` at once when
+    /// `max_waiting` are already waiting.
+    Capacity {
+        max_concurrent: usize,
+        call: Duration,
+        max_waiting: Option<usize>,
+        rv: CK_RV,
+    },
+}
+
+impl Action {
+    /// The `kind` word of the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Error { .. } => "error",
+            Action::Latency { .. } => "latency",
+            Action::Hang { .. } => "hang",
+            Action::Remove { .. } => "remove",
+            Action::Capacity { .. } => "capacity",
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+        Config::parse(&text)
+    }
+
+    /// Parses config text. Unknown keys, unknown functions or return codes, fields that do not
+    /// belong to the rule's kind and out-of-range values are errors.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // One line (the default rendering draws the offending line over several).
+            let line = e.span().map(|s| {
+                text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    + 1
+            });
+            match line {
+                Some(l) => format!("TOML line {l}: {}", e.message().trim()),
+                None => format!("TOML: {}", e.message().trim()),
+            }
+        })?;
+        let mut rules = Vec::with_capacity(raw.rule.len());
+        for (i, r) in raw.rule.into_iter().enumerate() {
+            let spec = r.into_spec().map_err(|e| format!("rule {i}: {e}"))?;
+            rules.push(spec);
+        }
+        Ok(Config {
+            seed: raw.seed,
+            target: raw.target,
+            stats: raw.stats,
+            rules,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    seed: Option<u64>,
+    target: Option<PathBuf>,
+    stats: Option<PathBuf>,
+    #[serde(default)]
+    rule: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    kind: String,
+    name: Option<String>,
+    function: Option<OneOrMany>,
+    token: Option<String>,
+    // gates
+    probability: Option<f64>,
+    after_calls: Option<u64>,
+    window_s: Option<Vec<f64>>,
+    count: Option<u64>,
+    until_finalize: Option<bool>,
+    // actions
+    rv: Option<RawRv>,
+    fixed_ms: Option<f64>,
+    jitter_ms: Option<f64>,
+    hang_ms: Option<f64>,
+    max_concurrent: Option<u64>,
+    call_ms: Option<f64>,
+    max_waiting: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawRv {
+    Number(u64),
+    Text(String),
+}
+
+impl RawRule {
+    fn into_spec(self) -> Result<RuleSpec, String> {
+        let functions = self.functions()?;
+        let gate = self.gate()?;
+        let rv = match &self.rv {
+            None => None,
+            Some(RawRv::Number(n)) => Some(*n as CK_RV),
+            Some(RawRv::Text(t)) => {
+                Some(parse_rv(t).ok_or_else(|| format!("unknown return code {t:?}"))?)
+            }
+        };
+        let kind = self.kind.as_str();
+        let allowed: &[&str] = match kind {
+            "error" => &["rv"],
+            "latency" => &["fixed_ms", "jitter_ms"],
+            "hang" => &["hang_ms", "rv"],
+            "remove" => &["rv"],
+            "capacity" => &["max_concurrent", "call_ms", "max_waiting", "rv"],
+            other => {
+                return Err(format!(
+                    "unknown kind {other:?} (error | latency | hang | remove | capacity)"
+                ))
+            }
+        };
+        for (field, present) in [
+            ("rv", self.rv.is_some()),
+            ("fixed_ms", self.fixed_ms.is_some()),
+            ("jitter_ms", self.jitter_ms.is_some()),
+            ("hang_ms", self.hang_ms.is_some()),
+            ("max_concurrent", self.max_concurrent.is_some()),
+            ("call_ms", self.call_ms.is_some()),
+            ("max_waiting", self.max_waiting.is_some()),
+        ] {
+            if present && !allowed.contains(&field) {
+                return Err(format!("`{field}` does not apply to kind {kind:?}"));
+            }
+        }
+        let action = match kind {
+            "error" => Action::Error {
+                rv: rv.ok_or("kind \"error\" needs `rv`")?,
+            },
+            "latency" => Action::Latency {
+                fixed: ms("fixed_ms", self.fixed_ms.unwrap_or(0.0))?,
+                jitter: ms("jitter_ms", self.jitter_ms.unwrap_or(0.0))?,
+            },
+            "hang" => Action::Hang {
+                max: self.hang_ms.map(|m| ms("hang_ms", m)).transpose()?,
+                rv,
+            },
+            "remove" => {
+                if functions != FunctionSet::all() {
+                    return Err("kind \"remove\" applies to the whole token: no `function`".into());
+                }
+                if gate.probability.is_some() || gate.count.is_some() {
+                    return Err(
+                        "kind \"remove\" is a token state: only `after_calls` and `window_s` gate it"
+                            .into(),
+                    );
+                }
+                Action::Remove {
+                    rv: rv.unwrap_or(CKR_DEVICE_REMOVED),
+                }
+            }
+            _ => {
+                let max_concurrent = self
+                    .max_concurrent
+                    .ok_or("kind \"capacity\" needs `max_concurrent`")?;
+                if max_concurrent == 0 {
+                    return Err("`max_concurrent` must be at least 1".into());
+                }
+                Action::Capacity {
+                    max_concurrent: usize::try_from(max_concurrent)
+                        .map_err(|_| "`max_concurrent` is too large")?,
+                    call: ms("call_ms", self.call_ms.unwrap_or(0.0))?,
+                    max_waiting: self
+                        .max_waiting
+                        .map(usize::try_from)
+                        .transpose()
+                        .map_err(|_| "`max_waiting` is too large")?,
+                    rv: rv.unwrap_or(CKR_FUNCTION_FAILED),
+                }
+            }
+        };
+        Ok(RuleSpec {
+            name: self.name,
+            functions,
+            token: self.token,
+            gate,
+            action,
+        })
+    }
+
+    fn functions(&self) -> Result<FunctionSet, String> {
+        let names: Vec<&str> = match &self.function {
+            None => return Ok(FunctionSet::all()),
+            Some(OneOrMany::One(n)) => vec![n.as_str()],
+            Some(OneOrMany::Many(v)) => v.iter().map(String::as_str).collect(),
+        };
+        if names.is_empty() {
+            return Err("`function` is an empty list".into());
+        }
+        let mut bits = 0u128;
+        for n in names {
+            if n == "*" {
+                bits |= FunctionSet::all().0;
+                continue;
+            }
+            if n == "C_GetFunctionList" {
+                return Err("C_GetFunctionList is answered by this module itself".into());
+            }
+            let i = function_index(n).ok_or_else(|| format!("unknown function {n:?}"))?;
+            bits |= 1u128 << i;
+        }
+        Ok(FunctionSet(bits))
+    }
+
+    fn gate(&self) -> Result<Gate, String> {
+        if let Some(p) = self.probability {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("`probability` {p} is not within 0..=1"));
+            }
+        }
+        let window = match &self.window_s {
+            None => None,
+            Some(w) => {
+                let (from, until) = match w.as_slice() {
+                    [from] => (*from, None),
+                    [from, until] => (*from, Some(*until)),
+                    _ => return Err("`window_s` is [from] or [from, until], in seconds".into()),
+                };
+                let from = secs("window_s", from)?;
+                let until = match until {
+                    Some(u) if u.is_infinite() && u > 0.0 => None,
+                    Some(u) => Some(secs("window_s", u)?),
+                    None => None,
+                };
+                if let Some(u) = until {
+                    if u < from {
+                        return Err("`window_s`: until is before from".into());
+                    }
+                }
+                Some((from, until))
+            }
+        };
+        Ok(Gate {
+            probability: self.probability,
+            after_calls: self.after_calls.unwrap_or(0),
+            window,
+            count: self.count,
+            until_finalize: self.until_finalize.unwrap_or(false),
+        })
+    }
+}
+
+fn ms(field: &str, v: f64) -> Result<Duration, String> {
+    if !v.is_finite() || !(0.0..=86_400_000.0).contains(&v) {
+        return Err(format!("`{field}` {v} is not a duration in milliseconds"));
+    }
+    Ok(Duration::from_secs_f64(v / 1000.0))
+}
+
+fn secs(field: &str, v: f64) -> Result<Duration, String> {
+    if !v.is_finite() || !(0.0..=1.0e9).contains(&v) {
+        return Err(format!("`{field}` {v} is not a time in seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use cryptoki_sys::CKR_DEVICE_ERROR;
+
+    #[test]
+    fn empty_is_pass_through() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_example() {
+        let c = Config::parse(
+            r#"
+            seed = 42
+            target = "/usr/lib/softhsm/libsofthsm2.so"
+            stats = "/tmp/s.json"
+            [[rule]]
+            function = "C_Sign"
+            token = "signerd-0"
+            kind = "error"
+            rv = "CKR_DEVICE_ERROR"
+            probability = 0.01
+            after_calls = 100
+            window_s = [5.0, 10.0]
+            [[rule]]
+            kind = "latency"
+            function = ["C_Sign", "C_SignInit"]
+            fixed_ms = 2
+            jitter_ms = 1
+            [[rule]]
+            kind = "hang"
+            function = "C_Sign"
+            hang_ms = 500
+            rv = 0x30
+            [[rule]]
+            kind = "remove"
+            token = "signerd-1"
+            window_s = [1.0]
+            [[rule]]
+            kind = "capacity"
+            name = "cloudhsm"
+            token = "signerd-1"
+            max_concurrent = 8
+            call_ms = 2
+            max_waiting = 16
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.seed, Some(42));
+        assert_eq!(c.rules.len(), 5);
+        let r = &c.rules[0];
+        assert_eq!(
+            r.action,
+            Action::Error {
+                rv: CKR_DEVICE_ERROR
+            }
+        );
+        assert!(r.functions.contains(fid("C_Sign")));
+        assert!(!r.functions.contains(fid("C_SignInit")));
+        assert_eq!(r.gate.after_calls, 100);
+        assert_eq!(
+            r.gate.window,
+            Some((Duration::from_secs(5), Some(Duration::from_secs(10))))
+        );
+        assert_eq!(c.rules[1].functions.names(), vec!["C_SignInit", "C_Sign"]);
+        assert_eq!(
+            c.rules[2].action,
+            Action::Hang {
+                max: Some(Duration::from_millis(500)),
+                rv: Some(CKR_DEVICE_ERROR)
+            }
+        );
+        assert_eq!(
+            c.rules[3].action,
+            Action::Remove {
+                rv: CKR_DEVICE_REMOVED
+            }
+        );
+        assert_eq!(c.rules[3].gate.window, Some((Duration::from_secs(1), None)));
+        assert_eq!(c.rules[4].name.as_deref(), Some("cloudhsm"));
+        assert_eq!(c.rules[3].name, None);
+    }
+
+    #[test]
+    fn star_leaves_out_initialize_and_finalize() {
+        let all = FunctionSet::all();
+        assert!(all.contains(fid("C_Sign")));
+        assert!(all.contains(fid("C_WaitForSlotEvent")));
+        assert!(!all.contains(fid("C_Initialize")));
+        assert!(!all.contains(fid("C_Finalize")));
+        let c = Config::parse(
+            "[[rule]]\nkind = \"error\"\nrv = 5\nfunction = [\"*\", \"C_Finalize\"]\n",
+        )
+        .unwrap();
+        assert!(c.rules[0].functions.contains(fid("C_Finalize")));
+    }
+
+    #[test]
+    fn errors_are_reported() {
+        for (text, want) in [
+            ("[[rule]]\nkind = \"boom\"\n", "unknown kind"),
+            ("[[rule]]\nkind = \"error\"\n", "needs `rv`"),
+            (
+                "[[rule]]\nkind = \"error\"\nrv = \"CKR_NOPE\"\n",
+                "unknown return code",
+            ),
+            (
+                "[[rule]]\nkind = \"error\"\nrv = 5\nfunction = \"C_Sing\"\n",
+                "unknown function",
+            ),
+            (
+                "[[rule]]\nkind = \"error\"\nrv = 5\nprobability = 1.5\n",
+                "probability",
+            ),
+            (
+                "[[rule]]\nkind = \"error\"\nrv = 5\nfixed_ms = 1\n",
+                "does not apply",
+            ),
+            ("[[rule]]\nkind = \"latency\"\nfixed_ms = -1\n", "fixed_ms"),
+            (
+                "[[rule]]\nkind = \"remove\"\nfunction = \"C_Sign\"\n",
+                "whole token",
+            ),
+            (
+                "[[rule]]\nkind = \"remove\"\nprobability = 0.5\n",
+                "token state",
+            ),
+            ("[[rule]]\nkind = \"capacity\"\n", "max_concurrent"),
+            (
+                "[[rule]]\nkind = \"capacity\"\nmax_concurrent = 0\n",
+                "at least 1",
+            ),
+            (
+                "[[rule]]\nkind = \"error\"\nrv = 5\nwindow_s = [3.0, 1.0]\n",
+                "before",
+            ),
+            ("[[rule]]\nkind = \"error\"\nrv = 5\nbogus = 1\n", "bogus"),
+            ("sed = 1\n", "sed"),
+            ("[[rule]\n", ""),
+        ] {
+            let err = Config::parse(text).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The functions that do more than forward: module life cycle (load, watcher), the session →
+//! slot and slot → label bookkeeping, and the views of a removed token (slot lists, slot info).
+
+#![allow(non_snake_case)]
+
+use std::os::raw::c_void;
+
+use cryptoki_sys::*;
+
+use super::{function_list, guard};
+use crate::engine::{engine, log, Ctx};
+use crate::names::fid;
+
+/// Loads the wrapped module (first time), re-reads the config, forwards, and on success starts
+/// the config watcher.
+pub(super) unsafe extern "C" fn C_Initialize(init_args: *mut c_void) -> CK_RV {
+    guard(|| {
+        let eng = engine();
+        eng.check_config(true);
+        let target = match eng.load_target(function_list()) {
+            Ok(t) => t,
+            Err(e) => {
+                log(&e);
+                return CKR_GENERAL_ERROR;
+            }
+        };
+        let Some(f) = target.list.C_Initialize else {
+            return CKR_GENERAL_ERROR;
+        };
+        let rv = eng.intercept(
+            fid("C_Initialize"),
+            Ctx::None,
+            // SAFETY: the application's init args, unchanged, to the wrapped C_Initialize.
+            || unsafe { f(init_args) },
+            || {},
+        );
+        if rv == CKR_OK {
+            eng.forget_all();
+            eng.start_watcher();
+        }
+        rv
+    })
+}
+
+/// Forwards; on success stops the watcher, forgets sessions and writes the stats file.
+pub(super) unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
+    guard(|| {
+        let eng = engine();
+        let Some(target) = eng.target() else {
+            return CKR_CRYPTOKI_NOT_INITIALIZED;
+        };
+        let Some(f) = target.list.C_Finalize else {
+            return CKR_GENERAL_ERROR;
+        };
+        let rv = eng.intercept(
+            fid("C_Finalize"),
+            Ctx::None,
+            // SAFETY: the application's argument, unchanged, to the wrapped C_Finalize.
+            || unsafe { f(reserved) },
+            || {},
+        );
+        if rv == CKR_OK {
+            eng.finalized();
+            eng.stop_watcher();
+            eng.forget_all();
+            eng.write_stats(true);
+        }
+        rv
+    })
+}
+
+/// With `token_present` and a `remove` rule in force: the wrapped list minus the slots of
+/// removed tokens, with the usual two-call (count, then fill) contract. Otherwise forwards.
+pub(super) unsafe extern "C" fn C_GetSlotList(
+    token_present: CK_BBOOL,
+    slot_list: *mut CK_SLOT_ID,
+    count: *mut CK_ULONG,
+) -> CK_RV {
+    guard(|| {
+        let eng = engine();
+        let Some(target) = eng.target() else {
+            return CKR_CRYPTOKI_NOT_INITIALIZED;
+        };
+        let Some(f) = target.list.C_GetSlotList else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        let rules = eng.rules();
+        let filter = token_present != CK_FALSE && rules.has_remove;
+        eng.intercept(
+            fid("C_GetSlotList"),
+            Ctx::None,
+            || {
+                if !filter {
+                    // SAFETY: the application's arguments, unchanged, to the wrapped function.
+                    return unsafe { f(token_present, slot_list, count) };
+                }
+                if count.is_null() {
+                    return CKR_ARGUMENTS_BAD;
+                }
+                let mut slots: Vec<CK_SLOT_ID> = Vec::new();
+                let mut tries = 0;
+                loop {
+                    let mut n: CK_ULONG = 0;
+                    // SAFETY: a length query: null list, `n` a valid out-pointer.
+                    let rv = unsafe { f(CK_TRUE, std::ptr::null_mut(), &mut n) };
+                    if rv != CKR_OK {
+                        return rv;
+                    }
+                    slots.resize(n as usize, 0);
+                    let mut m = n;
+                    // SAFETY: `slots` holds `m` writable slot ids; `m` a valid in/out length.
+                    let rv = unsafe { f(CK_TRUE, slots.as_mut_ptr(), &mut m) };
+                    tries += 1;
+                    if rv == CKR_BUFFER_TOO_SMALL && tries < 5 {
+                        continue; // a token appeared in between
+                    }
+                    if rv != CKR_OK {
+                        return rv;
+                    }
+                    slots.truncate(m as usize);
+                    break;
+                }
+                slots.retain(|s| !eng.slot_removed(&rules, *s));
+                // SAFETY: `count` checked non-null; valid per the caller's contract.
+                let room = unsafe { *count };
+                // SAFETY: as above.
+                unsafe { *count = slots.len() as CK_ULONG };
+                if slot_list.is_null() {
+                    return CKR_OK;
+                }
+                if (room as usize) < slots.len() {
+                    return CKR_BUFFER_TOO_SMALL;
+                }
+                // SAFETY: the caller's list holds `room >= slots.len()` slot ids.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(slots.as_ptr(), slot_list, slots.len());
+                }
+                CKR_OK
+            },
+            || {},
+        )
+    })
+}
+
+/// Forwards; a removed token's slot reports no token present (`CKF_TOKEN_PRESENT` cleared).
+pub(super) unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO) -> CK_RV {
+    guard(|| {
+        let eng = engine();
+        let Some(target) = eng.target() else {
+            return CKR_CRYPTOKI_NOT_INITIALIZED;
+        };
+        let Some(f) = target.list.C_GetSlotInfo else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        eng.intercept(
+            fid("C_GetSlotInfo"),
+            Ctx::Slot(slot),
+            || {
+                // SAFETY: the application's arguments, unchanged, to the wrapped function.
+                let rv = unsafe { f(slot, info) };
+                if rv == CKR_OK && !info.is_null() && eng.slot_removed(&eng.rules(), slot) {
+                    // SAFETY: non-null, and just filled in by the wrapped module.
+                    unsafe { (*info).flags &= !CKF_TOKEN_PRESENT };
+                }
+                rv
+            },
+            || {},
+        )
+    })
+}
+
+/// Forwards (a removed token answers `CKR_TOKEN_NOT_PRESENT` from the rules), and learns the
+/// slot's label from the answer.
+pub(super) unsafe extern "C" fn C_GetTokenInfo(
+    slot: CK_SLOT_ID,
+    info: *mut CK_TOKEN_INFO,
+) -> CK_RV {
+    guard(|| {
+        let eng = engine();
+        let Some(target) = eng.target() else {
+            return CKR_CRYPTOKI_NOT_INITIALIZED;
+        };
+        let Some(f) = target.list.C_GetTokenInfo else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        eng.intercept(
+            fid("C_GetTokenInfo"),
+            Ctx::Slot(slot),
+            || {
+                // SAFETY: the application's arguments, unchanged, to the wrapped function.
+                let rv = unsafe { f(slot, info) };
+                if rv == CKR_OK && !info.is_null() {
+                    // SAFETY: non-null, and just filled in by the wrapped module.
+                    eng.learn_label(slot, unsafe { &*info });
+                }
+                rv
+            },
+            || {},
+        )
+    })
+}
+
+/// Forwards; on success forgets cached labels (the label changed, and SoftHSM2 gives the token
+/// a new slot id).
+pub(super) unsafe extern "C" fn C_InitToken(
+    slot: CK_SLOT_ID,
+    pin: *mut CK_UTF8CHAR,
+    pin_len: CK_ULONG,
+    label: *mut CK_UTF8CHAR,
+) -> CK_RV {
+    guard(|| {
+        let eng = engine();
+        let Some(target) = eng.target() else {
+            return CKR_CRYPTOKI_NOT_INITIALIZED;
+        };
+        let Some(f) = target.list.C_InitToken else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        let rv = eng.intercept(
+            fid("C_InitToken"),
+            Ctx::Slot(slot),
+            // SAFETY: the application's arguments, unchanged, to the wrapped function.
+            || unsafe { f(slot, pin, pin_len, label) },
+            || {},
+        );
+        if rv == CKR_OK {
+            eng.forget_labels();
+        }
+        rv
+    })
+}
+
+/// Forwards; on success records which slot the new session belongs to.
+pub(super) unsafe extern "C" fn C_OpenSession(
+    slot: CK_SLOT_ID,
+    flags: CK_FLAGS,
+    application: *mut c_void,
+    notify: CK_NOTIFY,
+    session: *mut CK_SESSION_HANDLE,
+) -> CK_RV {
+    guard(|| {
+        let eng = engine();
+        let Some(target) = eng.target() else {
+            return CKR_CRYPTOKI_NOT_INITIALIZED;
+        };
+        let Some(f) = target.list.C_OpenSession else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        eng.intercept(
+            fid("C_OpenSession"),
+            Ctx::Slot(slot),
+            || {
+                // SAFETY: the application's arguments (its notify callback included), unchanged,
+                // to the wrapped function.
+                let rv = unsafe { f(slot, flags, application, notify, session) };
+                if rv == CKR_OK && !session.is_null() {
+                    // SAFETY: non-null, and just written by the wrapped module.
+                    eng.session_opened(unsafe { *session }, slot);
+                }
+                rv
+            },
+            || {},
+        )
+    })
+}
+
+/// Forwards (also for a removed token, so applications can clean up); forgets the session.
+pub(super) unsafe extern "C" fn C_CloseSession(session: CK_SESSION_HANDLE) -> CK_RV {
+    guard(|| {
+        let eng = engine();
+        let Some(target) = eng.target() else {
+            return CKR_CRYPTOKI_NOT_INITIALIZED;
+        };
+        let Some(f) = target.list.C_CloseSession else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        eng.intercept(
+            fid("C_CloseSession"),
+            Ctx::Session(session),
+            || {
+                // SAFETY: the application's argument, unchanged, to the wrapped function.
+                let rv = unsafe { f(session) };
+                if matches!(rv, CKR_OK | CKR_SESSION_HANDLE_INVALID | CKR_SESSION_CLOSED) {
+                    eng.session_closed(session);
+                }
+                rv
+            },
+            || {},
+        )
+    })
+}
+
+/// Forwards (also for a removed token); forgets the slot's sessions.
+pub(super) unsafe extern "C" fn C_CloseAllSessions(slot: CK_SLOT_ID) -> CK_RV {
+    guard(|| {
+        let eng = engine();
+        let Some(target) = eng.target() else {
+            return CKR_CRYPTOKI_NOT_INITIALIZED;
+        };
+        let Some(f) = target.list.C_CloseAllSessions else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        eng.intercept(
+            fid("C_CloseAllSessions"),
+            Ctx::Slot(slot),
+            || {
+                // SAFETY: the application's argument, unchanged, to the wrapped function.
+                let rv = unsafe { f(slot) };
+                if rv == CKR_OK {
+                    eng.slot_sessions_closed(slot);
+                }
+                rv
+            },
+            || {},
+        )
+    })
+}
