@@ -100,3 +100,121 @@ pub fn sign_entry(
 fn jobs_capacity(last: usize) -> usize {
     last.clamp(8, 256)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::time::Instant;
+
+    use p256::ecdsa::signature::hazmat::PrehashSigner;
+    use p256::ecdsa::{Signature, SigningKey};
+    use p256::pkcs8::EncodePublicKey;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::audit::{AuditConfig, CheckpointKey, CheckpointSigner};
+    use crate::engine::registry::VersionEntry;
+    use crate::keys::{KeyName, KeyType, Payload, Scheme};
+    use crate::pipeline::Signed;
+
+    struct Soft(SigningKey);
+
+    impl CheckpointSigner for Soft {
+        fn sign(&mut self, digest: &[u8; 32]) -> Result<Vec<u8>, String> {
+            let sig: Signature = self.0.sign_prehash(digest).map_err(|e| e.to_string())?;
+            Ok(sig.to_der().as_bytes().to_vec())
+        }
+        fn key(&self) -> CheckpointKey {
+            let spki = self.0.verifying_key().to_public_key_der().unwrap();
+            CheckpointKey {
+                name: "audit".into(),
+                version: 1,
+                spki_der: spki.as_bytes().to_vec(),
+            }
+        }
+    }
+
+    fn job(digest: u8) -> (Job, oneshot::Receiver<Reply>) {
+        let (tx, rx) = oneshot::channel();
+        let version = Arc::new(VersionEntry::for_tests(
+            KeyName::new("k").unwrap(),
+            3,
+            KeyType::EcP256,
+            vec![1],
+        ));
+        let job = Job {
+            version,
+            payload: Payload::new(Scheme::EcdsaSha256, vec![digest; 32].into()).unwrap(),
+            deadline: Instant::now() + Duration::from_secs(5),
+            enqueued: Instant::now(),
+            identity: Arc::from("spiffe://test/app"),
+            reply: tx,
+        };
+        (job, rx)
+    }
+
+    fn signed() -> Reply {
+        Ok(Signed {
+            signature: vec![0x30, 0x00],
+            version: 3,
+            partition: 0,
+        })
+    }
+
+    #[test]
+    fn answers_after_the_record_is_durable_and_fails_closed_when_it_cannot_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let key = SigningKey::from_bytes(&[7u8; 32].into()).unwrap();
+        let log = AuditLog::open(AuditConfig::new(&path), Box::new(Soft(key))).unwrap();
+        let audited = Audited::new(log.clone(), vec!["p0".into()]);
+
+        let (a, ra) = job(0xaa);
+        let (b, rb) = job(0xbb);
+        let mut done = vec![(a, signed()), (b, Err(EngineError::DeadlineExceeded))];
+        audited.complete(0, &mut done);
+        assert!(done.is_empty(), "every job was handed over");
+        assert_eq!(ra.blocking_recv().unwrap(), signed());
+        assert_eq!(
+            rb.blocking_recv().unwrap(),
+            Err(EngineError::DeadlineExceeded)
+        );
+        // Both answers were released only after their records reached the file.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|r: &serde_json::Value| r["kind"] == "entry")
+            .collect();
+        assert_eq!(records.len(), 2);
+        let hex = |b: [u8; 32]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        assert_eq!(records[0]["payload_sha256"], hex(sha256(&[0xaa; 32])));
+        assert_eq!(records[0]["status"], "ok");
+        assert_eq!(records[0]["identity"], "spiffe://test/app");
+        assert_eq!(records[0]["key"], "k");
+        assert_eq!(records[0]["version"], 3);
+        assert_eq!(records[0]["partition"], "p0");
+        assert_eq!(records[1]["status"], "deadline_exceeded");
+
+        // The disk fails: the signature is withheld, the caller gets a retryable UNAVAILABLE.
+        log.inject_write_failure();
+        let (c, rc) = job(0xcc);
+        audited.complete(0, &mut vec![(c, signed())]);
+        match rc.blocking_recv().unwrap() {
+            Err(EngineError::Unavailable { reason, .. }) => {
+                assert!(reason.contains("audit log"), "{reason}")
+            }
+            other => panic!("a signature was released without its record: {other:?}"),
+        }
+        assert!(!log.healthy());
+        // And so is every later one, without touching the disk again.
+        let (d, rd) = job(0xdd);
+        audited.complete(0, &mut vec![(d, signed())]);
+        assert!(matches!(
+            rd.blocking_recv().unwrap(),
+            Err(EngineError::Unavailable { .. })
+        ));
+        assert!(!std::fs::read_to_string(&path).unwrap().contains(&hex(sha256(&[0xcc; 32]))));
+        log.close();
+    }
+}
