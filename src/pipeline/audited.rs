@@ -50,7 +50,8 @@ impl Completion for Audited {
             .iter()
             .map(|(job, reply)| sign_entry(job, reply, time, part.clone()))
             .collect();
-        let jobs: Vec<(Job, Reply)> = std::mem::replace(done, Vec::with_capacity(jobs_capacity(done.len())));
+        let jobs: Vec<(Job, Reply)> =
+            std::mem::replace(done, Vec::with_capacity(jobs_capacity(done.len())));
         self.log.commit(
             entries,
             Box::new(move |written| match written {
@@ -214,7 +215,9 @@ mod tests {
             rd.blocking_recv().unwrap(),
             Err(EngineError::Unavailable { .. })
         ));
-        assert!(!std::fs::read_to_string(&path).unwrap().contains(&hex(sha256(&[0xcc; 32]))));
+        assert!(!std::fs::read_to_string(&path)
+            .unwrap()
+            .contains(&hex(sha256(&[0xcc; 32]))));
         log.close();
     }
 }
