@@ -21,6 +21,8 @@ pub use server::ServerConfig;
 pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
 /// Default longest predicted queue wait before shedding (ms).
 pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 100;
+/// Default time in one HSM call after which a worker counts as hung (ms).
+pub const DEFAULT_HANG_TIMEOUT_MS: u64 = 2000;
 /// Default most requests a worker takes from its queue per wake-up.
 pub const DEFAULT_MAX_DRAIN: usize = 64;
 
@@ -80,6 +82,10 @@ pub struct EngineConfig {
     /// own deadline) it is answered OVERLOADED at once instead of queued (default 100 ms: the
     /// p95 objective).
     pub max_queue_wait_ms: u64,
+    /// A worker inside one HSM call for longer than this is quarantined: the partition leaves
+    /// rotation, the worker's queue goes to a fresh worker with a new session, and the hung
+    /// call's request is answered at its deadline (default 2000 ms).
+    pub hang_timeout_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -88,6 +94,7 @@ impl Default for EngineConfig {
             queue_depth: DEFAULT_QUEUE_DEPTH,
             max_drain: DEFAULT_MAX_DRAIN,
             max_queue_wait_ms: DEFAULT_MAX_QUEUE_WAIT_MS,
+            hang_timeout_ms: DEFAULT_HANG_TIMEOUT_MS,
         }
     }
 }
@@ -267,6 +274,9 @@ impl Config {
         }
         if !(1..=600_000).contains(&self.engine.max_queue_wait_ms) {
             return bad("engine.max_queue_wait_ms must be between 1 and 600000".into());
+        }
+        if !(10..=600_000).contains(&self.engine.hang_timeout_ms) {
+            return bad("engine.hang_timeout_ms must be between 10 and 600000".into());
         }
         if !(1..=4096).contains(&self.engine.max_drain) {
             return bad("engine.max_drain must be between 1 and 4096".into());

@@ -1,4 +1,5 @@
-//! Partition health: a thread that probes every partition and moves it in and out of rotation.
+//! Partition health: one thread per partition probes it about once a second and moves it in
+//! and out of rotation. One thread each, so that a hung device stalls only its own probe.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,42 +9,37 @@ use crossbeam::sync::{Parker, Unparker};
 
 use crate::hsm::{ErrorClass, Partition};
 
-/// How often the health thread checks every partition.
+/// How often each partition is probed.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The health thread: probes every partition about once a second, takes failing ones out of
-/// rotation and puts recovered ones back. Workers take a partition out at once on device
-/// errors; only this thread brings it back.
-pub(super) struct HealthProbe {
-    partitions: Vec<Arc<Partition>>,
-    stop: Arc<AtomicBool>,
-    parker: Parker,
+/// Starts the probe threads (detached: a probe stuck in a hung device must not block
+/// shutdown; they exit at the next tick after `stop`). Returns their wake-up handles.
+pub(super) fn spawn_probes(
+    partitions: &[Arc<Partition>],
+    stop: &Arc<AtomicBool>,
+) -> std::io::Result<Vec<Unparker>> {
+    let mut wakers = Vec::new();
+    for p in partitions {
+        let parker = Parker::new();
+        wakers.push(parker.unparker().clone());
+        let (p, stop) = (Arc::clone(p), Arc::clone(stop));
+        std::thread::Builder::new()
+            .name(format!("signer-health-{}", p.name()))
+            .spawn(move || probe_loop(&p, &stop, &parker))?;
+    }
+    Ok(wakers)
 }
 
-impl HealthProbe {
-    pub(super) fn new(partitions: Vec<Arc<Partition>>, stop: Arc<AtomicBool>) -> HealthProbe {
-        HealthProbe {
-            partitions,
-            stop,
-            parker: Parker::new(),
+/// Probes one partition until `stop`. Workers take a partition out at once on device errors
+/// (and the watchdog on a hung call); only a successful probe brings it back.
+fn probe_loop(p: &Partition, stop: &AtomicBool, parker: &Parker) {
+    while !stop.load(Ordering::SeqCst) {
+        match p.probe() {
+            Ok(()) if !p.hang_suspected() => p.mark_healthy(),
+            Ok(()) => {}
+            Err(e) if e.class() == ErrorClass::Busy => {}
+            Err(e) => p.mark_unhealthy(&format!("health probe failed: {e}")),
         }
-    }
-
-    /// Wakes the thread early (shutdown).
-    pub(super) fn unparker(&self) -> Unparker {
-        self.parker.unparker().clone()
-    }
-
-    pub(super) fn run(self) {
-        while !self.stop.load(Ordering::SeqCst) {
-            for p in &self.partitions {
-                match p.probe() {
-                    Ok(()) => p.mark_healthy(),
-                    Err(e) if e.class() == ErrorClass::Busy => {}
-                    Err(e) => p.mark_unhealthy(&format!("health probe failed: {e}")),
-                }
-            }
-            self.parker.park_timeout(HEALTH_INTERVAL);
-        }
+        parker.park_timeout(HEALTH_INTERVAL);
     }
 }

@@ -10,6 +10,7 @@
 pub mod admin;
 mod audit_key;
 mod health;
+mod watchdog;
 
 pub use audit_key::AuditKeySigner;
 pub mod registry;
@@ -18,10 +19,9 @@ pub mod verify;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::sync::Unparker;
+use crossbeam::sync::{Parker, Unparker};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -36,8 +36,8 @@ use crate::pipeline::worker::{Crew, Worker};
 use crate::pipeline::{Completion, Job, Reply, Shard};
 use crate::secret::Pin;
 use crate::telemetry::{BreakerState, Metrics, OverloadReason};
-use health::HealthProbe;
 use registry::{Registry, VersionEntry};
+use watchdog::{Watchdog, WorkerHandle};
 
 /// Retry hint for a full queue.
 const OVERLOADED_RETRY_AFTER: Duration = Duration::from_millis(50);
@@ -141,9 +141,10 @@ struct Inner {
     accepting: AtomicBool,
     submitting: AtomicUsize,
     stop: Arc<AtomicBool>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    workers: Arc<Mutex<Vec<WorkerHandle>>>,
     rotation: AtomicUsize,
-    health_wake: Unparker,
+    /// Wakes the health probes and the watchdog (shutdown).
+    wakers: Vec<Unparker>,
     crew: Arc<Crew>,
     max_queue_wait: Duration,
 }
@@ -237,24 +238,39 @@ impl Engine {
                 me,
                 siblings,
                 parker,
-                session,
+                0,
+                Some(session),
             );
             let handle = std::thread::Builder::new()
                 .name(format!("signer-{}-{me}", part.name()))
                 .spawn(move || worker.run())
                 .map_err(|e| OpenError::Invalid(format!("cannot start worker thread: {e}")))?;
-            handles.push(handle);
+            handles.push((me, 0, handle));
         }
-        let health = HealthProbe::new(partitions.clone(), Arc::clone(&stop));
-        let health_wake = health.unparker();
-        let handle = std::thread::Builder::new()
-            .name("signer-health".into())
-            .spawn(move || health.run())
-            .map_err(|e| OpenError::Invalid(format!("cannot start the health thread: {e}")))?;
-        handles.push(handle);
+        let worker_count = handles.len();
+        let workers = Arc::new(Mutex::new(handles));
+        let cannot = |what: &str, e: std::io::Error| {
+            OpenError::Invalid(format!("cannot start the {what} thread: {e}"))
+        };
+        let mut wakers =
+            health::spawn_probes(&partitions, &stop).map_err(|e| cannot("health", e))?;
+        let watchdog = Watchdog {
+            partitions: partitions.clone(),
+            crew: Arc::clone(&crew),
+            shards_by_partition: shards_by_partition.clone(),
+            hang_timeout: Duration::from_millis(cfg.engine.hang_timeout_ms),
+            workers: Arc::clone(&workers),
+            parker: Parker::new(),
+        };
+        wakers.push(watchdog.unparker());
+        // Detached, like the probes: it exits at its next tick after `stop`.
+        std::thread::Builder::new()
+            .name("signer-watchdog".into())
+            .spawn(move || watchdog.run())
+            .map_err(|e| cannot("watchdog", e))?;
         tracing::info!(
             partitions = partitions.len(),
-            workers = handles.len() - 1,
+            workers = worker_count,
             keys = registry.snapshot().len(),
             "engine started"
         );
@@ -267,9 +283,9 @@ impl Engine {
                 accepting: AtomicBool::new(true),
                 submitting: AtomicUsize::new(0),
                 stop,
-                workers: Mutex::new(handles),
+                workers,
                 rotation: AtomicUsize::new(0),
-                health_wake,
+                wakers,
                 crew,
                 max_queue_wait: Duration::from_millis(cfg.engine.max_queue_wait_ms),
             }),
@@ -506,13 +522,15 @@ impl Engine {
             std::thread::yield_now();
         }
         inner.stop.store(true, Ordering::SeqCst);
-        inner.health_wake.unpark();
+        for w in &inner.wakers {
+            w.unpark();
+        }
         for s in inner.shards.iter() {
             s.wake();
         }
         let handles: Vec<_> = inner.workers.lock().drain(..).collect();
-        let n = handles.len().saturating_sub(1);
-        for h in handles {
+        let n = handles.len();
+        for (_, _, h) in handles {
             if h.join().is_err() {
                 tracing::error!("a worker thread panicked");
             }
@@ -542,10 +560,14 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.accepting.store(false, Ordering::SeqCst);
         self.stop.store(true, Ordering::SeqCst);
+        for w in &self.wakers {
+            w.unpark();
+        }
         for s in self.shards.iter() {
             s.wake();
         }
-        for h in self.workers.get_mut().drain(..) {
+        let handles: Vec<_> = self.workers.lock().drain(..).collect();
+        for (_, _, h) in handles {
             let _ = h.join();
         }
     }

@@ -2,7 +2,7 @@
 //! id), logged in once, handing out sessions one at a time.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cryptoki::error::{Error as CkError, RvError};
@@ -50,6 +50,8 @@ pub struct Partition {
     health_reason: Mutex<String>,
     /// Set once the token rejected our PIN: never present it again (real tokens lock).
     pin_rejected: AtomicBool,
+    /// Workers quarantined inside a hung call whose thread has not come back yet.
+    stuck_workers: AtomicUsize,
     signed: AtomicU64,
     hsm_calls: AtomicU64,
     session_rebuilds: AtomicU64,
@@ -88,6 +90,7 @@ impl Partition {
             healthy: AtomicBool::new(true),
             health_reason: Mutex::new(String::new()),
             pin_rejected: AtomicBool::new(false),
+            stuck_workers: AtomicUsize::new(0),
             signed: AtomicU64::new(0),
             hsm_calls: AtomicU64::new(0),
             session_rebuilds: AtomicU64::new(0),
@@ -205,6 +208,29 @@ impl Partition {
             self.health_reason.lock().clear();
             tracing::info!(partition = %self.spec.name, "partition back in rotation");
         }
+    }
+
+    /// A worker was quarantined in a hung call: the partition stays out of rotation until every
+    /// such call has returned (a successful health probe alone does not bring it back).
+    pub fn add_stuck(&self) {
+        self.stuck_workers.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A quarantined worker's call returned.
+    pub fn stuck_returned(&self) {
+        let _ = self
+            .stuck_workers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    /// Workers still stuck in hung calls.
+    pub fn stuck(&self) -> usize {
+        self.stuck_workers.load(Ordering::SeqCst)
+    }
+
+    /// Whether a hung call is still outstanding on this partition.
+    pub fn hang_suspected(&self) -> bool {
+        self.stuck() > 0
     }
 
     /// Checks that the token answers and our login holds: the anchor session is alive and

@@ -59,8 +59,26 @@ pub struct Shard {
     service_ns: AtomicU64,
     warmed: AtomicBool,
     sleeping: AtomicBool,
-    unparker: Unparker,
+    /// The current worker's wake-up handle (replaced when a stuck worker is replaced).
+    unparker: parking_lot::Mutex<Unparker>,
     partition: usize,
+    /// Which worker owns this shard; bumped when the watchdog quarantines a stuck worker.
+    generation: AtomicU64,
+    /// When the current worker entered the HSM call (ns since [`epoch`]); 0 when not in one.
+    busy_since: AtomicU64,
+}
+
+/// The process-wide origin of the shard timestamps.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn nanos_since_epoch(t: Instant) -> u64 {
+    // Never 0, so that 0 can mean "not busy".
+    u64::try_from(t.saturating_duration_since(epoch()).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl Shard {
@@ -74,10 +92,52 @@ impl Shard {
             service_ns: AtomicU64::new(0),
             warmed: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
-            unparker: parker.unparker().clone(),
+            unparker: parking_lot::Mutex::new(parker.unparker().clone()),
             partition,
+            generation: AtomicU64::new(0),
+            busy_since: AtomicU64::new(0),
         };
         (shard, parker)
+    }
+
+    /// The generation of the worker that owns this shard now.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Worker side: entering an HSM call at `now`. Returns the token for [`Shard::leave_call`].
+    pub fn enter_call(&self, now: Instant) -> u64 {
+        let since = nanos_since_epoch(now);
+        self.busy_since.store(since, Ordering::Relaxed);
+        since
+    }
+
+    /// Worker side: out of the HSM call (unless the shard has moved on to another worker).
+    pub fn leave_call(&self, token: u64) {
+        let _ = self
+            .busy_since
+            .compare_exchange(token, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// How long the current worker has been inside one HSM call, if it is in one.
+    pub fn stuck_for(&self, now: Instant) -> Option<std::time::Duration> {
+        match self.busy_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(std::time::Duration::from_nanos(
+                nanos_since_epoch(now).saturating_sub(since),
+            )),
+        }
+    }
+
+    /// Watchdog side: takes the shard away from its stuck worker (which exits when its call
+    /// returns) and hands it to a new worker with `parker`. Returns the new generation.
+    pub fn replace_worker(&self, parker: &Parker) -> u64 {
+        *self.unparker.lock() = parker.unparker().clone();
+        self.busy_since.store(0, Ordering::Relaxed);
+        self.in_hand.store(0, Ordering::Relaxed);
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wake();
+        generation
     }
 
     /// The partition this shard's worker signs on.
@@ -125,7 +185,7 @@ impl Shard {
         // sleeping and wake it.
         fence(Ordering::SeqCst);
         if self.sleeping.swap(false, Ordering::SeqCst) {
-            self.unparker.unpark();
+            self.unparker.lock().unpark();
         }
         Ok(())
     }
@@ -169,7 +229,7 @@ impl Shard {
 
     /// Wakes the worker unconditionally (shutdown).
     pub fn wake(&self) {
-        self.unparker.unpark();
+        self.unparker.lock().unpark();
     }
 }
 

@@ -57,6 +57,8 @@ pub struct Worker {
     max_drain: usize,
     stop: Arc<AtomicBool>,
     parker: Parker,
+    /// The shard generation this worker owns; when the watchdog moves the shard on, it exits.
+    generation: u64,
     session: Option<Session>,
     /// Key version uid → handle usable in `session` (a session-object copy when configured).
     handles: HashMap<u64, ObjectHandle>,
@@ -72,15 +74,17 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    /// A worker for shard `me`, with a session already opened on its partition. `siblings` are
-    /// the other shards of the same partition, from which an idle worker takes work.
+    /// A worker for shard `me` (owning its `generation`), with a session opened on its partition
+    /// (or `None`: it opens one for its first job). `siblings` are the other shards of the same
+    /// partition, from which an idle worker takes work.
     pub fn new(
         partition: Arc<Partition>,
         crew: Arc<Crew>,
         me: usize,
         siblings: Vec<usize>,
         parker: Parker,
-        session: Session,
+        generation: u64,
+        session: Option<Session>,
     ) -> Worker {
         Worker {
             partition,
@@ -91,49 +95,47 @@ impl Worker {
             me,
             siblings,
             parker,
-            session: Some(session),
+            generation,
+            session,
             handles: HashMap::new(),
         }
     }
 
-    /// The thread body. Returns when stopped and the shard is empty; then closes the session.
+    /// The thread body. Takes jobs one at a time (from its own queue, else from the busiest
+    /// sibling), so that a worker stuck in a hung HSM call holds exactly one job: the watchdog
+    /// hands the rest of the shard to a replacement. Returns when stopped and the shard is empty
+    /// (then closes the session), or when the watchdog replaced it.
     pub fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.max_drain);
         let mut done: Vec<(Job, Reply)> = Vec::with_capacity(ANSWER_GROUP);
         let mut oldest_held = Instant::now();
         loop {
-            let shard = &self.shards[self.me];
-            shard.drain_into(&mut batch, self.max_drain);
-            if batch.is_empty() {
-                self.steal(&mut batch);
-            }
-            if batch.is_empty() {
-                let shard = &self.shards[self.me];
-                if self.stop.load(Ordering::SeqCst) {
-                    if shard.queued() == 0 {
-                        break;
-                    }
-                    continue;
-                }
-                if shard.prepare_sleep() {
-                    self.parker.park_timeout(IDLE_PARK);
-                }
-                shard.woke();
-                continue;
-            }
-            let mut left = batch.len();
-            self.shards[self.me].set_in_hand(left);
-            self.crew.metrics.batch(left);
+            let mut taken = 0;
             // One clock read per job: each job starts when the previous one finished.
             let mut now = Instant::now();
-            for job in batch.drain(..) {
+            while taken < self.max_drain {
+                let Some(job) = self.next_job() else { break };
+                taken += 1;
+                let shard = &self.shards[self.me];
                 let began = now;
                 self.crew
                     .metrics
                     .queue_wait(began.saturating_duration_since(job.enqueued));
+                shard.set_in_hand(1);
+                let token = shard.enter_call(began);
                 let reply = self.process(&job, began);
                 now = Instant::now();
-                self.shards[self.me].record_service(now - began);
+                let shard = &self.shards[self.me];
+                if shard.generation() != self.generation {
+                    // Quarantined during the call: the shard has a new worker. Answer (the
+                    // caller has most likely been answered at its deadline already) and go.
+                    done.push((job, reply));
+                    self.complete(&mut done);
+                    self.quarantined_exit();
+                    return;
+                }
+                shard.leave_call(token);
+                shard.set_in_hand(0);
+                shard.record_service(now - began);
                 if done.is_empty() {
                     oldest_held = now;
                 }
@@ -141,10 +143,26 @@ impl Worker {
                 if done.len() >= ANSWER_GROUP || now - oldest_held >= ANSWER_HOLD {
                     self.complete(&mut done);
                 }
-                left -= 1;
-                self.shards[self.me].set_in_hand(left);
             }
             self.complete(&mut done);
+            if taken > 0 {
+                self.crew.metrics.batch(taken);
+                continue;
+            }
+            let shard = &self.shards[self.me];
+            if self.stop.load(Ordering::SeqCst) {
+                if shard.queued() == 0 {
+                    break;
+                }
+                continue;
+            }
+            if shard.prepare_sleep() {
+                self.parker.park_timeout(IDLE_PARK);
+            }
+            shard.woke();
+            if self.shards[self.me].generation() != self.generation {
+                return; // replaced while idle (cannot normally happen; be safe)
+            }
         }
         self.handles.clear();
         if let Some(s) = self.session.take() {
@@ -161,17 +179,33 @@ impl Worker {
         }
     }
 
-    /// Takes up to half a batch from the busiest sibling shard on the same partition.
-    fn steal(&self, batch: &mut Vec<Job>) {
-        let busiest = self
-            .siblings
+    /// The next job: from this worker's queue, else one from the busiest sibling shard on the
+    /// same partition.
+    fn next_job(&self) -> Option<Job> {
+        if let Some(job) = self.shards[self.me].pop() {
+            return Some(job);
+        }
+        self.siblings
             .iter()
             .copied()
+            .filter(|s| self.shards[*s].queued() > 0)
             .max_by_key(|s| self.shards[*s].queued())
-            .filter(|s| self.shards[*s].queued() > 0);
-        if let Some(s) = busiest {
-            self.shards[s].drain_into(batch, (self.max_drain / 2).max(1));
+            .and_then(|s| self.shards[s].pop())
+    }
+
+    /// A quarantined worker whose hung call finally returned: drop the session (it may be in a
+    /// bad state) and free the slot the watchdog counted.
+    fn quarantined_exit(&mut self) {
+        tracing::warn!(
+            partition = %self.partition.name(),
+            shard = self.me,
+            "a quarantined worker's HSM call returned; the worker exits"
+        );
+        self.handles.clear();
+        if let Some(s) = self.session.take() {
+            let _ = s.close();
         }
+        self.partition.stuck_returned();
     }
 
     fn process(&mut self, job: &Job, now: Instant) -> Reply {
