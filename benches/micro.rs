@@ -365,6 +365,7 @@ fn candidate_sets(n: usize) -> Vec<Vec<Candidate>> {
                     shard,
                     load: next() % 8,
                     healthy: next() % 8 != 0,
+                    tier: 0,
                 })
                 .collect()
         })

@@ -122,8 +122,24 @@ pub struct ProviderConfig {
     /// otherwise. Default: CPU cores divided by the number of partitions, at least 1.
     #[serde(default)]
     pub workers_per_partition: Option<usize>,
+    /// `primary` (default) or `secondary`: a secondary provider's partitions serve a key only
+    /// while no healthy primary partition holds it, and only where it is the same key (same
+    /// public key, checked at start).
+    #[serde(default)]
+    pub role: ProviderRole,
     /// The partitions (tokens) of this module.
     pub partitions: Vec<PartitionConfig>,
+}
+
+/// A provider's place in failover.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderRole {
+    /// Serves whenever healthy.
+    #[default]
+    Primary,
+    /// Serves a key only while no healthy primary partition holds it.
+    Secondary,
 }
 
 /// `[[providers.NAME.partitions]]`: one token.

@@ -25,7 +25,7 @@ use crossbeam::sync::{Parker, Unparker};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::config::Config;
+use crate::config::{Config, ProviderRole};
 use crate::error::EngineError;
 use crate::hsm::der::pem_encode;
 use crate::hsm::{objects, HsmError, Module, Partition, PartitionSpec, PartitionStats};
@@ -171,6 +171,10 @@ impl Engine {
                     provider: pname.clone(),
                     selector: part.selector().map_err(OpenError::Invalid)?,
                     session_key_copy: p.session_key_copy,
+                    tier: match p.role {
+                        ProviderRole::Primary => 0,
+                        ProviderRole::Secondary => 1,
+                    },
                     replicate: p.replicate,
                     workers,
                 };
@@ -339,11 +343,13 @@ impl Engine {
         let mut n = 0;
         for p in &version.partitions {
             let healthy = inner.partitions[*p].is_healthy();
+            let tier = inner.partitions[*p].spec().tier;
             for s in &inner.shards_by_partition[*p] {
                 let c = Candidate {
                     shard: *s,
                     load: inner.shards[*s].load(),
                     healthy,
+                    tier,
                 };
                 if n < stack.len() {
                     stack[n] = c;
@@ -491,6 +497,20 @@ impl Engine {
                 },
             );
         }
+    }
+
+    /// Takes partition `name` out of rotation for maintenance (`out = true`; its queued work
+    /// moves to other partitions holding the same keys) or puts it back. Health probes do not
+    /// override it.
+    pub fn set_maintenance(&self, name: &str, out: bool) -> Result<(), EngineError> {
+        let p = self
+            .inner
+            .partitions
+            .iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| EngineError::NotFound(format!("no partition named {name}")))?;
+        p.set_maintenance(out);
+        Ok(())
     }
 
     /// Every partition's health: name, in rotation, and why not.

@@ -42,7 +42,23 @@ impl Watchdog {
     }
 
     pub(super) fn run(self) {
+        let has_secondary = self.partitions.iter().any(|p| p.spec().tier > 0);
+        let mut primary_was_up = true;
         while !self.crew.stop.load(Ordering::SeqCst) {
+            if has_secondary {
+                let up = self
+                    .partitions
+                    .iter()
+                    .any(|p| p.spec().tier == 0 && p.is_healthy());
+                if up != primary_was_up {
+                    if up {
+                        tracing::info!("a primary partition is back: keys are served by the primary provider again");
+                    } else {
+                        tracing::warn!("every primary partition is out: keys that the secondary provider holds (same public key) are served there; others get UNAVAILABLE");
+                    }
+                    primary_was_up = up;
+                }
+            }
             let now = Instant::now();
             for (i, shard) in self.crew.shards.iter().enumerate() {
                 if let Some(stuck) = shard.stuck_for(now) {
@@ -121,7 +137,10 @@ impl Watchdog {
                     .iter()
                     .filter(|q| **q != p && self.partitions[**q].is_healthy())
                     .flat_map(|q| self.shards_by_partition[*q].iter().copied())
-                    .min_by_key(|t| shards[*t].load());
+                    .min_by_key(|t| {
+                        let tier = self.partitions[shards[*t].partition()].spec().tier;
+                        (tier, shards[*t].load())
+                    });
                 let unavailable = |what: &str| EngineError::Unavailable {
                     reason: format!(
                         "partition {} is out of rotation and {what}",

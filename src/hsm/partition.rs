@@ -30,6 +30,9 @@ pub struct PartitionSpec {
     pub replicate: bool,
     /// Worker threads for this partition.
     pub workers: usize,
+    /// 0: the primary provider; 1: a secondary provider, used only for keys that no healthy
+    /// primary partition holds.
+    pub tier: u8,
 }
 
 /// A logged-in token. Shared by the workers of this partition and by admin operations.
@@ -52,6 +55,8 @@ pub struct Partition {
     pin_rejected: AtomicBool,
     /// Workers quarantined inside a hung call whose thread has not come back yet.
     stuck_workers: AtomicUsize,
+    /// Taken out of rotation by an operator; probes do not bring it back.
+    maintenance: AtomicBool,
     signed: AtomicU64,
     hsm_calls: AtomicU64,
     session_rebuilds: AtomicU64,
@@ -91,6 +96,7 @@ impl Partition {
             health_reason: Mutex::new(String::new()),
             pin_rejected: AtomicBool::new(false),
             stuck_workers: AtomicUsize::new(0),
+            maintenance: AtomicBool::new(false),
             signed: AtomicU64::new(0),
             hsm_calls: AtomicU64::new(0),
             session_rebuilds: AtomicU64::new(0),
@@ -202,8 +208,22 @@ impl Partition {
         }
     }
 
-    /// Puts the partition back into rotation (logged once per change).
+    /// Takes the partition out of rotation for maintenance, or ends that.
+    pub fn set_maintenance(&self, out: bool) {
+        self.maintenance.store(out, Ordering::SeqCst);
+        if out {
+            self.mark_unhealthy("taken out for maintenance");
+        } else {
+            tracing::info!(partition = %self.spec.name, "maintenance over; back after the next health probe");
+        }
+    }
+
+    /// Puts the partition back into rotation (logged once per change), unless it is in
+    /// maintenance.
     pub fn mark_healthy(&self) {
+        if self.maintenance.load(Ordering::SeqCst) {
+            return;
+        }
         if !self.healthy.swap(true, Ordering::SeqCst) {
             self.health_reason.lock().clear();
             tracing::info!(partition = %self.spec.name, "partition back in rotation");

@@ -1,4 +1,5 @@
-//! Router: (key, version) → the shards whose partition holds it → the least-loaded healthy one.
+//! Router: (key, version) → the shards whose partition holds it → the least-loaded healthy one,
+//! preferring the primary provider's partitions (tier 0) over a secondary provider's (tier 1).
 
 /// A candidate shard as the router sees it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -9,10 +10,14 @@ pub struct Candidate {
     pub load: usize,
     /// Whether its partition takes new work.
     pub healthy: bool,
+    /// 0 for the primary provider's partitions, 1 for a secondary provider's (used only when no
+    /// healthy primary partition holds the key).
+    pub tier: u8,
 }
 
-/// Picks the healthy candidate with the lowest load. Ties go to the first one at or after
-/// `rotation` (mod the number of candidates), so equal shards share work evenly.
+/// Picks the healthy candidate with the lowest tier, and among those the lowest load. Ties go to
+/// the first one at or after `rotation` (mod the number of candidates), so equal shards share
+/// work evenly.
 pub fn least_loaded(candidates: &[Candidate], rotation: usize) -> Option<usize> {
     let n = candidates.len();
     if n == 0 {
@@ -22,7 +27,7 @@ pub fn least_loaded(candidates: &[Candidate], rotation: usize) -> Option<usize> 
     let mut best: Option<Candidate> = None;
     for i in 0..n {
         let c = candidates[(start + i) % n];
-        if c.healthy && best.is_none_or(|b| c.load < b.load) {
+        if c.healthy && best.is_none_or(|b| (c.tier, c.load) < (b.tier, b.load)) {
             best = Some(c);
         }
     }
@@ -39,7 +44,24 @@ mod tests {
             shard,
             load,
             healthy,
+            tier: 0,
         }
+    }
+
+    #[test]
+    fn secondary_only_when_no_healthy_primary() {
+        let t = |shard, load, healthy, tier| Candidate {
+            shard,
+            load,
+            healthy,
+            tier,
+        };
+        // A busy primary still wins over an idle secondary.
+        let cands = [t(0, 50, true, 0), t(1, 0, true, 1)];
+        assert_eq!(least_loaded(&cands, 0), Some(0));
+        // Primary out: the secondary serves.
+        let cands = [t(0, 0, false, 0), t(1, 9, true, 1), t(2, 3, true, 1)];
+        assert_eq!(least_loaded(&cands, 0), Some(2));
     }
 
     #[test]
@@ -75,6 +97,7 @@ mod tests {
                     let chosen = cands[s];
                     prop_assert!(chosen.healthy);
                     let min = cands.iter().filter(|c| c.healthy).map(|c| c.load).min();
+                    // All tiers are 0 here; tiers are covered by the example test.
                     prop_assert_eq!(Some(chosen.load), min);
                 }
             }

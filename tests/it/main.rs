@@ -6,6 +6,7 @@
 mod support;
 
 mod errors;
+mod failover;
 mod keys;
 mod replication;
 mod signing;
