@@ -5,6 +5,7 @@
 //! partitions, key objects, mechanisms).
 
 pub mod audit;
+pub mod breaker;
 pub mod ceiling;
 pub mod client;
 pub mod config;

@@ -3,6 +3,7 @@
 pub mod admission;
 pub mod audited;
 pub mod completion;
+pub mod limiter;
 pub mod router;
 pub mod shard;
 pub mod worker;
