@@ -84,6 +84,7 @@ fn job(version: &Arc<VersionEntry>, payload: &Payload) -> (Job, oneshot::Receive
         deadline: Instant::now() + Duration::from_secs(3600),
         enqueued: Instant::now(),
         identity: Arc::from("bench"),
+        probe: None,
         reply,
     };
     (job, rx)

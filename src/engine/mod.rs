@@ -35,6 +35,8 @@ use crate::pipeline::router::{least_loaded, Candidate};
 use crate::pipeline::worker::{Crew, Worker};
 use crate::pipeline::{Completion, Job, Reply, Shard};
 use crate::secret::Pin;
+use crate::breaker::State as BreakerStateKind;
+use crate::pipeline::breakers::Breakers;
 use crate::telemetry::{BreakerState, Metrics, OverloadReason};
 use registry::{Registry, VersionEntry};
 use watchdog::{Watchdog, WorkerHandle};
@@ -221,7 +223,10 @@ impl Engine {
         let shards: Arc<[Shard]> = shards.into();
         let names: Vec<&str> = partitions.iter().map(|p| p.name()).collect();
         let metrics = Metrics::new(&names, shards.len());
+        let breakers = Breakers::new(&partitions, &crate::breaker::BreakerConfig::default())
+            .map_err(OpenError::Invalid)?;
         let crew = Arc::new(Crew {
+            breakers: Arc::new(breakers),
             metrics,
             shards: Arc::clone(&shards),
             stop: Arc::clone(&stop),
@@ -257,7 +262,8 @@ impl Engine {
             OpenError::Invalid(format!("cannot start the {what} thread: {e}"))
         };
         let mut wakers =
-            health::spawn_probes(&partitions, &stop).map_err(|e| cannot("health", e))?;
+            health::spawn_probes(&partitions, &crew.breakers, &stop)
+            .map_err(|e| cannot("health", e))?;
         let watchdog = Watchdog {
             partitions: partitions.clone(),
             crew: Arc::clone(&crew),
@@ -368,10 +374,35 @@ impl Engine {
             &spill[..]
         };
         let rotation = inner.rotation.fetch_add(1, Ordering::Relaxed);
-        let shard = least_loaded(candidates, rotation).ok_or_else(|| EngineError::Unavailable {
-            reason: format!("no healthy partition holds key {}", req.key),
-            retry_after: Duration::from_secs(1),
-        })?;
+        // A half-open partition holding the key takes a few real requests as breaker probes.
+        let mut probe = None;
+        let mut shard = None;
+        for p in &version.partitions {
+            if inner.crew.breakers.state(*p) != BreakerStateKind::HalfOpen {
+                continue;
+            }
+            let Some(s) = inner.shards_by_partition[*p]
+                .iter()
+                .copied()
+                .min_by_key(|s| inner.shards[*s].load())
+            else {
+                continue;
+            };
+            if let Some(ticket) = inner.crew.breakers.probe(*p, now) {
+                probe = Some(ticket);
+                shard = Some(s);
+                break;
+            }
+        }
+        let shard = match shard.or_else(|| least_loaded(candidates, rotation)) {
+            Some(s) => s,
+            None => {
+                return Err(EngineError::Unavailable {
+                    reason: format!("no healthy partition holds key {}", req.key),
+                    retry_after: inner.crew.breakers.retry_after(now),
+                })
+            }
+        };
         if let Err(retry_after) = admission::admit(
             inner.shards[shard].predicted_wait(),
             remaining,
@@ -392,6 +423,7 @@ impl Engine {
             deadline: req.deadline,
             enqueued: now,
             identity: req.identity,
+            probe,
             reply: tx,
         };
         match inner.shards[shard].push(job) {
@@ -490,10 +522,10 @@ impl Engine {
             m.set_partition_healthy(p.index(), healthy);
             m.set_breaker_state(
                 p.index(),
-                if healthy {
-                    BreakerState::Closed
-                } else {
-                    BreakerState::Open
+                match inner.crew.breakers.state(p.index()) {
+                    BreakerStateKind::Closed => BreakerState::Closed,
+                    BreakerStateKind::HalfOpen => BreakerState::HalfOpen,
+                    BreakerStateKind::Open => BreakerState::Open,
                 },
             );
         }

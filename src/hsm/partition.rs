@@ -219,9 +219,9 @@ impl Partition {
     }
 
     /// Puts the partition back into rotation (logged once per change), unless it is in
-    /// maintenance.
+    /// maintenance or a hung call is outstanding.
     pub fn mark_healthy(&self) {
-        if self.maintenance.load(Ordering::SeqCst) {
+        if self.maintenance.load(Ordering::SeqCst) || self.hang_suspected() {
             return;
         }
         if !self.healthy.swap(true, Ordering::SeqCst) {

@@ -149,6 +149,7 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(5),
             enqueued: Instant::now(),
             identity: Arc::from("spiffe://test/app"),
+            probe: None,
             reply: tx,
         };
         (job, rx)

@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod audited;
+pub mod breakers;
 pub mod completion;
 pub mod limiter;
 pub mod router;

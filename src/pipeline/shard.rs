@@ -39,6 +39,8 @@ pub struct Job {
     pub enqueued: Instant,
     /// Who asked (the client identity, for the audit log).
     pub identity: Arc<str>,
+    /// Set when the router sent this job to a half-open partition as a breaker probe.
+    pub probe: Option<crate::breaker::Probe>,
     /// Where the answer goes; used exactly once.
     pub reply: oneshot::Sender<Reply>,
 }
@@ -257,6 +259,7 @@ mod tests {
             deadline,
             enqueued: Instant::now(),
             identity: Arc::from("test"),
+            probe: None,
             reply: tx,
         };
         (j, rx)

@@ -43,6 +43,8 @@ pub struct Crew {
     pub max_drain: usize,
     /// Prometheus instruments (no-ops unless a recorder was installed before the engine opened).
     pub metrics: Metrics,
+    /// One circuit breaker per partition; workers report every HSM call's outcome.
+    pub breakers: Arc<super::breakers::Breakers>,
     /// Where finished jobs go, once the daemon set it ([`Direct`] until then).
     pub completion: std::sync::OnceLock<Arc<dyn Completion>>,
 }
@@ -60,6 +62,8 @@ pub struct Worker {
     /// The shard generation this worker owns; when the watchdog moves the shard on, it exits.
     generation: u64,
     session: Option<Session>,
+    /// How long the last `C_Sign` took (for the breaker's slow-call rule).
+    last_call: Duration,
     /// Key version uid → handle usable in `session` (a session-object copy when configured).
     handles: HashMap<u64, ObjectHandle>,
 }
@@ -97,6 +101,7 @@ impl Worker {
             parker,
             generation,
             session,
+            last_call: Duration::ZERO,
             handles: HashMap::new(),
         }
     }
@@ -209,11 +214,18 @@ impl Worker {
     }
 
     fn process(&mut self, job: &Job, now: Instant) -> Reply {
+        let p = self.partition.index();
         if now >= job.deadline {
+            if let Some(t) = job.probe {
+                self.crew.breakers.release(p, t);
+            }
             return Err(EngineError::DeadlineExceeded);
         }
         let version = Arc::clone(&job.version);
         if version.state() != KeyState::Active {
+            if let Some(t) = job.probe {
+                self.crew.breakers.release(p, t);
+            }
             if let Some(h) = self.handles.remove(&version.uid) {
                 self.drop_copy(h);
             }
@@ -222,14 +234,22 @@ impl Worker {
                 version.name, version.version
             )));
         }
-        match self.sign_with_recovery(&version, job) {
+        let signed = self.sign_with_recovery(&version, job);
+        let outcome = super::breakers::outcome(match &signed {
+            Ok(_) => Ok(self.last_call),
+            Err(e) => Err(e.class()),
+        });
+        self.crew
+            .breakers
+            .record(p, Instant::now(), job.probe, outcome);
+        match signed {
             Ok(raw) => match mechanism::encode_signature(job.payload.scheme(), raw) {
                 Ok(signature) => {
                     self.partition.count_signed();
                     Ok(Signed {
                         signature,
                         version: version.version,
-                        partition: self.partition.index(),
+                        partition: p,
                     })
                 }
                 Err(e) => Err(EngineError::Hsm(e.to_string())),
@@ -256,9 +276,12 @@ impl Worker {
                 let session = self.session.as_ref().ok_or_else(no_session)?;
                 let called = Instant::now();
                 let signed = session.sign(&mech, h, &input).map_err(HsmError::from);
-                self.crew
-                    .metrics
-                    .hsm_call(self.partition.index(), called.elapsed());
+                let took = called.elapsed();
+                self.crew.metrics.hsm_call(self.partition.index(), took);
+                Ok((signed, took))
+            })
+            .and_then(|(signed, took)| {
+                self.last_call = took;
                 signed
             });
             let err = match attempt {
@@ -351,9 +374,6 @@ impl Worker {
     }
 
     fn to_engine_error(&self, e: HsmError) -> EngineError {
-        if e.class() == ErrorClass::DeviceLost {
-            self.partition.mark_unhealthy(&e.to_string());
-        }
         match e.class() {
             ErrorClass::Request => EngineError::HsmRequest(e.to_string()),
             ErrorClass::Busy
