@@ -1,0 +1,167 @@
+//! Scenarios 2 and 10 (as far as the current engine goes: no breaker yet; a device error takes a
+//! partition out at once, the 1 s health probe brings it back): a token disappears
+//! (`kind = "remove"`: every call on its sessions answers DEVICE_REMOVED), then both do.
+
+use std::time::{Duration, Instant};
+
+use certnode_signer::client::{Client, Status};
+use certnode_signer::Scheme;
+
+use crate::support::{random_digest, status_of, warm_up, Daemon, WORKERS};
+use crate::verify::verify;
+
+/// Concurrent request streams of the traffic generator.
+const STREAMS: usize = 8;
+/// Requests answered UNAVAILABLE while `p1` is being taken out, at most. Only jobs already
+/// handed to p1's workers fail: the first DEVICE_REMOVED marks p1 unhealthy before it is
+/// answered, and each stream has one request in flight, so no stream loses more than one
+/// request and the ceiling is STREAMS (4% of the 200 requests). Observed: 0 to 4 (0 when the
+/// health probe takes p1 out before any request meets the removed token).
+const TAKEOUT_FAILURES_MAX: usize = STREAMS;
+/// How fast a partition whose token is back must return to rotation (the probe runs every 1 s).
+const RECOVERY: Duration = Duration::from_secs(3);
+
+#[derive(Default, Debug)]
+struct Tally {
+    signed: usize,
+    unavailable: usize,
+    /// Slowest UNAVAILABLE answer.
+    slowest_unavailable: Duration,
+}
+
+/// `STREAMS` tasks each sending `per_stream` requests one after the other; every request must be
+/// answered, either with a signature (verified here) or UNAVAILABLE with a retry hint.
+async fn traffic(app: &Client, key: &str, spki: &[u8], per_stream: usize) -> Tally {
+    let mut tasks = Vec::new();
+    for _ in 0..STREAMS {
+        let (app, key, spki) = (app.clone(), key.to_owned(), spki.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let mut t = Tally::default();
+            for _ in 0..per_stream {
+                let digest = random_digest();
+                let started = Instant::now();
+                match app.sign(&key, Scheme::EcdsaSha256, digest.clone()).await {
+                    Ok(sig) => {
+                        verify(&spki, Scheme::EcdsaSha256, &digest, &sig.signature).unwrap();
+                        t.signed += 1;
+                    }
+                    Err(e) => {
+                        let (status, retry_after) = status_of(&e);
+                        assert_eq!(status, Status::Unavailable, "{e}");
+                        assert!(retry_after.is_some_and(|r| r > Duration::ZERO), "{e}");
+                        t.unavailable += 1;
+                        t.slowest_unavailable = t.slowest_unavailable.max(started.elapsed());
+                    }
+                }
+            }
+            t
+        }));
+    }
+    let mut all = Tally::default();
+    for t in tasks {
+        let t = t.await.unwrap();
+        all.signed += t.signed;
+        all.unavailable += t.unavailable;
+        all.slowest_unavailable = all.slowest_unavailable.max(t.slowest_unavailable);
+    }
+    assert_eq!(all.signed + all.unavailable, STREAMS * per_stream);
+    all
+}
+
+/// Polls `/metrics` until `signer_partition_healthy{partition}` is `want`; how long it took.
+async fn wait_health(d: &Daemon, partition: &str, want: f64, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if d.metrics().await.healthy(partition) == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{partition} not healthy={want} after {limit:?}; log:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s02_s10_removed_tokens_leave_and_rejoin_rotation_without_restart() {
+    let d = Daemon::start("s02").await;
+    let (key, spki) = d.ec_key("s02", &[]).await;
+    let app = d.app(Duration::from_secs(5)).await;
+    warm_up(&app, &key, &spki, WORKERS).await;
+
+    // Both partitions sign.
+    let t = traffic(&app, &key, &spki, 5).await;
+    assert_eq!(t.signed, STREAMS * 5);
+    let m = d.metrics().await;
+    assert!(m.hsm_calls("p0") > 0.0 && m.hsm_calls("p1") > 0.0);
+
+    // Scenario 2: signerd-1 disappears. Requests keep being signed on p0; only those already
+    // handed to p1 fail, UNAVAILABLE with a retry hint.
+    d.faults("[[rule]]\nname = \"gone-1\"\nkind = \"remove\"\ntoken = \"signerd-1\"\n")
+        .await;
+    let t = traffic(&app, &key, &spki, 25).await;
+    eprintln!("p1 removed: {t:?}");
+    assert!(
+        t.unavailable <= TAKEOUT_FAILURES_MAX,
+        "too many requests failed while p1 was taken out: {t:?}"
+    );
+    wait_health(&d, "p1", 0.0, Duration::from_secs(2)).await;
+    let (code, ready) = d.get("/readyz").await;
+    assert_eq!(code, 200, "p0 still serves: {ready}");
+    assert!(
+        ready.contains("p0: ok") && ready.contains("p1: unhealthy"),
+        "{ready}"
+    );
+    let m = d.metrics().await;
+    assert_eq!(m.healthy("p0"), 1.0);
+    let p1_calls = m.hsm_calls("p1");
+    // Out of rotation: p1 gets no more work, and nothing fails.
+    let t = traffic(&app, &key, &spki, 5).await;
+    assert_eq!((t.signed, t.unavailable), (STREAMS * 5, 0));
+    assert_eq!(d.metrics().await.hsm_calls("p1"), p1_calls);
+
+    // The token returns: the health probe puts p1 back, and it signs again.
+    d.faults("").await;
+    let took = wait_health(&d, "p1", 1.0, RECOVERY).await;
+    eprintln!("p1 back in rotation {took:?} after the token returned");
+    let t = traffic(&app, &key, &spki, 10).await;
+    assert_eq!((t.signed, t.unavailable), (STREAMS * 10, 0));
+    assert!(
+        d.metrics().await.hsm_calls("p1") > p1_calls,
+        "p1 signs again"
+    );
+    let (code, ready) = d.get("/readyz").await;
+    assert_eq!(code, 200, "{ready}");
+    assert!(ready.contains("p1: ok"), "{ready}");
+
+    // Scenario 10: every token is gone. Every request is answered UNAVAILABLE, quickly, with a
+    // retry hint; /readyz says not ready.
+    d.faults("[[rule]]\nname = \"gone-all\"\nkind = \"remove\"\n")
+        .await;
+    let t = traffic(&app, &key, &spki, 5).await;
+    eprintln!("all removed: {t:?}");
+    assert_eq!(t.signed, 0);
+    assert!(
+        t.slowest_unavailable < Duration::from_secs(1),
+        "UNAVAILABLE must be fast: {t:?}"
+    );
+    wait_health(&d, "p0", 0.0, Duration::from_secs(2)).await;
+    wait_health(&d, "p1", 0.0, Duration::from_secs(2)).await;
+    let (code, ready) = d.get("/readyz").await;
+    assert_eq!(code, 503, "{ready}");
+    assert!(
+        ready.starts_with("not ready") && ready.contains("p0: unhealthy"),
+        "{ready}"
+    );
+
+    // Recovery without a restart.
+    d.faults("").await;
+    wait_health(&d, "p0", 1.0, RECOVERY).await;
+    wait_health(&d, "p1", 1.0, RECOVERY).await;
+    let (code, ready) = d.get("/readyz").await;
+    assert_eq!(code, 200, "{ready}");
+    let t = traffic(&app, &key, &spki, 5).await;
+    assert_eq!((t.signed, t.unavailable), (STREAMS * 5, 0));
+}
