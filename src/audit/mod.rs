@@ -170,6 +170,9 @@ struct Inner {
     tx: Sender<Msg>,
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The checkpoint thread owns the audit key's HSM session: it must be gone before the
+    /// process exits (or the HSM module is finalized), never racing the module's teardown.
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
 }
 
@@ -245,7 +248,8 @@ impl AuditLog {
             cp_out_rx,
         )?;
         let spawn_err = |e| AuditError::Config(format!("cannot start audit thread: {e}"));
-        checkpoint::spawn(signer, vk, cp_req_rx, cp_out_tx).map_err(spawn_err)?;
+        let checkpointer =
+            checkpoint::spawn(signer, vk, cp_req_rx, cp_out_tx).map_err(spawn_err)?;
         let handle = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run())
@@ -255,6 +259,7 @@ impl AuditLog {
                 tx,
                 shared,
                 writer: Mutex::new(Some(handle)),
+                checkpointer: Mutex::new(Some(checkpointer)),
                 path,
             }),
         })
@@ -394,6 +399,20 @@ impl Inner {
         if replied {
             if let Some(h) = self.writer.lock().take() {
                 let _ = h.join();
+            }
+            // The writer is gone, so the checkpoint thread's request channel is closed: it
+            // finishes its current signature (if any), drops the audit key's session and ends.
+            // Wait for that, bounded (a hung HSM call is left behind).
+            if let Some(h) = self.checkpointer.lock().take() {
+                let until = std::time::Instant::now() + CLOSE_TIMEOUT;
+                while !h.is_finished() && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if h.is_finished() {
+                    let _ = h.join();
+                } else {
+                    tracing::error!("the audit checkpoint thread is stuck in the HSM; leaving it");
+                }
             }
         } else {
             tracing::error!(

@@ -37,6 +37,10 @@ use crate::keys::{KeyName, KeyType, Scheme, Version};
 use crate::protocol::{self, BatchItem, Op, Request, RequestFrame, ResponseBody, ResponseFrame};
 pub use crate::protocol::{KeyListing, VersionListing};
 
+/// How long past a call's timeout the client waits for the server's own DEADLINE_EXCEEDED
+/// answer before giving up with [`ClientError::Timeout`].
+pub const SERVER_ANSWER_GRACE: Duration = Duration::from_millis(250);
+
 /// What can go wrong in a call.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -358,6 +362,7 @@ impl Client {
     }
 
     /// One call: send, retry retryable answers within the retry budget and the timeout.
+    /// Returns at most [`SERVER_ANSWER_GRACE`] after the timeout.
     async fn call(&self, request: Request) -> Result<ResponseBody, ClientError> {
         let opts = &self.inner.opts;
         let op = request.op();
@@ -374,7 +379,11 @@ impl Client {
                 return Err(ClientError::Timeout);
             }
             frame.deadline_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
-            let outcome = tokio::time::timeout_at(deadline, self.roundtrip(op, &frame)).await;
+            // The server answers DEADLINE_EXCEEDED itself just after the deadline (also when the
+            // HSM hangs); wait a little longer than the deadline for that explicit answer.
+            let outcome =
+                tokio::time::timeout_at(deadline + SERVER_ANSWER_GRACE, self.roundtrip(op, &frame))
+                    .await;
             let err = match outcome {
                 Err(_) => return Err(ClientError::Timeout),
                 Ok(Ok(resp)) => match resp.status {

@@ -3,33 +3,38 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam::sync::{Parker, Unparker};
 
+use crate::breaker::{Outcome, State};
 use crate::hsm::{ErrorClass, Partition};
 use crate::pipeline::breakers::Breakers;
 
 /// How often each partition is probed.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Starts the probe threads (detached: a probe stuck in a hung device must not block
-/// shutdown; they exit at the next tick after `stop`). Returns their wake-up handles.
+/// Starts the probe threads; they exit when woken after `stop`. Returns their wake-up handles
+/// and join handles (joined with a bounded wait: a probe stuck in a hung device is left).
 pub(super) fn spawn_probes(
     partitions: &[Arc<Partition>],
     breakers: &Arc<Breakers>,
     stop: &Arc<AtomicBool>,
-) -> std::io::Result<Vec<Unparker>> {
+) -> std::io::Result<(Vec<Unparker>, Vec<JoinHandle<()>>)> {
     let mut wakers = Vec::new();
+    let mut handles = Vec::new();
     for p in partitions {
         let parker = Parker::new();
         wakers.push(parker.unparker().clone());
         let (p, stop, breakers) = (Arc::clone(p), Arc::clone(stop), Arc::clone(breakers));
-        std::thread::Builder::new()
-            .name(format!("signer-health-{}", p.name()))
-            .spawn(move || probe_loop(&p, &breakers, &stop, &parker))?;
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("signer-health-{}", p.name()))
+                .spawn(move || probe_loop(&p, &breakers, &stop, &parker))?,
+        );
     }
-    Ok(wakers)
+    Ok((wakers, handles))
 }
 
 /// Probes one partition until `stop`. Workers take a partition out at once on device errors
@@ -39,10 +44,24 @@ fn probe_loop(p: &Partition, breakers: &Breakers, stop: &AtomicBool, parker: &Pa
         let now = Instant::now();
         breakers.tick(now);
         match p.probe() {
-            // The probe shows the token answers; only real signing (breaker probes) closes an
-            // open breaker, so a partition with an open breaker stays out.
             Ok(()) if breakers.closed(p.index()) => p.mark_healthy(),
-            Ok(()) => {}
+            // Half-open: a successful probe counts as one breaker probe, next to the real
+            // requests the router sends there. Without this, a partition (or all of them) with
+            // no traffic would never come back, and /readyz would keep traffic away for good.
+            // If signing still fails, the next requests reopen it with a longer backoff.
+            Ok(()) => {
+                if breakers.state(p.index()) == State::HalfOpen {
+                    if let Some(ticket) = breakers.probe(p.index(), now) {
+                        let took = now.elapsed();
+                        breakers.record(
+                            p.index(),
+                            Instant::now(),
+                            Some(ticket),
+                            Outcome::Success { took },
+                        );
+                    }
+                }
+            }
             Err(e) if e.class() == ErrorClass::Busy => {}
             Err(e) => {
                 let why = format!("health probe failed: {e}");

@@ -25,18 +25,18 @@ use crossbeam::sync::{Parker, Unparker};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use crate::breaker::State as BreakerStateKind;
 use crate::config::{Config, ProviderRole};
 use crate::error::EngineError;
 use crate::hsm::der::pem_encode;
 use crate::hsm::{objects, HsmError, Module, Partition, PartitionSpec, PartitionStats};
 use crate::keys::{KeyName, KeyState, KeyType, Payload, Version};
 use crate::pipeline::admission;
+use crate::pipeline::breakers::Breakers;
 use crate::pipeline::router::{least_loaded, Candidate};
 use crate::pipeline::worker::{Crew, Worker};
 use crate::pipeline::{Completion, Job, Reply, Shard};
 use crate::secret::Pin;
-use crate::breaker::State as BreakerStateKind;
-use crate::pipeline::breakers::Breakers;
 use crate::telemetry::{BreakerState, Metrics, OverloadReason};
 use registry::{Registry, VersionEntry};
 use watchdog::{Watchdog, WorkerHandle};
@@ -147,6 +147,8 @@ struct Inner {
     rotation: AtomicUsize,
     /// Wakes the health probes and the watchdog (shutdown).
     wakers: Vec<Unparker>,
+    /// The health probe and watchdog threads.
+    service: Mutex<Vec<std::thread::JoinHandle<()>>>,
     crew: Arc<Crew>,
     max_queue_wait: Duration,
 }
@@ -261,8 +263,7 @@ impl Engine {
         let cannot = |what: &str, e: std::io::Error| {
             OpenError::Invalid(format!("cannot start the {what} thread: {e}"))
         };
-        let mut wakers =
-            health::spawn_probes(&partitions, &crew.breakers, &stop)
+        let (mut wakers, mut service) = health::spawn_probes(&partitions, &crew.breakers, &stop)
             .map_err(|e| cannot("health", e))?;
         let watchdog = Watchdog {
             partitions: partitions.clone(),
@@ -273,11 +274,12 @@ impl Engine {
             parker: Parker::new(),
         };
         wakers.push(watchdog.unparker());
-        // Detached, like the probes: it exits at its next tick after `stop`.
-        std::thread::Builder::new()
-            .name("signer-watchdog".into())
-            .spawn(move || watchdog.run())
-            .map_err(|e| cannot("watchdog", e))?;
+        service.push(
+            std::thread::Builder::new()
+                .name("signer-watchdog".into())
+                .spawn(move || watchdog.run())
+                .map_err(|e| cannot("watchdog", e))?,
+        );
         tracing::info!(
             partitions = partitions.len(),
             workers = worker_count,
@@ -296,6 +298,7 @@ impl Engine {
                 workers,
                 rotation: AtomicUsize::new(0),
                 wakers,
+                service: Mutex::new(service),
                 crew,
                 max_queue_wait: Duration::from_millis(cfg.engine.max_queue_wait_ms),
             }),
@@ -489,6 +492,33 @@ impl Engine {
             .collect()
     }
 
+    /// Stops accepting and answers every request still waiting in a queue UNAVAILABLE (with
+    /// retry-after): none of them has reached the HSM, so a retry elsewhere cannot double-sign.
+    /// Requests already in a worker's hands finish normally. For the end of a drain.
+    pub fn cancel_queued(&self) {
+        let inner = &*self.inner;
+        inner.accepting.store(false, Ordering::SeqCst);
+        let mut n = 0usize;
+        for s in inner.shards.iter() {
+            while let Some(job) = s.pop() {
+                if let Some(t) = job.probe {
+                    inner.crew.breakers.release(s.partition(), t);
+                }
+                job.answer(Err(EngineError::Unavailable {
+                    reason: "signer is shutting down; not signed".into(),
+                    retry_after: Duration::from_secs(1),
+                }));
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(
+                cancelled = n,
+                "queued requests answered UNAVAILABLE (not signed)"
+            );
+        }
+    }
+
     /// Routes every finished job through `completion` from now on (the daemon's audit log).
     /// Set once, before requests arrive; a second call is refused.
     pub fn set_completion(&self, completion: Arc<dyn Completion>) -> Result<(), EngineError> {
@@ -587,6 +617,13 @@ impl Engine {
                 tracing::error!("a worker thread panicked");
             }
         }
+        // The probes and the watchdog hold the partitions (and so the modules): wait for them,
+        // bounded, so that the modules are finalized once and nothing races process exit. A
+        // probe stuck in a hung device is left behind.
+        join_bounded(
+            inner.service.lock().drain(..).collect(),
+            Duration::from_secs(3),
+        );
         // Workers exit only with empty queues; anything left means a worker died.
         for s in inner.shards.iter() {
             while let Some(job) = s.pop() {
@@ -608,6 +645,21 @@ impl Engine {
     }
 }
 
+/// Joins `handles`, waiting at most `limit` in total; threads still running then are left.
+fn join_bounded(handles: Vec<std::thread::JoinHandle<()>>, limit: Duration) {
+    let until = Instant::now() + limit;
+    for h in handles {
+        while !h.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if h.is_finished() {
+            let _ = h.join();
+        } else {
+            tracing::warn!(thread = ?h.thread().name(), "a service thread did not stop (stuck in the HSM?)");
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         self.accepting.store(false, Ordering::SeqCst);
@@ -622,6 +674,10 @@ impl Drop for Inner {
         for (_, _, h) in handles {
             let _ = h.join();
         }
+        join_bounded(
+            self.service.get_mut().drain(..).collect(),
+            Duration::from_secs(3),
+        );
     }
 }
 

@@ -181,6 +181,9 @@ impl Shard {
     }
 
     /// Queues a job, or hands it back when the queue is full. Wakes the worker if it sleeps.
+    // The job comes back by value when the queue is full (the caller answers it); boxing it
+    // would cost an allocation per request on the hot path.
+    #[allow(clippy::result_large_err)]
     pub fn push(&self, job: Job) -> Result<(), Job> {
         self.queue.push(job)?;
         // Pairs with the fence in `prepare_sleep`: either the worker sees the job, or we see it

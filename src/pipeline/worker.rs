@@ -215,6 +215,18 @@ impl Worker {
 
     fn process(&mut self, job: &Job, now: Instant) -> Reply {
         let p = self.partition.index();
+        if job.reply.is_closed() {
+            // Nobody waits for this answer any more: the caller was already answered (deadline,
+            // or UNAVAILABLE at the end of a shutdown's grace period) and may retry. Signing now
+            // would make a signature the caller was told was not made.
+            if let Some(t) = job.probe {
+                self.crew.breakers.release(p, t);
+            }
+            return Err(EngineError::Unavailable {
+                reason: "the caller stopped waiting; not signed".into(),
+                retry_after: HSM_RETRY_AFTER,
+            });
+        }
         if now >= job.deadline {
             if let Some(t) = job.probe {
                 self.crew.breakers.release(p, t);
@@ -271,19 +283,21 @@ impl Worker {
             if self.session.is_none() {
                 self.session = Some(self.partition.open_session()?);
             }
-            let attempt = self.key_handle(version).and_then(|h| {
-                self.partition.count_hsm_call();
-                let session = self.session.as_ref().ok_or_else(no_session)?;
-                let called = Instant::now();
-                let signed = session.sign(&mech, h, &input).map_err(HsmError::from);
-                let took = called.elapsed();
-                self.crew.metrics.hsm_call(self.partition.index(), took);
-                Ok((signed, took))
-            })
-            .and_then(|(signed, took)| {
-                self.last_call = took;
-                signed
-            });
+            let attempt = self
+                .key_handle(version)
+                .and_then(|h| {
+                    self.partition.count_hsm_call();
+                    let session = self.session.as_ref().ok_or_else(no_session)?;
+                    let called = Instant::now();
+                    let signed = session.sign(&mech, h, &input).map_err(HsmError::from);
+                    let took = called.elapsed();
+                    self.crew.metrics.hsm_call(self.partition.index(), took);
+                    Ok((signed, took))
+                })
+                .and_then(|(signed, took)| {
+                    self.last_call = took;
+                    signed
+                });
             let err = match attempt {
                 Ok(raw) => return Ok(raw),
                 Err(e) => e,
@@ -345,6 +359,9 @@ impl Worker {
             )));
         };
         let h = if self.partition.spec().session_key_copy {
+            // SoftHSM2 can corrupt its object store when objects are created concurrently
+            // (softhsm/SoftHSMv2#573): copies are made one at a time, like admin writes.
+            let _serial = crate::engine::admin::ADMIN_LOCK.lock();
             objects::session_copy(session, token_key)?
         } else {
             token_key

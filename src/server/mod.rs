@@ -189,9 +189,21 @@ impl Server {
         let grace = state.cfg.shutdown_grace();
         if !wait_idle(&state, grace).await {
             let left = state.inflight.load(Ordering::SeqCst);
-            tracing::warn!(left, "grace period over; answering the rest UNAVAILABLE");
-            state.expired.send_replace(true);
-            wait_idle(&state, Duration::from_secs(2)).await;
+            tracing::warn!(
+                left,
+                "grace period over; answering the queued rest UNAVAILABLE"
+            );
+            // Only requests no worker has started are cancelled (answered UNAVAILABLE, i.e. not
+            // signed, so a retry elsewhere is safe); those already in an HSM call finish and
+            // get their real answer.
+            let engine = state.engine.clone();
+            let _ = tokio::task::spawn_blocking(move || engine.cancel_queued()).await;
+            if !wait_idle(&state, Duration::from_secs(2)).await {
+                // Stuck in the HSM: answer UNAVAILABLE after all (their calls may still
+                // complete; the audit log says so if they do).
+                state.expired.send_replace(true);
+                wait_idle(&state, Duration::from_secs(2)).await;
+            }
         }
         let engine = state.engine.clone();
         let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;

@@ -273,7 +273,6 @@ async fn s13_sigterm_answers_everything_in_flight_and_seals_the_audit_log() {
 /// signed, so the daemon must not go on to sign it after all (an HSM signature nobody receives,
 /// recorded in the audit log as a successful signature).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: requests answered UNAVAILABLE when the shutdown grace period ends are still signed afterwards and audited as status ok"]
 async fn s13_requests_answered_unavailable_at_shutdown_are_not_signed() {
     let Drained { d, unavailable, .. } = sigterm_with_requests_in_flight("s13-unsigned").await;
     let ok_after_unavailable: Vec<_> = d
@@ -295,7 +294,6 @@ async fn s13_requests_answered_unavailable_at_shutdown_are_not_signed() {
 /// (the module counts it and writes its stats file during the call). Several start, sign,
 /// SIGTERM cycles on one set-up, because both failures are intermittent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: clean shutdown races the detached audit-checkpoint thread: often no C_Finalize, sometimes SIGSEGV in libsofthsm2 (exit by signal)"]
 async fn s13_every_clean_shutdown_exits_0_and_finalizes_once() {
     const CYCLES: usize = 12;
     let mut d = Daemon::init("s13-exit");

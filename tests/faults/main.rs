@@ -32,6 +32,7 @@ mod support;
 #[path = "../../loadgen/src/verify.rs"]
 mod verify;
 
+mod hang;
 mod load;
 mod partitions;
 mod requests;
