@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::parse::{parse_line, Body, Parsed};
@@ -29,6 +30,9 @@ pub(crate) struct Recovered {
     pub start: StartInfo,
 }
 
+/// Mode of new audit files: owner read/write, group read (auditors), nothing for others.
+pub(crate) const FILE_MODE: u32 = 0o640;
+
 /// Opens (or creates) the active file at `active` and recovers the head of the chain.
 pub(crate) fn recover(active: &Path) -> Result<Recovered, AuditError> {
     let segs = Segments::find(active)?;
@@ -36,6 +40,7 @@ pub(crate) fn recover(active: &Path) -> Result<Recovered, AuditError> {
         .read(true)
         .append(true)
         .create(true)
+        .mode(FILE_MODE)
         .open(active)
         .map_err(|e| AuditError::io(active, e))?;
     let len = file

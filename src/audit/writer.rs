@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -326,6 +327,7 @@ impl Writer {
         let mut file = OpenOptions::new()
             .append(true)
             .create_new(true)
+            .mode(super::recover::FILE_MODE)
             .open(&self.cfg.path)?;
         let start = StartInfo {
             reason: StartReason::Rotate,

@@ -181,7 +181,11 @@ mod tests {
             rb.blocking_recv().unwrap(),
             Err(EngineError::DeadlineExceeded)
         );
-        // Both answers were released only after their records reached the file.
+        // Both answers were released only after their records reached the file, which only
+        // its owner can write (and its group read).
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640, "audit file mode {mode:o}");
         let text = std::fs::read_to_string(&path).unwrap();
         let records: Vec<serde_json::Value> = text
             .lines()
