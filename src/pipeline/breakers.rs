@@ -102,8 +102,11 @@ impl Breakers {
         let mut set = self.set.lock();
         let mut best = Duration::from_secs(1);
         for p in 0..set.len() {
-            if let Admit::No { retry_after } = set.admit(p, now) {
-                best = best.min(retry_after);
+            match set.admit(p, now) {
+                Admit::No { retry_after } => best = best.min(retry_after),
+                // Only asking: hand a probe slot straight back.
+                Admit::Probe(t) => set.release(p, t),
+                Admit::Yes => {}
             }
         }
         self.apply(&mut set);
