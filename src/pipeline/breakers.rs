@@ -50,6 +50,11 @@ impl Breakers {
         }
     }
 
+    /// Whether partition `p` takes new work (healthy, breaker closed).
+    pub fn in_rotation(&self, p: usize) -> bool {
+        self.partitions.get(p).is_some_and(|x| x.is_healthy()) && self.closed(p)
+    }
+
     /// Whether partition `p`'s breaker is closed.
     pub fn closed(&self, p: usize) -> bool {
         self.state(p) == State::Closed

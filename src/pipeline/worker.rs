@@ -118,7 +118,9 @@ impl Worker {
             // One clock read per job: each job starts when the previous one finished.
             let mut now = Instant::now();
             while taken < self.max_drain {
-                let Some(job) = self.next_job() else { break };
+                let Some(mut job) = self.next_job() else {
+                    break;
+                };
                 taken += 1;
                 let shard = &self.shards[self.me];
                 let began = now;
@@ -141,6 +143,19 @@ impl Worker {
                 shard.leave_call(token);
                 shard.set_in_hand(0);
                 shard.record_service(now - began);
+                // A breaker probe that found the partition still failing: the caller should not
+                // pay for the probe. Hand the job to a healthy partition holding the key.
+                if job.probe.take().is_some()
+                    && matches!(reply, Err(EngineError::Unavailable { .. }))
+                    && now < job.deadline
+                {
+                    if let Some(t) = self.elsewhere(&job) {
+                        match self.shards[t].push(job) {
+                            Ok(()) => continue,
+                            Err(back) => job = back,
+                        }
+                    }
+                }
                 if done.is_empty() {
                     oldest_held = now;
                 }
@@ -182,6 +197,19 @@ impl Worker {
             Some(c) => c.complete(self.partition.index(), done),
             None => Direct.complete(self.partition.index(), done),
         }
+    }
+
+    /// The least-loaded shard of another partition in rotation that holds the job's key.
+    fn elsewhere(&self, job: &Job) -> Option<usize> {
+        let mine = self.partition.index();
+        (0..self.shards.len())
+            .filter(|s| {
+                let p = self.shards[*s].partition();
+                p != mine
+                    && job.version.partitions.contains(&p)
+                    && self.crew.breakers.in_rotation(p)
+            })
+            .min_by_key(|s| self.shards[*s].load())
     }
 
     /// The next job: from this worker's queue, else one from the busiest sibling shard on the
