@@ -417,6 +417,12 @@ impl Engine {
                 OverloadReason::QueueWait
             };
             inner.crew.metrics.overloaded(reason);
+            if let Some(t) = probe {
+                inner
+                    .crew
+                    .breakers
+                    .release(inner.shards[shard].partition(), t);
+            }
             return Err(EngineError::Overloaded { retry_after });
         }
         let (tx, rx) = oneshot::channel();
@@ -431,7 +437,13 @@ impl Engine {
         };
         match inner.shards[shard].push(job) {
             Ok(()) => Ok(rx),
-            Err(_job) => {
+            Err(job) => {
+                if let Some(t) = job.probe {
+                    inner
+                        .crew
+                        .breakers
+                        .release(inner.shards[shard].partition(), t);
+                }
                 inner.crew.metrics.overloaded(OverloadReason::QueueFull);
                 Err(EngineError::Overloaded {
                     retry_after: OVERLOADED_RETRY_AFTER,
