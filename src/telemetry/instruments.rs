@@ -368,27 +368,6 @@ impl Metrics {
         self.inner.audit_checkpoints.absolute(checkpoints);
     }
 
-    /// `n` audit records appended (`signer_audit_records_total`).
-    #[inline]
-    pub fn audit_records(&self, n: u64) {
-        self.inner.audit_records.increment(n);
-    }
-
-    /// One audit fsync (`signer_audit_fsyncs_total`).
-    pub fn audit_fsync(&self) {
-        self.inner.audit_fsyncs.increment(1);
-    }
-
-    /// One failed audit write or fsync (`signer_audit_write_failures_total`).
-    pub fn audit_write_failure(&self) {
-        self.inner.audit_write_failures.increment(1);
-    }
-
-    /// One signed audit checkpoint written (`signer_audit_checkpoints_total`).
-    pub fn audit_checkpoint(&self) {
-        self.inner.audit_checkpoints.increment(1);
-    }
-
     // ---- gauges: set directly, or from a sampler / scrape hook ----
 
     /// Jobs waiting in shard `shard` (`signer_queue_depth{shard}`).
@@ -402,22 +381,6 @@ impl Metrics {
     pub fn set_inflight(&self, partition: usize, n: usize) {
         if let Some(g) = self.inner.inflight.get(partition) {
             g.set(n as f64);
-        }
-    }
-
-    /// `signer_inflight{partition}` += 1 (pair with [`Metrics::inflight_dec`]).
-    #[inline]
-    pub fn inflight_inc(&self, partition: usize) {
-        if let Some(g) = self.inner.inflight.get(partition) {
-            g.increment(1.0);
-        }
-    }
-
-    /// `signer_inflight{partition}` -= 1.
-    #[inline]
-    pub fn inflight_dec(&self, partition: usize) {
-        if let Some(g) = self.inner.inflight.get(partition) {
-            g.decrement(1.0);
         }
     }
 
@@ -438,11 +401,6 @@ impl Metrics {
     /// Health of the audit log (`signer_audit_healthy`: 1 or 0).
     pub fn set_audit_healthy(&self, healthy: bool) {
         self.inner.audit_healthy.set(f64::from(u8::from(healthy)));
-    }
-
-    /// Open client connections (`signer_connections`).
-    pub fn set_connections(&self, n: usize) {
-        self.inner.connections.set(n as f64);
     }
 
     /// `signer_connections` += 1 (pair with [`Metrics::connection_closed`]).
@@ -550,7 +508,6 @@ mod tests {
         m.hsm_call(7, Duration::from_millis(1));
         m.set_queue_depth(9, 3);
         m.set_inflight(9, 3);
-        m.inflight_inc(9);
         m.set_breaker_state(9, BreakerState::Open);
         m.set_partition_healthy(9, true);
         m.session_rebuild(9);
