@@ -85,6 +85,7 @@ fn job(version: &Arc<VersionEntry>, payload: &Payload) -> (Job, oneshot::Receive
         enqueued: Instant::now(),
         identity: Arc::from("bench"),
         probe: None,
+        retried: false,
         reply,
     };
     (job, rx)

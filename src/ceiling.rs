@@ -53,6 +53,7 @@ pub fn raw_sign_loop(
                 session_key_copy: p.session_key_copy,
                 replicate: p.replicate,
                 workers: 1,
+                min_inflight: 1,
                 tier: 0,
             };
             let pin = Pin::load(&part.pin_source()?).map_err(|e| e.to_string())?;

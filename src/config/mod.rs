@@ -122,6 +122,12 @@ pub struct ProviderConfig {
     /// otherwise. Default: CPU cores divided by the number of partitions, at least 1.
     #[serde(default)]
     pub workers_per_partition: Option<usize>,
+    /// Lowest number of HSM calls in flight per partition that the adaptive limit may go down to
+    /// (tuning/CONTROL.md §3). The limit starts at the partition's workers and follows measured
+    /// call latency and busy answers between this and the workers. Default 1; set it to the
+    /// workers to pin the limit (CPU-bound tokens such as SoftHSM2 with several workers).
+    #[serde(default)]
+    pub min_inflight: Option<usize>,
     /// `primary` (default) or `secondary`: a secondary provider's partitions serve a key only
     /// while no healthy primary partition holds it, and only where it is the same key (same
     /// public key, checked at start).
@@ -306,6 +312,9 @@ impl Config {
                 return bad(format!(
                     "providers.{pname}: at least one partition is required"
                 ));
+            }
+            if p.min_inflight == Some(0) {
+                return bad(format!("providers.{pname}.min_inflight must be >= 1"));
             }
             if p.workers_per_partition == Some(0) {
                 return bad(format!(

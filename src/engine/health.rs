@@ -43,7 +43,9 @@ fn probe_loop(p: &Partition, breakers: &Breakers, stop: &AtomicBool, parker: &Pa
     while !stop.load(Ordering::SeqCst) {
         let now = Instant::now();
         breakers.tick(now);
-        match p.probe() {
+        let probed = p.probe();
+        p.set_device_lost(matches!(&probed, Err(e) if e.class() == ErrorClass::DeviceLost));
+        match probed {
             Ok(()) if breakers.closed(p.index()) => p.mark_healthy(),
             // Half-open: a successful probe counts as one breaker probe, next to the real
             // requests the router sends there. Without this, a partition (or all of them) with

@@ -33,6 +33,8 @@ use crate::hsm::{objects, HsmError, Module, Partition, PartitionSpec, PartitionS
 use crate::keys::{KeyName, KeyState, KeyType, Payload, Version};
 use crate::pipeline::admission;
 use crate::pipeline::breakers::Breakers;
+use crate::pipeline::gate::{Gate, RetryBudget};
+use crate::pipeline::limiter::LimiterConfig;
 use crate::pipeline::router::{least_loaded, Candidate};
 use crate::pipeline::worker::{Crew, Worker};
 use crate::pipeline::{Completion, Job, Reply, Shard};
@@ -181,6 +183,7 @@ impl Engine {
                     },
                     replicate: p.replicate,
                     workers,
+                    min_inflight: p.min_inflight.unwrap_or(1).clamp(1, workers),
                 };
                 let source = part.pin_source().map_err(OpenError::Invalid)?;
                 let pin = Pin::load(&source).map_err(|source| OpenError::Pin {
@@ -227,7 +230,18 @@ impl Engine {
         let metrics = Metrics::new(&names, shards.len());
         let breakers = Breakers::new(&partitions, &crate::breaker::BreakerConfig::default())
             .map_err(OpenError::Invalid)?;
+        let gates = partitions
+            .iter()
+            .map(|p| {
+                let mut limits = LimiterConfig::for_sessions(p.spec().workers);
+                limits.min_limit = p.spec().min_inflight.min(limits.max_limit);
+                limits.max_drain = cfg.engine.max_drain;
+                Gate::new(limits)
+            })
+            .collect();
         let crew = Arc::new(Crew {
+            gates,
+            retry_budget: RetryBudget::default(),
             breakers: Arc::new(breakers),
             metrics,
             shards: Arc::clone(&shards),
@@ -381,7 +395,9 @@ impl Engine {
         let mut probe = None;
         let mut shard = None;
         for p in &version.partitions {
-            if inner.crew.breakers.state(*p) != BreakerStateKind::HalfOpen {
+            if inner.crew.breakers.state(*p) != BreakerStateKind::HalfOpen
+                || !inner.partitions[*p].takes_probes()
+            {
                 continue;
             }
             let Some(s) = inner.shards_by_partition[*p]
@@ -406,8 +422,13 @@ impl Engine {
                 })
             }
         };
+        // The shard's measured wait assumes every worker of its partition may call the HSM; the
+        // adaptive limit may allow fewer.
+        let slowdown = inner.crew.gates[inner.shards[shard].partition()].slowdown();
         if let Err(retry_after) = admission::admit(
-            inner.shards[shard].predicted_wait(),
+            inner.shards[shard]
+                .predicted_wait()
+                .saturating_mul(slowdown),
             remaining,
             inner.max_queue_wait,
         ) {
@@ -433,6 +454,7 @@ impl Engine {
             enqueued: now,
             identity: req.identity,
             probe,
+            retried: false,
             reply: tx,
         };
         match inner.shards[shard].push(job) {
@@ -560,6 +582,7 @@ impl Engine {
                 .map(|s| inner.shards[*s].load())
                 .sum();
             m.set_inflight(p.index(), load);
+            m.set_inflight_limit(p.index(), inner.crew.gates[p.index()].limit());
             let healthy = p.is_healthy();
             m.set_partition_healthy(p.index(), healthy);
             m.set_breaker_state(

@@ -92,7 +92,14 @@ impl Watchdog {
         partition.add_stuck();
         let parker = Parker::new();
         let old = shard.generation();
-        let generation = shard.replace_worker(&parker);
+        let (generation, in_call) = shard.replace_worker(&parker);
+        if in_call {
+            // The hung call's permit: the stuck worker will not give it back (it exits when its
+            // call returns), and the partition must not lose a session's worth of concurrency.
+            if let Some(gate) = self.crew.gates.get(partition.index()) {
+                gate.leave();
+            }
+        }
         let siblings: Vec<usize> = self.shards_by_partition[partition.index()]
             .iter()
             .copied()

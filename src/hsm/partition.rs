@@ -30,6 +30,8 @@ pub struct PartitionSpec {
     pub replicate: bool,
     /// Worker threads for this partition.
     pub workers: usize,
+    /// Lowest in-flight limit the adaptive limiter may set (clamped to `[1, workers]`).
+    pub min_inflight: usize,
     /// 0: the primary provider; 1: a secondary provider, used only for keys that no healthy
     /// primary partition holds.
     pub tier: u8,
@@ -57,6 +59,8 @@ pub struct Partition {
     stuck_workers: AtomicUsize,
     /// Taken out of rotation by an operator; probes do not bring it back.
     maintenance: AtomicBool,
+    /// The last health probe found the token gone (device/token error).
+    device_lost: AtomicBool,
     signed: AtomicU64,
     hsm_calls: AtomicU64,
     session_rebuilds: AtomicU64,
@@ -97,6 +101,7 @@ impl Partition {
             pin_rejected: AtomicBool::new(false),
             stuck_workers: AtomicUsize::new(0),
             maintenance: AtomicBool::new(false),
+            device_lost: AtomicBool::new(false),
             signed: AtomicU64::new(0),
             hsm_calls: AtomicU64::new(0),
             session_rebuilds: AtomicU64::new(0),
@@ -216,6 +221,20 @@ impl Partition {
         } else {
             tracing::info!(partition = %self.spec.name, "maintenance over; back after the next health probe");
         }
+    }
+
+    /// Records what the last health probe found: whether the token answered at all.
+    pub fn set_device_lost(&self, lost: bool) {
+        self.device_lost.store(lost, Ordering::Relaxed);
+    }
+
+    /// Whether breaker probes (real requests) may be sent here: not in maintenance, no hung call
+    /// outstanding, and the last health probe found the token. A probe to a token known to be
+    /// gone would only fail (and cost its caller a hop).
+    pub fn takes_probes(&self) -> bool {
+        !self.maintenance.load(Ordering::SeqCst)
+            && !self.hang_suspected()
+            && !self.device_lost.load(Ordering::Relaxed)
     }
 
     /// Puts the partition back into rotation (logged once per change), unless it is in

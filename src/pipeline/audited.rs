@@ -150,6 +150,7 @@ mod tests {
             enqueued: Instant::now(),
             identity: Arc::from("spiffe://test/app"),
             probe: None,
+            retried: false,
             reply: tx,
         };
         (job, rx)

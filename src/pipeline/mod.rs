@@ -4,6 +4,7 @@ pub mod admission;
 pub mod audited;
 pub mod breakers;
 pub mod completion;
+pub mod gate;
 pub mod limiter;
 pub mod router;
 pub mod shard;

@@ -41,6 +41,8 @@ pub struct Job {
     pub identity: Arc<str>,
     /// Set when the router sent this job to a half-open partition as a breaker probe.
     pub probe: Option<crate::breaker::Probe>,
+    /// Set once the job was re-queued after a busy answer (a job is retried at most once).
+    pub retried: bool,
     /// Where the answer goes; used exactly once.
     pub reply: oneshot::Sender<Reply>,
 }
@@ -114,11 +116,12 @@ impl Shard {
         since
     }
 
-    /// Worker side: out of the HSM call (unless the shard has moved on to another worker).
-    pub fn leave_call(&self, token: u64) {
-        let _ = self
-            .busy_since
-            .compare_exchange(token, 0, Ordering::Relaxed, Ordering::Relaxed);
+    /// Worker side: out of the HSM call. Returns false when the watchdog took the shard away
+    /// meanwhile (then the watchdog, not the worker, gave back the call's HSM permit).
+    pub fn leave_call(&self, token: u64) -> bool {
+        self.busy_since
+            .compare_exchange(token, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// How long the current worker has been inside one HSM call, if it is in one.
@@ -132,14 +135,16 @@ impl Shard {
     }
 
     /// Watchdog side: takes the shard away from its stuck worker (which exits when its call
-    /// returns) and hands it to a new worker with `parker`. Returns the new generation.
-    pub fn replace_worker(&self, parker: &Parker) -> u64 {
+    /// returns) and hands it to a new worker with `parker`. Returns the new generation, and
+    /// whether the old worker was inside a call (its HSM permit is then the caller's to give back:
+    /// exactly one of this and the worker's [`Shard::leave_call`] sees the call).
+    pub fn replace_worker(&self, parker: &Parker) -> (u64, bool) {
         *self.unparker.lock() = parker.unparker().clone();
-        self.busy_since.store(0, Ordering::Relaxed);
+        let in_call = self.busy_since.swap(0, Ordering::AcqRel) != 0;
         self.in_hand.store(0, Ordering::Relaxed);
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         self.wake();
-        generation
+        (generation, in_call)
     }
 
     /// The partition this shard's worker signs on.
@@ -263,6 +268,7 @@ mod tests {
             enqueued: Instant::now(),
             identity: Arc::from("test"),
             probe: None,
+            retried: false,
             reply: tx,
         };
         (j, rx)

@@ -11,6 +11,7 @@ use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, SessionState};
 
 use super::completion::{Completion, Direct};
+use super::gate::{Gate, RetryBudget};
 use super::shard::{Job, Reply, Shard, Signed};
 use crate::engine::registry::VersionEntry;
 use crate::error::EngineError;
@@ -31,6 +32,11 @@ const ANSWER_GROUP: usize = 64;
 const ANSWER_HOLD: Duration = Duration::from_millis(2);
 /// Retry hint when the HSM is busy or the partition failed.
 const HSM_RETRY_AFTER: Duration = Duration::from_millis(250);
+/// How long a worker waits for an HSM permit before looking again (only while the adaptive
+/// limit is below the partition's workers; permit holders take its queued jobs meanwhile).
+const PERMIT_WAIT: Duration = Duration::from_micros(500);
+/// A busy answer is retried only if the job has at least this long left before its deadline.
+const RETRY_MIN_REMAINING: Duration = Duration::from_millis(5);
 
 /// What all workers of one engine share.
 #[derive(Debug)]
@@ -45,6 +51,10 @@ pub struct Crew {
     pub metrics: Metrics,
     /// One circuit breaker per partition; workers report every HSM call's outcome.
     pub breakers: Arc<super::breakers::Breakers>,
+    /// Per partition (by index): permits for HSM calls, sized by the adaptive limiter.
+    pub gates: Vec<Gate>,
+    /// Engine-wide budget for retrying busy answers.
+    pub retry_budget: RetryBudget,
     /// Where finished jobs go, once the daemon set it ([`Direct`] until then).
     pub completion: std::sync::OnceLock<Arc<dyn Completion>>,
 }
@@ -64,6 +74,10 @@ pub struct Worker {
     session: Option<Session>,
     /// How long the last `C_Sign` took (for the breaker's slow-call rule).
     last_call: Duration,
+    /// Calls in flight on the partition when the current call got its permit (itself included).
+    entered_with: usize,
+    /// The last job's HSM answer was busy/throttled.
+    last_busy: bool,
     /// Key version uid → handle usable in `session` (a session-object copy when configured).
     handles: HashMap<u64, ObjectHandle>,
 }
@@ -102,6 +116,8 @@ impl Worker {
             generation,
             session,
             last_call: Duration::ZERO,
+            entered_with: 1,
+            last_busy: false,
             handles: HashMap::new(),
         }
     }
@@ -115,12 +131,22 @@ impl Worker {
         let mut oldest_held = Instant::now();
         loop {
             let mut taken = 0;
+            let mut gated = false;
             // One clock read per job: each job starts when the previous one finished.
             let mut now = Instant::now();
-            while taken < self.max_drain {
-                let Some(mut job) = self.next_job() else {
+            let crew = Arc::clone(&self.crew);
+            let gate = &crew.gates[self.partition.index()];
+            let max_drain = gate.drain_size(self.shards[self.me].queued(), self.max_drain);
+            while taken < max_drain {
+                let Some(inflight) = gate.try_enter() else {
+                    gated = true;
                     break;
                 };
+                let Some(mut job) = self.next_job() else {
+                    gate.leave();
+                    break;
+                };
+                self.entered_with = inflight;
                 taken += 1;
                 let shard = &self.shards[self.me];
                 let began = now;
@@ -140,9 +166,27 @@ impl Worker {
                     self.quarantined_exit();
                     return;
                 }
-                shard.leave_call(token);
+                if shard.leave_call(token) {
+                    gate.leave();
+                }
                 shard.set_in_hand(0);
                 shard.record_service(now - began);
+                // A busy/throttled answer: retried once, elsewhere if possible, within the
+                // engine's retry budget (scenario 6); else the caller gets UNAVAILABLE.
+                if std::mem::take(&mut self.last_busy)
+                    && !job.retried
+                    && job.deadline.saturating_duration_since(now) >= RETRY_MIN_REMAINING
+                    && self.crew.retry_budget.try_spend()
+                {
+                    job.retried = true;
+                    job.probe = None; // the breaker already heard this probe's answer
+                    self.crew.metrics.hsm_retry(self.partition.index());
+                    let target = self.elsewhere(&job).unwrap_or(self.me);
+                    match self.shards[target].push(job) {
+                        Ok(()) => continue,
+                        Err(back) => job = back,
+                    }
+                }
                 // A breaker probe that found the partition still failing: the caller should not
                 // pay for the probe. Hand the job to a healthy partition holding the key.
                 if job.probe.take().is_some()
@@ -168,6 +212,17 @@ impl Worker {
             if taken > 0 {
                 self.crew.metrics.batch(taken);
                 continue;
+            }
+            if gated {
+                // Every permit of the partition is taken: wait for one, without sleeping through
+                // shutdown or a replacement.
+                self.parker.park_timeout(PERMIT_WAIT);
+                if self.shards[self.me].generation() != self.generation {
+                    return;
+                }
+                if !self.stop.load(Ordering::SeqCst) || self.shards[self.me].queued() > 0 {
+                    continue;
+                }
             }
             let shard = &self.shards[self.me];
             if self.stop.load(Ordering::SeqCst) {
@@ -275,6 +330,18 @@ impl Worker {
             )));
         }
         let signed = self.sign_with_recovery(&version, job);
+        let gate = &self.crew.gates[p];
+        match &signed {
+            Ok(_) => gate.on_sample(Instant::now(), self.last_call, self.entered_with),
+            Err(e) if e.class() == ErrorClass::Busy => {
+                self.last_busy = true;
+                gate.on_busy(Instant::now());
+            }
+            Err(_) => {}
+        }
+        if !job.retried {
+            self.crew.retry_budget.deposit();
+        }
         let outcome = super::breakers::outcome(match &signed {
             Ok(_) => Ok(self.last_call),
             Err(e) => Err(e.class()),

@@ -211,6 +211,8 @@ struct Inner {
     authz_denied: Vec<Counter>,
     overloaded: Vec<Counter>,
     connections: Gauge,
+    inflight_limit: Vec<Gauge>,
+    hsm_retries: Vec<Counter>,
 }
 
 impl Metrics {
@@ -279,6 +281,14 @@ impl Metrics {
                 .map(|r| counter!(names::OVERLOADED_TOTAL, "reason" => *r))
                 .collect(),
             connections: metrics::gauge!(names::CONNECTIONS),
+            inflight_limit: partitions
+                .iter()
+                .map(|p| metrics::gauge!(names::INFLIGHT_LIMIT, "partition" => p.clone()))
+                .collect(),
+            hsm_retries: partitions
+                .iter()
+                .map(|p| counter!(names::HSM_RETRIES_TOTAL, "partition" => p.clone()))
+                .collect(),
             partitions,
         };
         Metrics {
@@ -338,6 +348,13 @@ impl Metrics {
         }
     }
 
+    /// A busy HSM answer on `partition` was retried (`signer_hsm_retries_total{partition}`).
+    pub fn hsm_retry(&self, partition: usize) {
+        if let Some(c) = self.inner.hsm_retries.get(partition) {
+            c.increment(1);
+        }
+    }
+
     /// Authorization refused an `op` (`signer_authz_denied_total{op}`).
     pub fn authz_denied(&self, op: Op) {
         if let Some(c) = self.inner.authz_denied.get(op as usize) {
@@ -381,6 +398,13 @@ impl Metrics {
     pub fn set_inflight(&self, partition: usize, n: usize) {
         if let Some(g) = self.inner.inflight.get(partition) {
             g.set(n as f64);
+        }
+    }
+
+    /// The adaptive in-flight limit of `partition` (`signer_inflight_limit{partition}`).
+    pub fn set_inflight_limit(&self, partition: usize, limit: usize) {
+        if let Some(g) = self.inner.inflight_limit.get(partition) {
+            g.set(limit as f64);
         }
     }
 
@@ -473,6 +497,14 @@ fn describe() {
         "Requests shed as OVERLOADED, by reason (queue_full, queue_wait, deadline)."
     );
     describe_gauge!(CONNECTIONS, "Open client connections.");
+    describe_gauge!(
+        INFLIGHT_LIMIT,
+        "HSM calls allowed in flight on a partition (adaptive limit)."
+    );
+    describe_counter!(
+        HSM_RETRIES_TOTAL,
+        "Busy/throttled HSM answers retried within the retry budget."
+    );
 }
 
 #[cfg(test)]

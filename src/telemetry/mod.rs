@@ -87,6 +87,10 @@ pub mod names {
     pub const OVERLOADED_TOTAL: &str = "signer_overloaded_total";
     /// Gauge: open client (QUIC) connections.
     pub const CONNECTIONS: &str = "signer_connections";
+    /// Gauge `{partition}`: HSM calls allowed in flight at once (the adaptive limit).
+    pub const INFLIGHT_LIMIT: &str = "signer_inflight_limit";
+    /// Counter `{partition}`: busy/throttled HSM answers retried (within the retry budget).
+    pub const HSM_RETRIES_TOTAL: &str = "signer_hsm_retries_total";
 }
 
 /// The Prometheus type of a series family.
@@ -138,6 +142,12 @@ pub const METRICS: &[(&str, MetricKind, &[&str])] = &[
     (names::PARTITION_HEALTHY, MetricKind::Gauge, &["partition"]),
     (names::OVERLOADED_TOTAL, MetricKind::Counter, &["reason"]),
     (names::CONNECTIONS, MetricKind::Gauge, &[]),
+    (names::INFLIGHT_LIMIT, MetricKind::Gauge, &["partition"]),
+    (
+        names::HSM_RETRIES_TOTAL,
+        MetricKind::Counter,
+        &["partition"],
+    ),
 ];
 
 /// `op` label values, in [`Op`] order.

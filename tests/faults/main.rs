@@ -37,3 +37,4 @@ mod load;
 mod partitions;
 mod requests;
 mod startup;
+mod throttle;

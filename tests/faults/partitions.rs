@@ -165,3 +165,97 @@ async fn s02_s10_removed_tokens_leave_and_rejoin_rotation_without_restart() {
     let t = traffic(&app, &key, &spki, 5).await;
     assert_eq!((t.signed, t.unavailable), (STREAMS * 5, 0));
 }
+
+/// Scenario 11, on the real daemon: `p0` belongs to the primary provider and `p1` to a secondary
+/// one (the same module, so keys replicate to both). While traffic runs, the primary's token
+/// disappears: requests in flight are signed or answered UNAVAILABLE with a retry hint (never a
+/// transport error or a timeout); the replicated key is then served by the secondary, with the
+/// same public key (every signature verifies against the key's one SPKI); a key only the primary
+/// holds is refused, not signed by another key. When the token returns, the primary serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s11_failover_to_the_secondary_provider_keeps_the_same_key() {
+    let mut d = Daemon::init("s11");
+    d.edit_config(|cfg| {
+        let providers = cfg["providers"].as_table_mut().unwrap();
+        let mut primary = providers["softhsm"].as_table().unwrap().clone();
+        let parts = |t: &mut toml::Table, keep: &str| {
+            let list = t["partitions"].as_array_mut().unwrap();
+            list.retain(|p| p["name"].as_str() == Some(keep));
+            assert_eq!(list.len(), 1);
+        };
+        let mut backup = primary.clone();
+        parts(&mut primary, "p0");
+        parts(&mut backup, "p1");
+        backup.insert("role".into(), "secondary".into());
+        providers.insert("softhsm".into(), primary.into());
+        providers.insert("backup".into(), backup.into());
+    });
+    d.serve().await;
+    let (both, spki) = d.ec_key("s11", &[]).await;
+    let (primary_only, primary_spki) = d.ec_key("s11-p0", &["p0"]).await;
+    let app = d.app(Duration::from_secs(5)).await;
+    warm_up(&app, &both, &spki, WORKERS).await;
+    warm_up(&app, &primary_only, &primary_spki, 2).await;
+    let m = d.metrics().await;
+    let (p0_before, p1_before) = (m.hsm_calls("p0"), m.hsm_calls("p1"));
+    // The primary is healthy: it signs everything, although the secondary is idle.
+    let t = traffic(&app, &both, &spki, 5).await;
+    assert_eq!(t.signed, STREAMS * 5);
+    let m = d.metrics().await;
+    assert!(m.hsm_calls("p0") >= p0_before + (STREAMS * 5) as f64);
+    assert_eq!(m.hsm_calls("p1"), p1_before, "the secondary is not used");
+
+    // The primary's token disappears while requests are in flight.
+    let (app2, both2, spki2) = (app.clone(), both.clone(), spki.clone());
+    let during = tokio::spawn(async move { traffic(&app2, &both2, &spki2, 40).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    d.faults("[[rule]]\nname = \"gone-0\"\nkind = \"remove\"\ntoken = \"signerd-0\"\n")
+        .await;
+    let t = during.await.unwrap();
+    eprintln!("primary removed mid-run: {t:?}");
+    assert!(
+        t.unavailable <= TAKEOUT_FAILURES_MAX,
+        "only requests already handed to p0 may fail: {t:?}"
+    );
+    wait_health(&d, "p0", 0.0, Duration::from_secs(2)).await;
+    let p1_calls = d.metrics().await.hsm_calls("p1");
+    let t = traffic(&app, &both, &spki, 10).await;
+    assert_eq!((t.signed, t.unavailable), (STREAMS * 10, 0));
+    assert!(
+        d.metrics().await.hsm_calls("p1") >= p1_calls + (STREAMS * 10) as f64,
+        "the secondary signs the replicated key, verified against the same public key"
+    );
+    match app
+        .sign(&primary_only, Scheme::EcdsaSha256, random_digest())
+        .await
+    {
+        Ok(sig) => panic!("a key the secondary lacks was signed: {sig:?}"),
+        Err(e) => {
+            let (status, retry_after) = status_of(&e);
+            assert_eq!(status, Status::Unavailable, "{e}");
+            assert!(retry_after.is_some_and(|r| r > Duration::ZERO), "{e}");
+        }
+    }
+    assert!(
+        d.log().contains("served there"),
+        "failover is logged: {}",
+        d.log()
+    );
+
+    // The token returns: the primary serves again, without a restart.
+    d.faults("").await;
+    wait_health(&d, "p0", 1.0, RECOVERY).await;
+    let (p0_calls, p1_calls) = {
+        let m = d.metrics().await;
+        (m.hsm_calls("p0"), m.hsm_calls("p1"))
+    };
+    let t = traffic(&app, &both, &spki, 5).await;
+    assert_eq!((t.signed, t.unavailable), (STREAMS * 5, 0));
+    let m = d.metrics().await;
+    assert!(m.hsm_calls("p0") >= p0_calls + (STREAMS * 5) as f64);
+    assert_eq!(m.hsm_calls("p1"), p1_calls, "back on the primary only");
+    let sig = app
+        .sign(&primary_only, Scheme::EcdsaSha256, random_digest())
+        .await;
+    assert!(sig.is_ok(), "the primary-only key signs again: {sig:?}");
+}
