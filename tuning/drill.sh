@@ -6,6 +6,8 @@
 #   tuning/drill.sh                 # all three drills, 60 s / 40 s / 30 s
 #   SECS=10 tuning/drill.sh         # short version
 #   DRILLS="device" tuning/drill.sh # one of: network device hang
+#   CHECK=1 SECS=12 RATE=2000 DEVICE_RATE=2000 HANG_RATE=2000 tuning/drill.sh
+#                                   # CI-sized: exits non-zero when a drill misses its target
 #
 # 1. network: network-HSM emulation (2 ms per call, at most 8 concurrent calls per token),
 #    4 partitions x 8 sessions; 10,000 sig/s offered. Target p95 < 100 ms.
@@ -52,9 +54,9 @@ PY
 stop_daemon() { kill -TERM "$PID"; wait "$PID" || true; PID=; }
 
 summary() {
-  python3 - "$1" "$2" <<'PY'
+  python3 - "$1" "$2" "${CHECK:-0}" "$SECS" <<'PY'
 import json, sys
-name, path = sys.argv[1:]
+name, path, check, secs = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
 r = json.load(open(path))
 answered = r["ok"] + sum(r["errors"].values())
 err = sum(r["errors"].values())
@@ -63,6 +65,29 @@ print(f"{name}: offered {r['offered_rate']:.0f}/s achieved {r['achieved_rate']:.
       f"errors {err} ({100*err/max(answered,1):.2f}%) {r['errors']} p50 {lat['p50']:.1f} p95 {lat['p95']:.1f} p99 {lat['p99']:.1f} max {lat['max']:.1f} ms")
 iv = r["intervals"]
 print("  per second (achieved/s, p99 ms):", " ".join(f"{i['achieved_rate']:.0f}/{i['p99_ms']:.0f}" for i in iv))
+if check:
+    # The drill targets (issue 6), at whatever size this run has.
+    fails = []
+    if r["sent"] != answered:
+        fails.append(f"lost requests: sent {r['sent']}, answered {answered}")
+    if r["achieved_rate"] < 0.99 * r["offered_rate"] and name != "device":
+        fails.append(f"achieved {r['achieved_rate']:.0f}/s < 99% of offered {r['offered_rate']:.0f}/s")
+    if name == "network" and lat["p95"] >= 100:
+        fails.append(f"p95 {lat['p95']:.1f} ms >= 100 ms")
+    if name in ("device", "hang") and err > 0.005 * answered:
+        fails.append(f"errors {err} > 0.5% of {answered}")
+    if name == "hang" and lat["p99"] >= 100:
+        fails.append(f"p99 {lat['p99']:.1f} ms >= 100 ms")
+    if name == "device":
+        # The fault is lifted secs/2 into the measured window: full rate within 5 s of that.
+        after = iv[secs // 2 + 5:]
+        slow = [i for i in after if i["achieved_rate"] < 0.95 * r["offered_rate"]]
+        if not after or slow:
+            fails.append(f"not back to full rate within 5 s of recovery: {slow or 'no intervals'}")
+    if fails:
+        print(f"{name}: FAILED: " + "; ".join(fails))
+        sys.exit(1)
+    print(f"{name}: targets met")
 PY
 }
 
@@ -82,7 +107,7 @@ TOML
       sleep 0.5
       "$BIN/loadgen" run --client "$DIR/client-app.toml" --key drill-p256 --rate "$RATE" \
         --duration "${SECS}s" --warmup 3s --json "$OUT/network.json" >/dev/null
-      stop_daemon; summary network "$OUT/network.json" ;;
+      stop_daemon; summary network "$OUT/network.json" || FAILED=1 ;;
     device)
       start_daemon "$DIR" 2 1
       ( sleep $((3 + SECS / 4)); printf '[[rule]]\nname = "device-error"\nkind = "error"\nfunction = "C_Sign"\ntoken = "signerd-1"\nrv = "CKR_DEVICE_ERROR"\n' > "$DIR/fault.toml.new" && mv "$DIR/fault.toml.new" "$DIR/fault.toml"
@@ -91,7 +116,7 @@ TOML
       "$BIN/loadgen" run --client "$DIR/client-app.toml" --key drill-p256 --rate "${DEVICE_RATE:-5000}" \
         --duration "${SECS}s" --warmup 3s --json "$OUT/device.json" >/dev/null
       wait "$FAULTER" || true
-      stop_daemon; summary device "$OUT/device.json" ;;
+      stop_daemon; summary device "$OUT/device.json" || FAILED=1 ;;
     hang)
       start_daemon "$DIR" 2 1
       ( sleep $((3 + SECS / 4)); printf '[[rule]]\nname = "hang"\nkind = "hang"\nfunction = "C_Sign"\ntoken = "signerd-1"\n' > "$DIR/fault.toml.new" && mv "$DIR/fault.toml.new" "$DIR/fault.toml"
@@ -100,7 +125,8 @@ TOML
       "$BIN/loadgen" run --client "$DIR/client-app.toml" --key drill-p256 --rate "${HANG_RATE:-5000}" \
         --duration "${SECS}s" --warmup 3s --json "$OUT/hang.json" >/dev/null
       wait "$FAULTER" || true
-      stop_daemon; summary hang "$OUT/hang.json" ;;
+      stop_daemon; summary hang "$OUT/hang.json" || FAILED=1 ;;
     *) echo "unknown drill $drill" >&2; exit 64 ;;
   esac
 done
+exit "${FAILED:-0}"

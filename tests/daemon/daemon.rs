@@ -112,8 +112,12 @@ impl Daemon {
         ClientOptions::from_file(&self.dir.join(file)).unwrap()
     }
 
+    /// The admin identity. Key generation (RSA-4096, with replication) takes seconds on a busy
+    /// machine: a generous timeout, so that a slow host does not fail unrelated tests.
     pub async fn admin(&self) -> Client {
-        Client::connect(self.options("client.toml")).await.unwrap()
+        let mut opts = self.options("client.toml");
+        opts.timeout = opts.timeout.max(std::time::Duration::from_secs(60));
+        Client::connect(opts).await.unwrap()
     }
 
     pub async fn app(&self) -> Client {
