@@ -3,11 +3,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use super::error::{HsmError, HsmResult};
 
@@ -16,7 +18,21 @@ use super::error::{HsmError, HsmResult};
 pub struct Module {
     path: PathBuf,
     ctx: Option<Pkcs11>,
+    /// Shared by every HSM call of the workers and health probes ([`Module::calls`]); taken
+    /// exclusively by [`Module::reinitialize`], so nothing uses the module while it is finalized.
+    calls: RwLock<()>,
+    /// Single flight for [`Module::reinitialize`], and when it last ran.
+    reinit: Mutex<Option<Instant>>,
+    /// Bumped by each re-initialization: sessions (and object handles) of an older generation
+    /// are dead, and their handle numbers may now name someone else's session.
+    generation: AtomicU64,
 }
+
+/// The least time between two re-initializations of one module.
+pub const REINIT_COOLDOWN: Duration = Duration::from_secs(60);
+/// How long a re-initialization waits for calls in flight to finish before giving up (new calls
+/// wait meanwhile, so this bounds the stall it can cause).
+const REINIT_DRAIN: Duration = Duration::from_millis(250);
 
 /// Modules currently loaded in this process, by canonical path, with the environment they were
 /// initialized under.
@@ -75,6 +91,9 @@ impl Module {
         let module = Arc::new(Module {
             path: key.clone(),
             ctx: Some(ctx),
+            calls: RwLock::new(()),
+            reinit: Mutex::new(None),
+            generation: AtomicU64::new(0),
         });
         loaded.insert(key, (Arc::downgrade(&module), env.clone()));
         Ok(module)
@@ -92,6 +111,53 @@ impl Module {
     /// The module's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Held (shared) around HSM calls, so that [`Module::reinitialize`] never finalizes the
+    /// module under a running call. Not re-entrant while a re-initialization waits: take it once,
+    /// at the top of a unit of work.
+    pub fn calls(&self) -> RwLockReadGuard<'_, ()> {
+        self.calls.read()
+    }
+
+    /// The module's generation: changes when [`Module::reinitialize`] finalized and initialized it.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// `C_Finalize` then `C_Initialize`, once (single flight: a call while another runs, or
+    /// within [`REINIT_COOLDOWN`] of the last one, does nothing and returns `Ok(false)`). Waits
+    /// at most a short while for calls in flight (a hung call makes it give up: `Ok(false)`).
+    /// While it runs no other call is made; `after` runs before the lock is released (the
+    /// partitions drop their dead sessions there). Every session of the module dies; the
+    /// generation changes so that their owners open new ones.
+    pub fn reinitialize(&self, why: &str, after: impl FnOnce()) -> HsmResult<bool> {
+        let Some(mut last) = self.reinit.try_lock() else {
+            return Ok(false);
+        };
+        if last.is_some_and(|t| t.elapsed() < REINIT_COOLDOWN) {
+            return Ok(false);
+        }
+        let Some(_exclusive) = self.calls.try_write_for(REINIT_DRAIN) else {
+            tracing::warn!(module = %self.path.display(), "module re-initialization skipped: calls in flight did not finish");
+            return Ok(false);
+        };
+        *last = Some(Instant::now());
+        tracing::warn!(module = %self.path.display(), reason = why, "re-initializing the PKCS#11 module (C_Finalize, C_Initialize)");
+        let ctx = self.ctx();
+        if let Err(e) = ctx.clone().finalize() {
+            tracing::warn!(module = %self.path.display(), "C_Finalize: {e}");
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let init = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+        after();
+        match init {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                tracing::info!(module = %self.path.display(), "PKCS#11 module re-initialized; sessions are rebuilt");
+                Ok(true)
+            }
+            Err(e) => Err(HsmError::from(e)),
+        }
     }
 }
 

@@ -37,6 +37,9 @@ pub struct PartitionSpec {
     pub tier: u8,
 }
 
+/// Breaker trips remembered per partition (for the module re-initialization rule).
+const TRIPS_KEPT: usize = 8;
+
 /// A logged-in token. Shared by the workers of this partition and by admin operations.
 pub struct Partition {
     spec: PartitionSpec,
@@ -61,6 +64,8 @@ pub struct Partition {
     maintenance: AtomicBool,
     /// The last health probe found the token gone (device/token error).
     device_lost: AtomicBool,
+    /// When the circuit breaker opened recently (at most [`TRIPS_KEPT`]).
+    trips: Mutex<std::collections::VecDeque<std::time::Instant>>,
     signed: AtomicU64,
     hsm_calls: AtomicU64,
     session_rebuilds: AtomicU64,
@@ -102,6 +107,7 @@ impl Partition {
             stuck_workers: AtomicUsize::new(0),
             maintenance: AtomicBool::new(false),
             device_lost: AtomicBool::new(false),
+            trips: Mutex::new(std::collections::VecDeque::new()),
             signed: AtomicU64::new(0),
             hsm_calls: AtomicU64::new(0),
             session_rebuilds: AtomicU64::new(0),
@@ -221,6 +227,39 @@ impl Partition {
         } else {
             tracing::info!(partition = %self.spec.name, "maintenance over; back after the next health probe");
         }
+    }
+
+    /// The module this partition's token is in.
+    pub fn module(&self) -> &Arc<Module> {
+        &self.module
+    }
+
+    /// The breaker opened at `now`.
+    pub fn note_trip(&self, now: std::time::Instant) {
+        let mut trips = self.trips.lock();
+        if trips.len() >= TRIPS_KEPT {
+            trips.pop_front();
+        }
+        trips.push_back(now);
+    }
+
+    /// Breaker trips within `window` before `now`.
+    pub fn recent_trips(&self, now: std::time::Instant, window: std::time::Duration) -> usize {
+        self.trips
+            .lock()
+            .iter()
+            .filter(|t| now.saturating_duration_since(**t) <= window)
+            .count()
+    }
+
+    /// After the module was re-initialized: the anchor session is dead, and its handle number may
+    /// now name another session, so it is forgotten (never closed); the trip history restarts.
+    /// The next [`Partition::login`] opens a new anchor and logs in.
+    pub fn forget_sessions(&self) {
+        if let Some(dead) = self.anchor.lock().take() {
+            std::mem::forget(dead);
+        }
+        self.trips.lock().clear();
     }
 
     /// Records what the last health probe found: whether the token answered at all.

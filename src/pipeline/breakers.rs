@@ -130,6 +130,7 @@ impl Breakers {
             match t.to {
                 State::Open => {
                     tracing::warn!(partition = %partition.name(), "{t}");
+                    partition.note_trip(Instant::now());
                     partition.mark_unhealthy(&format!("circuit breaker open: {t}"));
                 }
                 State::HalfOpen => {

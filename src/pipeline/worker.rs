@@ -78,6 +78,8 @@ pub struct Worker {
     entered_with: usize,
     /// The last job's HSM answer was busy/throttled.
     last_busy: bool,
+    /// The module generation `session` was opened in.
+    session_generation: u64,
     /// Key version uid → handle usable in `session` (a session-object copy when configured).
     handles: HashMap<u64, ObjectHandle>,
 }
@@ -104,6 +106,7 @@ impl Worker {
         generation: u64,
         session: Option<Session>,
     ) -> Worker {
+        let session_generation = partition.module().generation();
         Worker {
             partition,
             shards: Arc::clone(&crew.shards),
@@ -118,6 +121,7 @@ impl Worker {
             last_call: Duration::ZERO,
             entered_with: 1,
             last_busy: false,
+            session_generation,
             handles: HashMap::new(),
         }
     }
@@ -239,10 +243,24 @@ impl Worker {
                 return; // replaced while idle (cannot normally happen; be safe)
             }
         }
+        let module = Arc::clone(self.partition.module());
+        let _calls = module.calls();
+        self.discard_session();
+    }
+
+    /// Drops the session and its key handles: closed if it belongs to the module's current
+    /// generation, else forgotten (after a module re-initialization its handle number may name
+    /// another worker's new session, so it must never be used, not even to close it). Call with
+    /// the module's call lock held.
+    fn discard_session(&mut self) {
         self.handles.clear();
         if let Some(s) = self.session.take() {
-            if let Err(e) = s.close() {
-                tracing::debug!(partition = %self.partition.name(), "closing session: {e}");
+            if self.session_generation == self.partition.module().generation() {
+                if let Err(e) = s.close() {
+                    tracing::debug!(partition = %self.partition.name(), "closing session: {e}");
+                }
+            } else {
+                std::mem::forget(s);
             }
         }
     }
@@ -289,10 +307,9 @@ impl Worker {
             shard = self.me,
             "a quarantined worker's HSM call returned; the worker exits"
         );
-        self.handles.clear();
-        if let Some(s) = self.session.take() {
-            let _ = s.close();
-        }
+        let module = Arc::clone(self.partition.module());
+        let _calls = module.calls();
+        self.discard_session();
         self.partition.stuck_returned();
     }
 
@@ -316,6 +333,16 @@ impl Worker {
             }
             return Err(EngineError::DeadlineExceeded);
         }
+        // No re-initialization of the module while this call runs; sessions from before the
+        // last one are dead (and their handle numbers may have been reused): start afresh.
+        let module = Arc::clone(self.partition.module());
+        let calls = module.calls();
+        if self.session.is_some() && self.session_generation != module.generation() {
+            tracing::info!(partition = %self.partition.name(), shard = self.me, "the module was re-initialized; opening a new session");
+            self.discard_session();
+            self.partition.count_rebuild();
+            self.crew.metrics.session_rebuild(self.partition.index());
+        }
         let version = Arc::clone(&job.version);
         if version.state() != KeyState::Active {
             if let Some(t) = job.probe {
@@ -330,6 +357,7 @@ impl Worker {
             )));
         }
         let signed = self.sign_with_recovery(&version, job);
+        drop(calls);
         let gate = &self.crew.gates[p];
         match &signed {
             Ok(_) => gate.on_sample(Instant::now(), self.last_call, self.entered_with),
@@ -376,7 +404,7 @@ impl Worker {
         let mut repaired = false;
         loop {
             if self.session.is_none() {
-                self.session = Some(self.partition.open_session()?);
+                self.open_session()?;
             }
             let attempt = self
                 .key_handle(version)
@@ -467,12 +495,15 @@ impl Worker {
 
     fn rebuild_session(&mut self, cause: &HsmError) -> Result<(), HsmError> {
         tracing::warn!(partition = %self.partition.name(), "session lost ({cause}); rebuilding");
-        self.handles.clear();
-        if let Some(old) = self.session.take() {
-            let _ = old.close();
-        }
+        self.discard_session();
         self.partition.count_rebuild();
         self.crew.metrics.session_rebuild(self.partition.index());
+        self.open_session()
+    }
+
+    /// Opens this worker's session (of the module's current generation).
+    fn open_session(&mut self) -> Result<(), HsmError> {
+        self.session_generation = self.partition.module().generation();
         self.session = Some(self.partition.open_session()?);
         Ok(())
     }

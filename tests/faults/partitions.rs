@@ -259,3 +259,71 @@ async fn s11_failover_to_the_secondary_provider_keeps_the_same_key() {
         .await;
     assert!(sig.is_ok(), "the primary-only key signs again: {sig:?}");
 }
+
+/// Scenario 3: the token answers (health probes pass) but every `C_Sign` on it fails with
+/// DEVICE_ERROR until the module is finalized. The breaker opens, is closed again by the probes,
+/// and reopens on traffic; after the third trip the daemon re-initializes the module once
+/// (`C_Finalize`, `C_Initialize`: single flight, no double init), every worker rebuilds its
+/// session, and p1 signs again. Requests that met the fault were answered UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s03_a_module_that_keeps_failing_is_reinitialized_once() {
+    let d = Daemon::start("s03").await;
+    let (key, spki) = d.ec_key("s03", &[]).await;
+    let app = d.app(Duration::from_secs(5)).await;
+    warm_up(&app, &key, &spki, WORKERS).await;
+    let inits_before = d
+        .stats_now()
+        .calls
+        .get("C_Initialize")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(inits_before, 1, "initialized once at start");
+    d.faults(
+        "[[rule]]\nname = \"broken\"\nkind = \"error\"\nfunction = \"C_Sign\"\n\
+         token = \"signerd-1\"\nrv = \"CKR_DEVICE_ERROR\"\nuntil_finalize = true\n",
+    )
+    .await;
+    let started = Instant::now();
+    let mut failed = 0;
+    while d.stats_now().finalizes == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the module was never re-initialized; log:\n{}",
+            d.log()
+        );
+        failed += traffic(&app, &key, &spki, 5).await.unavailable;
+    }
+    eprintln!(
+        "re-initialized after {:?}; {failed} requests answered UNAVAILABLE meanwhile",
+        started.elapsed()
+    );
+    assert!(
+        failed > 0,
+        "the fault was felt before the re-initialization"
+    );
+    let log = d.log();
+    assert!(log.contains("re-initializing the PKCS#11 module"), "{log}");
+    // p1 comes back and signs; everything after the recovery is signed.
+    wait_health(&d, "p1", 1.0, Duration::from_secs(10)).await;
+    let p1_calls = d.metrics().await.hsm_calls("p1");
+    let t = traffic(&app, &key, &spki, 10).await;
+    assert_eq!((t.signed, t.unavailable), (STREAMS * 10, 0));
+    assert!(
+        d.metrics().await.hsm_calls("p1") > p1_calls,
+        "p1 signs again"
+    );
+    let stats = d.stats_now();
+    assert_eq!(stats.finalizes, 1, "exactly one C_Finalize (single flight)");
+    assert_eq!(
+        stats.calls.get("C_Initialize").copied(),
+        Some(2),
+        "exactly one re-initialization, never a double init"
+    );
+    assert_eq!(
+        d.log()
+            .matches("re-initializing the PKCS#11 module")
+            .count(),
+        1
+    );
+    assert!(d.metrics().await.rebuilds("p0") + d.metrics().await.rebuilds("p1") > 0.0);
+}
