@@ -2,6 +2,7 @@
 //! stream, and a graceful drain on shutdown. HSM work never runs here: requests are queued into
 //! the engine and awaited; admin operations run on the blocking pool.
 
+mod authz;
 mod dispatch;
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use tokio::sync::{watch, Notify};
 use crate::audit::AuditLog;
 use crate::config::ServerConfig;
 use crate::keys::KeyName;
+use crate::policy::LivePolicy;
 use crate::tls;
 use crate::Engine;
 
@@ -61,6 +63,10 @@ pub struct Extras {
     pub audit: Option<AuditLog>,
     /// The audit log's own key: clients may read its public key and nothing else.
     pub audit_key: Option<KeyName>,
+    /// The access policy (`[server] policy`), shared with whoever reloads it (SIGHUP). `None`
+    /// keeps the built-in rules: every authenticated client may use the non-admin ops, and
+    /// admin ops need an identity in `[server] admins`.
+    pub policy: Option<Arc<LivePolicy>>,
 }
 
 /// State shared by all connection and stream tasks.
