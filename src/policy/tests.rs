@@ -61,6 +61,16 @@ const ALICE: &str = "spiffe://ex.org/ops-alice";
 const READER: &str = "spiffe://ex.org/reader-1";
 const STRANGER: &str = "spiffe://ex.org/stranger";
 
+/// One row of the decision table: identity, key, op, scheme, allowed, deciding rule.
+type Row = (
+    &'static str,
+    &'static str,
+    Op,
+    Option<Scheme>,
+    bool,
+    &'static str,
+);
+
 fn decide(p: &Policy, identity: &str, key: &str, op: Op, scheme: Option<Scheme>) -> (bool, String) {
     let d = p.decide(&Query {
         identity,
@@ -79,7 +89,7 @@ fn decision_table() {
     let pss = Some(Scheme::RsaPssSha256);
     use Op::*;
     #[rustfmt::skip]
-    let table: &[(&str, &str, Op, Option<Scheme>, bool, &str)] = &[
+    let table: &[Row] = &[
         (API, "payments-eu", Sign, ecdsa, true, "payments-use"),
         (API, "payments-eu", SignBatch, ecdsa, true, "payments-use"),
         (API, "payments-eu", Verify, ecdsa, true, "payments-use"),

@@ -121,7 +121,10 @@ async fn denials_are_answered_before_the_hsm_audited_counted_and_lists_are_filte
     let names = |l: Vec<certnode_signer::protocol::KeyListing>| -> Vec<String> {
         l.into_iter().map(|k| k.name.as_str().to_owned()).collect()
     };
-    assert_eq!(names(app.list_keys().await.unwrap()), [ok.clone()]);
+    assert_eq!(
+        names(app.list_keys().await.unwrap()),
+        std::slice::from_ref(&ok)
+    );
     let all = names(admin.list_keys().await.unwrap());
     for k in [&ok, &secret, &other] {
         assert!(all.contains(k), "{all:?}");
