@@ -89,7 +89,8 @@ enum Command {
         #[arg(long, default_value_t = certnode_signer::dev::DEV_ADMIN_PORT)]
         admin_port: u16,
     },
-    /// Load a config, log in to every partition and list the keys found, then exit.
+    /// Load a config (and its access policy, if any), log in to every partition and list the
+    /// keys found, then exit.
     Check {
         /// The signerd config file.
         #[arg(long, value_name = "FILE")]
