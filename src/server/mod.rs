@@ -114,12 +114,18 @@ impl Server {
         Server::bind_with(engine, cfg, Extras::default())
     }
 
-    /// Like [`Server::bind`], with the audit log and reserved key.
+    /// Like [`Server::bind`], with the audit log and reserved key. When `cfg.policy` names a
+    /// policy file and `extras.policy` is `None`, the file is loaded here (a configured policy is
+    /// always enforced); pass a [`LivePolicy`] in `extras` to keep a handle for reloading it.
     pub fn bind_with(
         engine: Engine,
         cfg: ServerConfig,
-        extras: Extras,
+        mut extras: Extras,
     ) -> Result<Server, ServeError> {
+        if let (None, Some(path)) = (&extras.policy, &cfg.policy) {
+            let live = LivePolicy::load(path).map_err(|e| ServeError::Config(e.to_string()))?;
+            extras.policy = Some(Arc::new(live));
+        }
         let rustls_cfg = tls::server_config(&cfg.cert, &cfg.key, &cfg.client_ca)?;
         let crypto = QuicServerConfig::try_from(rustls_cfg)
             .map_err(|e| ServeError::Config(format!("TLS config unusable for QUIC: {e}")))?;
