@@ -488,6 +488,21 @@ workers = 2
     }
 
     #[test]
+    fn policy_path_is_relative_to_the_config() {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n\
+             policy = \"policy.toml\"\n{GOOD}"
+        );
+        let cfg = Config::parse(&text, Path::new("/etc/signerd")).unwrap();
+        assert_eq!(
+            cfg.server.unwrap().policy,
+            Some(PathBuf::from("/etc/signerd/policy.toml"))
+        );
+        let cfg = Config::parse(GOOD, Path::new("/")).unwrap();
+        assert!(cfg.server.is_none());
+    }
+
+    #[test]
     fn selectors_match_padded_token_info() {
         let sel = TokenSelector::Label("signerd-0".into());
         assert!(sel.matches("signerd-0      ", "SoftHSM", "SoftHSM v2", "abc"));
