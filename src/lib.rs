@@ -15,6 +15,7 @@ pub mod error;
 pub mod hsm;
 pub mod keys;
 pub mod pipeline;
+pub mod policy;
 pub mod protocol;
 pub mod secret;
 pub mod server;

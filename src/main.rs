@@ -29,7 +29,10 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("signerd: {}", e.message);
+            // An empty message: the command already said everything (e.g. a policy denial).
+            if !e.message.is_empty() {
+                eprintln!("signerd: {}", e.message);
+            }
             ExitCode::from(e.code)
         }
     }

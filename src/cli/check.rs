@@ -1,4 +1,5 @@
-//! `signerd check --config FILE`: log in everywhere, list keys, exit.
+//! `signerd check --config FILE`: check the access policy (if any), log in everywhere, list
+//! keys, exit.
 
 use std::path::Path;
 
@@ -6,10 +7,21 @@ use super::{CliError, EXIT_UNAVAILABLE, EXIT_USAGE};
 use certnode_signer::config::Config;
 use certnode_signer::engine::OpenError;
 use certnode_signer::hsm::ErrorClass;
+use certnode_signer::policy::Policy;
 use certnode_signer::Engine;
 
 pub fn run(path: &Path) -> Result<(), CliError> {
     let cfg = Config::load(path).map_err(|e| CliError::new(EXIT_USAGE, e))?;
+    // The access policy, if any, is checked before the HSM is touched.
+    if let Some(file) = cfg.server.as_ref().and_then(|s| s.policy.as_ref()) {
+        let policy = Policy::load(file).map_err(|e| CliError::new(EXIT_USAGE, e))?;
+        println!(
+            "policy: {} ({} rules, {} quotas)",
+            file.display(),
+            policy.rules().len(),
+            policy.quota_count()
+        );
+    }
     let engine = Engine::open(&cfg).map_err(|e| match e {
         OpenError::Invalid(_) | OpenError::Pin { .. } => CliError::new(EXIT_USAGE, e),
         OpenError::Hsm { ref source, .. } if source.class() == ErrorClass::PinIncorrect => {

@@ -8,6 +8,7 @@ mod audit;
 mod check;
 mod init;
 mod key;
+mod policy;
 mod selftest;
 mod serve;
 mod sign;
@@ -54,6 +55,9 @@ enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Access policy tools.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Sign random digests through a running daemon and verify every signature.
     Sign {
         /// Client config.
@@ -85,7 +89,8 @@ enum Command {
         #[arg(long, default_value_t = certnode_signer::dev::DEV_ADMIN_PORT)]
         admin_port: u16,
     },
-    /// Load a config, log in to every partition and list the keys found, then exit.
+    /// Load a config (and its access policy, if any), log in to every partition and list the
+    /// keys found, then exit.
     Check {
         /// The signerd config file.
         #[arg(long, value_name = "FILE")]
@@ -150,6 +155,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve { config } => serve::run(&config),
         Command::Key(cmd) => key::run(cmd),
+        Command::Policy(cmd) => policy::run(cmd),
         Command::Audit(AuditCommand::Verify {
             file,
             public_key,

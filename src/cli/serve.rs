@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use super::{CliError, EXIT_UNAVAILABLE, EXIT_USAGE};
 use certnode_signer::audit::{AuditConfig, AuditLog};
-use certnode_signer::config::{AdminConfig, Config};
+use certnode_signer::config::{AdminConfig, Config, ServerConfig};
 use certnode_signer::engine::OpenError;
 use certnode_signer::hsm::ErrorClass;
 use certnode_signer::pipeline::audited::Audited;
+use certnode_signer::policy::LivePolicy;
 use certnode_signer::server::{Extras, ServeError, Server};
 use certnode_signer::telemetry::{self, Admin, AdminLimits, PartitionHealth, ReadyReport};
 use certnode_signer::{Engine, KeyName};
@@ -27,6 +28,7 @@ pub fn run(path: &Path) -> Result<(), CliError> {
         Some(_) => Some(telemetry::install().map_err(|e| CliError::new(1, e))?),
         None => None,
     };
+    let policy = load_policy(&server_cfg)?;
     let engine = Engine::open(&cfg).map_err(open_error)?;
     let (audit, audit_key) = match open_audit(&cfg, &engine) {
         Ok(a) => a,
@@ -48,7 +50,9 @@ pub fn run(path: &Path) -> Result<(), CliError> {
         let extras = Extras {
             audit: audit.clone(),
             audit_key,
+            policy: policy.clone(),
         };
+        let reloader = tokio::spawn(reload_on_sighup(policy));
         let server = Server::bind_with(engine.clone(), server_cfg, extras).map_err(|e| match e {
             ServeError::Bind { .. } => CliError::new(EXIT_UNAVAILABLE, e),
             _ => CliError::new(EXIT_USAGE, e),
@@ -71,6 +75,7 @@ pub fn run(path: &Path) -> Result<(), CliError> {
             "signerd started"
         );
         server.run(shutdown_signal()).await;
+        reloader.abort();
         if let Some(admin) = admin {
             admin.stop().await;
         }
@@ -229,6 +234,76 @@ fn open_error(e: OpenError) -> CliError {
             CliError::new(EXIT_USAGE, e)
         }
         OpenError::Hsm { .. } => CliError::new(EXIT_UNAVAILABLE, e),
+    }
+}
+
+/// Loads `[server] policy`, or warns that the built-in rules apply.
+fn load_policy(server: &ServerConfig) -> Result<Option<Arc<LivePolicy>>, CliError> {
+    let Some(path) = &server.policy else {
+        tracing::warn!(
+            "no access policy configured: every authenticated client may use every key \
+             (admin ops: [server] admins only); set [server] policy to restrict keys, ops and \
+             rates per identity (see policy.example.toml)"
+        );
+        return Ok(None);
+    };
+    let live = LivePolicy::load(path).map_err(|e| CliError::new(EXIT_USAGE, e))?;
+    let policy = live.current();
+    tracing::info!(
+        path = %path.display(),
+        rules = policy.rules().len(),
+        quotas = policy.quota_count(),
+        destroy_approval = policy.approval().destroy_key,
+        "access policy loaded"
+    );
+    if !server.admins.is_empty() {
+        tracing::warn!(
+            "[server] admins is ignored because a policy is configured; grant admin ops \
+             (create_key, rotate_key, retire_key, destroy_key) in policy rules"
+        );
+    }
+    Ok(Some(Arc::new(live)))
+}
+
+/// Reloads the policy on every SIGHUP until aborted. An invalid file leaves the old policy in
+/// force; connections and requests in flight are not disturbed either way.
+async fn reload_on_sighup(policy: Option<Arc<LivePolicy>>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot watch SIGHUP ({e}); the policy cannot be reloaded");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            let Some(live) = &policy else {
+                tracing::info!("SIGHUP received; no policy is configured, nothing to reload");
+                continue;
+            };
+            let live = Arc::clone(live);
+            let path = live.path().display().to_string();
+            match tokio::task::spawn_blocking(move || live.reload()).await {
+                Ok(Ok(s)) => tracing::info!(
+                    path,
+                    rules = s.rules,
+                    quotas = s.quotas,
+                    "access policy reloaded"
+                ),
+                Ok(Err(e)) => tracing::error!(
+                    path,
+                    "policy reload rejected; the previous policy stays in force: {e}"
+                ),
+                Err(e) => tracing::error!(path, "policy reload failed: {e}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = policy;
+        std::future::pending::<()>().await;
     }
 }
 

@@ -234,6 +234,9 @@ impl Config {
             s.cert = absolute(base, &s.cert);
             s.key = absolute(base, &s.key);
             s.client_ca = absolute(base, &s.client_ca);
+            if let Some(p) = &s.policy {
+                s.policy = Some(absolute(base, p));
+            }
         }
         if let Some(a) = &mut self.audit {
             a.path = absolute(base, &a.path);
@@ -491,6 +494,21 @@ workers = 2
         assert!(err.contains("default_deadline_ms"), "{err}");
         let text = text.replace("default_deadline_ms = 0", "identity = \"email\"");
         assert!(Config::parse(&text, Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn policy_path_is_relative_to_the_config() {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n\
+             policy = \"policy.toml\"\n{GOOD}"
+        );
+        let cfg = Config::parse(&text, Path::new("/etc/signerd")).unwrap();
+        assert_eq!(
+            cfg.server.unwrap().policy,
+            Some(PathBuf::from("/etc/signerd/policy.toml"))
+        );
+        let cfg = Config::parse(GOOD, Path::new("/")).unwrap();
+        assert!(cfg.server.is_none());
     }
 
     #[test]

@@ -24,9 +24,16 @@ pub struct ServerConfig {
     /// Which certificate field names the caller: `san-uri`, `san-dns` or `common-name`.
     #[serde(default = "default_identity")]
     pub identity: IdentitySource,
-    /// Identities allowed to run admin operations (create, rotate, retire, destroy).
+    /// Identities allowed to run admin operations (create, rotate, retire, destroy) when no
+    /// `policy` is configured. With a policy, the policy decides admin ops too and this list is
+    /// not consulted.
     #[serde(default)]
     pub admins: Vec<String>,
+    /// Access policy file (TOML, see docs/CONFIG.md): who may use which key for which op,
+    /// quotas, two-admin approval. Relative to the config file. Reloaded on SIGHUP. Without it,
+    /// every authenticated client may use every key (non-admin ops) and `admins` run admin ops.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
     /// Most concurrent client connections; more are refused. Default 1024.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,

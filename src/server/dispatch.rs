@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
 
-use super::{InflightGuard, State};
+use super::{authz, InflightGuard, State};
 use crate::audit::AuditEntry;
 use crate::engine::{KeyInfo, SignRequest, VersionInfo};
 use crate::error::{EngineError, Status};
@@ -121,14 +121,9 @@ async fn handle(
     }
     let op = req.request.op();
     let (subject, subject_version) = subject(&req.request);
-    if op.is_admin() && !state.cfg.admins.iter().any(|a| **a == **identity) {
-        tracing::warn!(
-            identity = &**identity,
-            op = op.as_str(),
-            "admin operation denied"
-        );
-        let reason = format!("identity {identity:?} may not run {}", op.as_str());
-        return deny(state, identity, op, subject, reason).await;
+    let scheme = authz::scheme_of(&req.request);
+    if let Err(denial) = authz::authorize(state, identity, op, subject.as_ref(), scheme) {
+        return deny_with(state, identity, op, subject, denial.message, denial.detail).await;
     }
     if let (Some(reserved), Some(key)) = (&state.extras.audit_key, &subject) {
         if reserved == key && op != Op::GetPublicKey {
@@ -147,6 +142,27 @@ async fn handle(
                     retry_after: DRAIN_RETRY_AFTER,
                 });
             }
+        }
+    }
+    // Quotas apply to signing requests, after authorization and before anything is queued.
+    let _quota = match authz::admit(state, identity, &req.request) {
+        Ok(guard) => guard,
+        Err(e) => return error_frame(&e),
+    };
+    // Two-admin approval: a destroy_key may only be recorded as pending here.
+    let mut admin_op = op.as_str();
+    let mut admin_note = None;
+    if let Request::DestroyKey { key, version } = &req.request {
+        match authz::destroy_gate(state, key, *version, identity) {
+            authz::DestroyGate::Proceed => {}
+            authz::DestroyGate::Approved { requester } => {
+                admin_op = "destroy_key.approve";
+                admin_note = Some(format!("approves the request of {requester:?}"));
+            }
+            authz::DestroyGate::Pending { message } => {
+                return pending(state, identity, subject, subject_version, message).await;
+            }
+            authz::DestroyGate::Refused(e) => return error_frame(&e),
         }
     }
     let budget = match req.deadline_ms {
@@ -229,7 +245,12 @@ async fn handle(
                 })
         }
         Request::ListKeys => Ok(ResponseBody::Keys(
-            engine.list().into_iter().map(listing).collect(),
+            engine
+                .list()
+                .into_iter()
+                .filter(|k| authz::may_list(state, identity, &k.name))
+                .map(listing)
+                .collect(),
         )),
         Request::CreateKey {
             key,
@@ -275,7 +296,16 @@ async fn handle(
         }
     };
     if op.is_admin() {
-        if let Err(e) = audit_admin(state, identity, op, subject, subject_version, &result).await {
+        let audited = audit_admin(
+            state,
+            identity,
+            (admin_op, admin_note),
+            subject,
+            subject_version,
+            &result,
+        )
+        .await;
+        if let Err(e) = audited {
             tracing::error!(
                 op = op.as_str(),
                 "administrative operation done but not audited: {e}"
@@ -312,9 +342,10 @@ fn subject(request: &Request) -> (Option<KeyName>, Option<Version>) {
     }
 }
 
+/// An audit entry for a request answered here; `op` is the record's op text.
 fn audit_entry(
     identity: &Arc<str>,
-    op: Op,
+    op: &'static str,
     key: Option<KeyName>,
     version: Option<Version>,
     status: Status,
@@ -323,7 +354,7 @@ fn audit_entry(
     AuditEntry {
         time: SystemTime::now(),
         identity: Arc::clone(identity),
-        op: op.as_str(),
+        op,
         key: key.map(|k| k.shared()),
         version,
         payload_sha256: None,
@@ -341,28 +372,75 @@ async fn deny(
     key: Option<KeyName>,
     reason: String,
 ) -> ResponseFrame {
+    let detail = reason.clone();
+    deny_with(state, identity, op, key, reason, detail).await
+}
+
+/// Answers PERMISSION_DENIED with `message`, after recording the denial (with `detail`) in the
+/// audit log and counting it in `signer_authz_denied_total`.
+async fn deny_with(
+    state: &State,
+    identity: &Arc<str>,
+    op: Op,
+    key: Option<KeyName>,
+    message: String,
+    detail: String,
+) -> ResponseFrame {
     state.engine.metrics().authz_denied(op.into());
     if let Some(audit) = &state.extras.audit {
         let entry = audit_entry(
             identity,
-            op,
+            op.as_str(),
             key,
             None,
             Status::PermissionDenied,
-            Some(reason.clone()),
+            Some(detail),
         );
         if let Err(e) = audit.append(entry).await {
             tracing::error!("authorization failure not audited: {e}");
         }
     }
-    status_frame(Status::PermissionDenied, reason)
+    status_frame(Status::PermissionDenied, message)
+}
+
+/// Answers a destroy_key recorded as pending approval, after auditing it as
+/// `destroy_key.request`. If the record cannot be written the pending entry stands but the
+/// caller is told it failed (an approval needs the audit log healthy again anyway: admin ops are
+/// refused while it is not).
+async fn pending(
+    state: &State,
+    identity: &Arc<str>,
+    key: Option<KeyName>,
+    version: Option<Version>,
+    message: String,
+) -> ResponseFrame {
+    tracing::info!(identity = &**identity, "{message}");
+    if let Some(audit) = &state.extras.audit {
+        let entry = audit_entry(
+            identity,
+            "destroy_key.request",
+            key,
+            version,
+            authz::PENDING_STATUS,
+            Some(message.clone()),
+        );
+        if let Err(e) = audit.append(entry).await {
+            tracing::error!("destroy_key request not audited: {e}");
+            return error_frame(&EngineError::Internal(format!(
+                "destroy_key request could not be audited: {e}"
+            )));
+        }
+    }
+    status_frame(authz::PENDING_STATUS, message)
 }
 
 /// Records an administrative operation (done or failed) and waits until the record is durable.
+/// `(op, note)`: the record's op text (e.g. `destroy_key.approve`) and a note kept as its
+/// detail when the operation succeeded.
 async fn audit_admin(
     state: &State,
     identity: &Arc<str>,
-    op: Op,
+    (op, note): (&'static str, Option<String>),
     key: Option<KeyName>,
     version: Option<Version>,
     result: &Result<ResponseBody, EngineError>,
@@ -371,8 +449,8 @@ async fn audit_admin(
         return Ok(());
     };
     let (status, detail, version) = match result {
-        Ok(ResponseBody::KeyVersion(v)) => (Status::Ok, None, Some(v.version)),
-        Ok(_) => (Status::Ok, None, version),
+        Ok(ResponseBody::KeyVersion(v)) => (Status::Ok, note, Some(v.version)),
+        Ok(_) => (Status::Ok, note, version),
         Err(e) => (e.status(), Some(e.to_string()), version),
     };
     audit

@@ -2,6 +2,7 @@
 //! stream, and a graceful drain on shutdown. HSM work never runs here: requests are queued into
 //! the engine and awaited; admin operations run on the blocking pool.
 
+mod authz;
 mod dispatch;
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use tokio::sync::{watch, Notify};
 use crate::audit::AuditLog;
 use crate::config::ServerConfig;
 use crate::keys::KeyName;
+use crate::policy::LivePolicy;
 use crate::tls;
 use crate::Engine;
 
@@ -61,6 +63,10 @@ pub struct Extras {
     pub audit: Option<AuditLog>,
     /// The audit log's own key: clients may read its public key and nothing else.
     pub audit_key: Option<KeyName>,
+    /// The access policy (`[server] policy`), shared with whoever reloads it (SIGHUP). `None`
+    /// keeps the built-in rules: every authenticated client may use the non-admin ops, and
+    /// admin ops need an identity in `[server] admins`.
+    pub policy: Option<Arc<LivePolicy>>,
 }
 
 /// State shared by all connection and stream tasks.
@@ -108,12 +114,18 @@ impl Server {
         Server::bind_with(engine, cfg, Extras::default())
     }
 
-    /// Like [`Server::bind`], with the audit log and reserved key.
+    /// Like [`Server::bind`], with the audit log and reserved key. When `cfg.policy` names a
+    /// policy file and `extras.policy` is `None`, the file is loaded here (a configured policy is
+    /// always enforced); pass a [`LivePolicy`] in `extras` to keep a handle for reloading it.
     pub fn bind_with(
         engine: Engine,
         cfg: ServerConfig,
-        extras: Extras,
+        mut extras: Extras,
     ) -> Result<Server, ServeError> {
+        if let (None, Some(path)) = (&extras.policy, &cfg.policy) {
+            let live = LivePolicy::load(path).map_err(|e| ServeError::Config(e.to_string()))?;
+            extras.policy = Some(Arc::new(live));
+        }
         let rustls_cfg = tls::server_config(&cfg.cert, &cfg.key, &cfg.client_ca)?;
         let crypto = QuicServerConfig::try_from(rustls_cfg)
             .map_err(|e| ServeError::Config(format!("TLS config unusable for QUIC: {e}")))?;

@@ -143,14 +143,17 @@ pub enum OverloadReason {
     QueueWait,
     /// `deadline`: the request could not be served before its deadline.
     Deadline,
+    /// `quota`: the caller's policy quota (rate or in-flight cap) was exceeded.
+    Quota,
 }
 
 impl OverloadReason {
     /// Every reason, in label order.
-    pub const ALL: [OverloadReason; 3] = [
+    pub const ALL: [OverloadReason; 4] = [
         OverloadReason::QueueFull,
         OverloadReason::QueueWait,
         OverloadReason::Deadline,
+        OverloadReason::Quota,
     ];
 
     /// The label value.
@@ -494,7 +497,7 @@ fn describe() {
     describe_gauge!(PARTITION_HEALTHY, "1 if the partition is healthy, else 0.");
     describe_counter!(
         OVERLOADED_TOTAL,
-        "Requests shed as OVERLOADED, by reason (queue_full, queue_wait, deadline)."
+        "Requests shed as OVERLOADED, by reason (queue_full, queue_wait, deadline, quota)."
     );
     describe_gauge!(CONNECTIONS, "Open client connections.");
     describe_gauge!(

@@ -178,7 +178,7 @@ pub const STATUSES: &[&str] = &[
 ];
 
 /// `reason` label values of `signer_overloaded_total`, in [`OverloadReason`] order.
-pub const OVERLOAD_REASONS: &[&str] = &["queue_full", "queue_wait", "deadline"];
+pub const OVERLOAD_REASONS: &[&str] = &["queue_full", "queue_wait", "deadline", "quota"];
 
 /// Bucket upper bounds, in seconds, of every latency histogram (request, queue wait, HSM call):
 /// 0.1 ms to 10 s. The low end reaches below DESIGN's 0.5 ms because a SoftHSM2 ECDSA sign takes

@@ -32,6 +32,16 @@ impl Daemon {
 
     /// Like `start`, with extra lines for the `[server]` table.
     pub async fn start_with(name: &str, server_lines: &str) -> Daemon {
+        Daemon::start_with_files(name, server_lines, &[]).await
+    }
+
+    /// Like `start_with`, also writing `files` (path relative to the directory, contents) after
+    /// `init --dev` and before `serve` (e.g. a policy file the `[server]` lines name).
+    pub async fn start_with_files(
+        name: &str,
+        server_lines: &str,
+        files: &[(&str, &str)],
+    ) -> Daemon {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("daemon-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -56,6 +66,9 @@ impl Daemon {
         // shedding here; the engine tests cover admission.
         let text = text.replace("max_queue_wait_ms = 100", "max_queue_wait_ms = 600000");
         std::fs::write(&cfg, text).unwrap();
+        for (file, contents) in files {
+            std::fs::write(dir.join(file), contents).unwrap();
+        }
         let mut daemon = Daemon {
             dir,
             port,
@@ -153,6 +166,30 @@ impl Daemon {
                 "daemon did not exit"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGHUP (the daemon reloads its policy).
+    #[allow(dead_code)]
+    pub fn hangup(&self) {
+        let st = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Waits until the log has `n` lines containing `needle` (at most 20 s).
+    #[allow(dead_code)]
+    pub async fn wait_log(&self, needle: &str, n: usize) {
+        let started = Instant::now();
+        while self.log().matches(needle).count() < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no {needle:?} (x{n}) in the log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

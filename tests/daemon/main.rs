@@ -11,5 +11,6 @@ mod admin;
 mod bad_input;
 mod cli;
 mod observability;
+mod policy;
 mod shutdown;
 mod signing;
