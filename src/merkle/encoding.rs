@@ -14,6 +14,9 @@ pub const MAX_ROOT_SIGNATURE: usize = 1024;
 /// (1 451 bytes, well under the protocol's `MAX_SIGNATURE`).
 pub const MAX_ENCODED_LEN: usize = FIXED_LEN + MAX_DEPTH * HASH_LEN + MAX_ROOT_SIGNATURE;
 
+// A form-2 signature always fits the protocol's signature field.
+const _: () = assert!(MAX_ENCODED_LEN <= crate::protocol::MAX_SIGNATURE);
+
 /// Bytes of an encoding besides the path hashes and the root signature bytes:
 /// tree_size 4 + leaf_index 4 + blinding 32 + depth 1 + root signature length 2.
 const FIXED_LEN: usize = 4 + 4 + BLINDING_LEN + 1 + 2;

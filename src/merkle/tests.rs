@@ -181,7 +181,6 @@ fn encoding_limits() {
     assert!(bad.encode().is_err());
     bad.root_signature = Bytes::from(vec![1; MAX_ROOT_SIGNATURE + 1]);
     assert!(bad.encode().is_err());
-    assert!(MAX_ENCODED_LEN <= crate::protocol::MAX_SIGNATURE);
 }
 
 #[test]
@@ -390,5 +389,111 @@ proptest! {
         let mut flipped = enc.clone();
         flip(&mut flipped, usize::from(seed) * 7);
         let _ = BatchSignature::decode(&flipped);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checked-in test vector
+
+const VECTOR_PATH: &str = "tests/vectors/batch-v1.json";
+const VECTOR: &str = include_str!("../../tests/vectors/batch-v1.json");
+const VECTOR_SIZE: usize = 5;
+
+fn hex_list(hashes: &[Hash]) -> Vec<String> {
+    hashes.iter().map(|h| tree::hex(h)).collect()
+}
+
+/// The whole test vector, computed from its fixed inputs.
+fn vector_json() -> serde_json::Value {
+    use p256::pkcs8::LineEnding;
+    let scheme = Scheme::EcdsaSha256;
+    let key = p256_key();
+    let messages: Vec<String> = (0..VECTOR_SIZE).map(|i| format!("payload {i}")).collect();
+    let payloads = digests(VECTOR_SIZE);
+    let blindings = fixed_blindings(VECTOR_SIZE);
+    let (tree, root_sig) = signed_tree(&payloads);
+    let input = root_signing_input(scheme, &key_name(), 3, VECTOR_SIZE as u32, &tree.root());
+    let items: Vec<serde_json::Value> = (0..VECTOR_SIZE)
+        .map(|i| {
+            let sig = tree.signature(i, root_sig.clone()).unwrap();
+            let blob = BatchBlob {
+                scheme,
+                key: key_name(),
+                version: 3,
+                signature: sig.clone(),
+            };
+            serde_json::json!({
+                "index": i,
+                "message": messages[i],
+                "payload": tree::hex(&payloads[i]),
+                "blinding": tree::hex(&blindings[i]),
+                "path": hex_list(&sig.path),
+                "encoding": tree::hex(&sig.encode().unwrap()),
+                "blob_text": blob.to_text().unwrap(),
+            })
+        })
+        .collect();
+    let pem = key
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    serde_json::json!({
+        "description": "signerd Merkle batch signature v1 (docs/BATCH.md): 5 payloads under one \
+            ecdsa-sha256 root signature. payload_i = SHA-256(message_i); blinding_i = \
+            SHA-256(\"blinding i\"); the P-256 private scalar is a test key; the root signature \
+            is RFC 6979 deterministic ECDSA. Regenerate: cargo test --lib \
+            merkle::tests::write_vector -- --ignored",
+        "scheme": scheme.as_str(),
+        "scheme_code": scheme.code(),
+        "key": key_name().as_str(),
+        "key_version": 3,
+        "p256_private_scalar": tree::hex(&VECTOR_SCALAR),
+        "public_key_spki_der": tree::hex(&spki(&key)),
+        "public_key_pem": pem,
+        "tree_size": VECTOR_SIZE,
+        "depth": tree.depth(),
+        "levels": tree.levels().iter().map(|l| hex_list(l)).collect::<Vec<_>>(),
+        "root": tree::hex(&tree.root()),
+        "signing_message": tree::hex(input.message()),
+        "to_be_signed": tree::hex(input.to_be_signed()),
+        "root_signature": tree::hex(&root_sig),
+        "items": items,
+    })
+}
+
+/// Writes `tests/vectors/batch-v1.json` (run with `--ignored` after changing the construction).
+#[test]
+#[ignore]
+fn write_vector() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(VECTOR_PATH);
+    let text = serde_json::to_string_pretty(&vector_json()).unwrap() + "\n";
+    std::fs::write(&path, text).unwrap();
+}
+
+#[test]
+fn checked_in_vector_matches_and_verifies() {
+    let file: serde_json::Value = serde_json::from_str(VECTOR).unwrap();
+    assert_eq!(
+        file,
+        vector_json(),
+        "regenerate {VECTOR_PATH} (see its description)"
+    );
+    // And the file's own bytes verify, independently of how they were produced.
+    let unhex = |v: &serde_json::Value| -> Vec<u8> {
+        let s = v.as_str().unwrap();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let spki = unhex(&file["public_key_spki_der"]);
+    let key = KeyName::new(file["key"].as_str().unwrap()).unwrap();
+    for item in file["items"].as_array().unwrap() {
+        let sig = BatchSignature::decode(&unhex(&item["encoding"])).unwrap();
+        let payload = unhex(&item["payload"]);
+        verify_batch(&spki, Scheme::EcdsaSha256, &key, 3, &payload, &sig).unwrap();
+        let blob = BatchBlob::from_text(item["blob_text"].as_str().unwrap()).unwrap();
+        blob.verify_message(&spki, item["message"].as_str().unwrap().as_bytes())
+            .unwrap();
     }
 }
