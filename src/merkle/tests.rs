@@ -213,6 +213,68 @@ fn verify_plain_and_unified() {
 }
 
 #[test]
+fn rsa_and_ed25519_verify_plain_and_batch() {
+    use ed25519_dalek::Signer as _;
+    use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey as _};
+    let rsa_key = rsa::RsaPrivateKey::from_pkcs8_pem(include_str!(
+        "../../tests/vectors/rsa-2048-test-key.pem"
+    ))
+    .unwrap();
+    let rsa_spki = rsa_key
+        .to_public_key()
+        .to_public_key_der()
+        .unwrap()
+        .to_vec();
+    let digest = payload_for_message(Scheme::RsaPssSha384, b"m");
+    let pkcs1 = rsa_key
+        .sign(rsa::Pkcs1v15Sign::new::<sha2::Sha384>(), &digest)
+        .unwrap();
+    verify_plain(&rsa_spki, Scheme::RsaPkcs1Sha384, &digest, &pkcs1).unwrap();
+    assert_eq!(
+        verify_plain(&rsa_spki, Scheme::RsaPssSha384, &digest, &pkcs1),
+        Err(VerifyError::Invalid)
+    );
+    // A batch under RSA-PSS-SHA-256.
+    let payloads = digests(3);
+    let tree = Tree::build(&payloads, fixed_blindings(3)).unwrap();
+    let input = root_signing_input(Scheme::RsaPssSha256, &key_name(), 1, 3, &tree.root());
+    let pss = rsa::Pss::new_with_salt::<sha2::Sha256>(32);
+    let root_sig = rsa_key
+        .sign_with_rng(&mut rand::rngs::OsRng, pss, input.to_be_signed())
+        .unwrap();
+    let bs = tree.signature(1, Bytes::from(root_sig)).unwrap();
+    verify_batch(
+        &rsa_spki,
+        Scheme::RsaPssSha256,
+        &key_name(),
+        1,
+        &payloads[1],
+        &bs,
+    )
+    .unwrap();
+    let pkcs1_scheme = Scheme::RsaPkcs1Sha256;
+    assert!(verify_batch(&rsa_spki, pkcs1_scheme, &key_name(), 1, &payloads[1], &bs).is_err());
+
+    // Ed25519 signs the context message itself; leaves are the messages.
+    let ed = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let mut ed_spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    ed_spki.extend_from_slice(ed.verifying_key().as_bytes());
+    let messages = [b"first".to_vec(), b"second".to_vec()];
+    let tree = Tree::build(&messages, fixed_blindings(2)).unwrap();
+    let input = root_signing_input(Scheme::Ed25519, &key_name(), 1, 2, &tree.root());
+    assert_eq!(input.to_be_signed(), input.message());
+    let root_sig = ed.sign(input.to_be_signed()).to_bytes();
+    let bs = tree
+        .signature(0, Bytes::copy_from_slice(&root_sig))
+        .unwrap();
+    let form = SignatureForm::Batch(bs);
+    verify(&ed_spki, Scheme::Ed25519, &key_name(), 1, b"first", &form).unwrap();
+    assert!(verify(&ed_spki, Scheme::Ed25519, &key_name(), 1, b"second", &form).is_err());
+}
+
+#[test]
 fn batch_signature_is_bound_to_key_identity() {
     let payloads = digests(5);
     let (tree, root_sig) = signed_tree(&payloads);

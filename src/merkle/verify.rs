@@ -4,7 +4,9 @@ use bytes::Bytes;
 use ed25519_dalek::pkcs8::DecodePublicKey;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use rsa::{Pkcs1v15Sign, Pss, RsaPublicKey};
-use sha2::{Sha256, Sha384, Sha512};
+use sha2::digest::const_oid::AssociatedOid;
+use sha2::digest::{DynDigest, FixedOutputReset};
+use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use super::{root_from_path, root_signing_input, BatchSignature, SignatureForm, TreeError};
 use crate::keys::{KeyName, Payload, Scheme, Version};
@@ -82,23 +84,38 @@ impl SoftwareKey {
                 let sig = ed25519_dalek::Signature::from_slice(sig).map_err(|e| malformed(&e))?;
                 k.verify_strict(payload, &sig).is_ok()
             }
-            SoftwareKey::Rsa(k) => match scheme {
-                Scheme::RsaPkcs1Sha256 => k.verify(Pkcs1v15Sign::new::<Sha256>(), payload, sig),
-                Scheme::RsaPkcs1Sha384 => k.verify(Pkcs1v15Sign::new::<Sha384>(), payload, sig),
-                Scheme::RsaPkcs1Sha512 => k.verify(Pkcs1v15Sign::new::<Sha512>(), payload, sig),
-                Scheme::RsaPssSha256 => k.verify(Pss::new_with_salt::<Sha256>(32), payload, sig),
-                Scheme::RsaPssSha384 => k.verify(Pss::new_with_salt::<Sha384>(48), payload, sig),
-                Scheme::RsaPssSha512 => k.verify(Pss::new_with_salt::<Sha512>(64), payload, sig),
-                // `parse` only returns an RSA key for RSA schemes.
-                _ => return Err(VerifyError::Invalid),
+            SoftwareKey::Rsa(k) => {
+                let pss = matches!(
+                    scheme,
+                    Scheme::RsaPssSha256 | Scheme::RsaPssSha384 | Scheme::RsaPssSha512
+                );
+                match scheme.digest_len() {
+                    Some(32) => rsa_verify::<Sha256>(k, pss, payload, sig),
+                    Some(48) => rsa_verify::<Sha384>(k, pss, payload, sig),
+                    _ => rsa_verify::<Sha512>(k, pss, payload, sig),
+                }
             }
-            .is_ok(),
         };
         if valid {
             Ok(())
         } else {
             Err(VerifyError::Invalid)
         }
+    }
+}
+
+/// RSASSA-PSS (MGF1 with the same hash, salt as long as the digest) or RSASSA-PKCS1-v1_5 with
+/// hash `D` over the digest `payload`.
+fn rsa_verify<D>(key: &RsaPublicKey, pss: bool, payload: &[u8], sig: &[u8]) -> bool
+where
+    D: Digest + AssociatedOid + DynDigest + FixedOutputReset + Send + Sync + 'static,
+{
+    if pss {
+        let salt_len = <D as Digest>::output_size();
+        key.verify(Pss::new_with_salt::<D>(salt_len), payload, sig)
+            .is_ok()
+    } else {
+        key.verify(Pkcs1v15Sign::new::<D>(), payload, sig).is_ok()
     }
 }
 
