@@ -181,7 +181,10 @@ def decode_blob(data):
     scheme = r.uint(1, "scheme")
     if scheme not in SCHEMES:
         raise Invalid(f"unknown scheme code {scheme}")
-    key = r.take(r.uint(1, "key length"), "key").decode("ascii")
+    try:
+        key = r.take(r.uint(1, "key length"), "key").decode("ascii")
+    except UnicodeDecodeError:
+        raise Invalid("key name is not ASCII") from None
     version = r.uint(4, "key version")
     if version == 0:
         raise Invalid("key version 0")
