@@ -28,7 +28,7 @@ use certnode_signer::pipeline::router::{least_loaded, Candidate};
 use certnode_signer::pipeline::{Job, Reply, Shard, Signed};
 use certnode_signer::protocol::{
     decode_request, decode_response, encode_request, encode_response, Op, Request, RequestFrame,
-    ResponseBody, ResponseFrame,
+    ResponseBody, ResponseFrame, SignatureForm,
 };
 use certnode_signer::{KeyName, KeyType, Payload, Scheme, Status};
 
@@ -126,7 +126,7 @@ fn bench_codec(c: &mut Criterion) {
     };
     let signed = ResponseFrame::ok(ResponseBody::Signed {
         version: 1,
-        signature: der_signature(),
+        signature: SignatureForm::Plain(der_signature()),
     });
     let batch = RequestFrame {
         flags: 0,

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod hsm;
 pub mod keys;
+pub mod merkle;
 pub mod pipeline;
 pub mod policy;
 pub mod protocol;

@@ -34,7 +34,9 @@ pub use options::ClientOptions;
 
 pub use crate::error::Status;
 use crate::keys::{KeyName, KeyType, Scheme, Version};
-use crate::protocol::{self, BatchItem, Op, Request, RequestFrame, ResponseBody, ResponseFrame};
+use crate::protocol::{
+    self, BatchItem, Op, Request, RequestFrame, ResponseBody, ResponseFrame, SignatureForm,
+};
 pub use crate::protocol::{KeyListing, VersionListing};
 
 /// How long past a call's timeout the client waits for the server's own DEADLINE_EXCEEDED
@@ -101,6 +103,17 @@ pub struct Signature {
     pub version: Version,
     /// The signature (ECDSA: ASN.1 DER; RSA: raw; Ed25519: 64 bytes).
     pub signature: Bytes,
+}
+
+/// A signed result as this client expects it: it never sets `ACCEPT_BATCH_SIGNATURE`, so a batch
+/// signature (form 2) in the answer is a protocol violation.
+fn plain(version: Version, signature: SignatureForm) -> Result<Signature, ClientError> {
+    match signature {
+        SignatureForm::Plain(signature) => Ok(Signature { version, signature }),
+        SignatureForm::Batch(_) => Err(ClientError::Protocol(
+            "the server sent a batch signature (form 2) without ACCEPT_BATCH_SIGNATURE".into(),
+        )),
+    }
 }
 
 /// A public key.
@@ -207,7 +220,7 @@ impl Client {
             payload: payload.into(),
         };
         match self.call(request).await? {
-            ResponseBody::Signed { version, signature } => Ok(Signature { version, signature }),
+            ResponseBody::Signed { version, signature } => plain(version, signature),
             other => Err(unexpected(&other)),
         }
     }
@@ -229,9 +242,7 @@ impl Client {
             ResponseBody::Batch(items) => Ok(items
                 .into_iter()
                 .map(|item| match item {
-                    BatchItem::Signed { version, signature } => {
-                        Ok(Signature { version, signature })
-                    }
+                    BatchItem::Signed { version, signature } => plain(version, signature),
                     BatchItem::Failed {
                         status,
                         retry_after_ms,
@@ -259,7 +270,7 @@ impl Client {
             version,
             scheme,
             payload: payload.into(),
-            signature: signature.into(),
+            signature: SignatureForm::Plain(signature.into()),
         };
         match self.call(request).await? {
             ResponseBody::Verified { valid, .. } => Ok(valid),

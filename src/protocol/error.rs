@@ -54,8 +54,11 @@ pub enum DecodeErrorKind {
     UnknownKeyType(u8),
     /// The key-state byte names no known state.
     UnknownKeyState(u8),
-    /// A signature form other than 1 (plain); 2 (Merkle batch) is reserved.
+    /// A signature form other than 1 (plain) or 2 (Merkle batch).
     UnsupportedSignatureForm(u8),
+    /// A form-2 signature whose bytes are not a valid batch signature encoding (the error's
+    /// offset is the start of those bytes).
+    InvalidBatchSignature(crate::merkle::EncodingError),
     /// Flag bits this version does not define are set (the value holds just those bits).
     BadFlags(u16),
     /// A key name is not a valid [`crate::keys::KeyName`].
@@ -138,7 +141,11 @@ impl fmt::Display for DecodeError {
             DecodeErrorKind::UnsupportedSignatureForm(form) => write!(
                 f,
                 "unsupported signature form {form} in `{field}` at byte {at} \
-                 (1 = plain; 2 = Merkle batch is reserved)"
+                 (1 = plain, 2 = Merkle batch)"
+            ),
+            DecodeErrorKind::InvalidBatchSignature(inner) => write!(
+                f,
+                "invalid batch signature in `{field}` starting at byte {at}: {inner}"
             ),
             DecodeErrorKind::BadFlags(bits) => {
                 write!(
@@ -195,6 +202,14 @@ pub enum EncodeError {
     /// Request flag bits that this version does not define.
     #[error("unknown request flag bits 0x{0:04x}")]
     BadFlags(u16),
+    /// A batch signature breaks its encoding's rules.
+    #[error("`{field}`: {source}")]
+    BatchSignature {
+        /// Field name.
+        field: &'static str,
+        /// What is wrong.
+        source: crate::merkle::EncodingError,
+    },
     /// The response body is not the result type of the op.
     #[error("the response body does not match op {0}")]
     BodyMismatch(Op),

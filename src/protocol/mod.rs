@@ -33,6 +33,8 @@ use bytes::Bytes;
 
 pub use error::{DecodeError, DecodeErrorKind, EncodeError};
 pub use request::{decode_request, encode_request};
+
+pub use crate::merkle::SignatureForm;
 pub use response::{decode_response, encode_response};
 
 use crate::error::Status;
@@ -64,7 +66,7 @@ pub const MAX_PARTITIONS: usize = 64;
 pub const MAX_MESSAGE: usize = 1024;
 
 /// Request flag bit 0: the client accepts a Merkle batch signature (signature form 2) in place of
-/// a plain one. Reserved for a later version of the server; decoded and kept today.
+/// a plain one. A server sends form 2 only in answer to a request with this bit.
 pub const ACCEPT_BATCH_SIGNATURE: u16 = 0x0001;
 
 /// Every request flag bit this version knows. Any other bit set is a decode error.
@@ -73,8 +75,8 @@ pub const KNOWN_REQUEST_FLAGS: u16 = ACCEPT_BATCH_SIGNATURE;
 /// Signature form 1: a plain signature in the scheme's usual encoding.
 pub const SIGNATURE_FORM_PLAIN: u8 = 1;
 
-/// Signature form 2: reserved for a Merkle batch signature with an inclusion proof; not supported
-/// yet (decoding it is an error).
+/// Signature form 2: a Merkle batch signature with an inclusion proof; its `signature` bytes are a
+/// [`crate::merkle::BatchSignature`] encoding (`docs/BATCH.md` §5).
 pub const SIGNATURE_FORM_MERKLE: u8 = 2;
 
 /// Reads the frame length from a frame's 4-byte prefix: the number of body bytes that follow it.
@@ -200,7 +202,7 @@ pub enum Request {
         /// 1 to [`MAX_BATCH`] payloads, each at most [`MAX_PAYLOAD`] bytes.
         payloads: Vec<Bytes>,
     },
-    /// Verify a plain signature.
+    /// Verify a signature (plain or batch).
     Verify {
         /// Key name.
         key: KeyName,
@@ -210,8 +212,8 @@ pub enum Request {
         scheme: Scheme,
         /// The digest or message that was signed.
         payload: Bytes,
-        /// The signature (at most [`MAX_SIGNATURE`] bytes).
-        signature: Bytes,
+        /// The signature, plain or batch (its encoding at most [`MAX_SIGNATURE`] bytes).
+        signature: SignatureForm,
     },
     /// Export a public key.
     GetPublicKey {
@@ -313,12 +315,12 @@ impl ResponseFrame {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ResponseBody {
-    /// `Sign`: a plain signature.
+    /// `Sign`: the signature (form 2 only in answer to `ACCEPT_BATCH_SIGNATURE`).
     Signed {
         /// The version that signed.
         version: Version,
-        /// The signature (at most [`MAX_SIGNATURE`] bytes).
-        signature: Bytes,
+        /// The signature, plain or batch (its encoding at most [`MAX_SIGNATURE`] bytes).
+        signature: SignatureForm,
     },
     /// `SignBatch`: one item per payload, in request order.
     Batch(Vec<BatchItem>),
@@ -373,8 +375,8 @@ pub enum BatchItem {
     Signed {
         /// The version that signed.
         version: Version,
-        /// The signature (at most [`MAX_SIGNATURE`] bytes).
-        signature: Bytes,
+        /// The signature, plain or batch (its encoding at most [`MAX_SIGNATURE`] bytes).
+        signature: SignatureForm,
     },
     /// This item failed; the others may have succeeded.
     Failed {

@@ -65,7 +65,7 @@ fn request() -> impl Strategy<Value = Request> {
                 payloads
             }
         ),
-        (key_name(), opt_version(), scheme(), bytes(100), bytes(600)).prop_map(
+        (key_name(), opt_version(), scheme(), bytes(100), signature()).prop_map(
             |(key, version, scheme, payload, signature)| Request::Verify {
                 key,
                 version,
@@ -115,8 +115,33 @@ fn message() -> impl Strategy<Value = String> {
     prop_oneof!["", "\\PC{0,300}"]
 }
 
-fn signature() -> impl Strategy<Value = Bytes> {
-    bytes(600)
+/// A well-formed batch signature (form 2) of any tree size and position.
+fn batch_signature() -> impl Strategy<Value = crate::merkle::BatchSignature> {
+    use crate::merkle::{depth, BatchSignature, MAX_ROOT_SIGNATURE, MAX_TREE};
+    (
+        1..=MAX_TREE as u32,
+        any::<proptest::sample::Index>(),
+        any::<[u8; 32]>(),
+        any::<u8>(),
+        vec(any::<u8>(), 1..=MAX_ROOT_SIGNATURE),
+    )
+        .prop_map(|(tree_size, pick, blinding, seed, sig)| BatchSignature {
+            root_signature: Bytes::from(sig),
+            leaf_index: pick.index(tree_size as usize) as u32,
+            tree_size,
+            blinding,
+            path: (0..depth(tree_size as usize))
+                .map(|k| [seed ^ k as u8; 32])
+                .collect(),
+        })
+}
+
+/// A signature in either form.
+fn signature() -> impl Strategy<Value = SignatureForm> {
+    prop_oneof![
+        bytes(600).prop_map(SignatureForm::Plain),
+        batch_signature().prop_map(SignatureForm::Batch),
+    ]
 }
 
 fn batch_item() -> impl Strategy<Value = BatchItem> {
@@ -301,7 +326,7 @@ fn worked_example_sign_request() {
 fn worked_example_sign_response() {
     let frame = ResponseFrame::ok(ResponseBody::Signed {
         version: 1,
-        signature: Bytes::from_static(b"\x30\x06\x02\x01\x2a\x02\x01\x07"),
+        signature: SignatureForm::Plain(Bytes::from_static(b"\x30\x06\x02\x01\x2a\x02\x01\x07")),
     });
     let mut out = BytesMut::new();
     encode_response(Op::Sign, &frame, &mut out).unwrap();
@@ -327,5 +352,30 @@ fn worked_example_error_responses() {
     out.clear();
     encode_response(Op::Sign, &frame, &mut out).unwrap();
     check_example(&out, "000000140105000000000032000a71756575652066756c6c");
+    assert_eq!(decode_response(Op::Sign, &out).unwrap(), frame);
+}
+
+#[test]
+fn worked_example_batch_sign_response() {
+    // Leaf 1 of a 2-leaf tree: blinding 0x11 × 32, path [0x22 × 32], the made-up DER signature
+    // of the plain example as root signature.
+    let frame = ResponseFrame::ok(ResponseBody::Signed {
+        version: 1,
+        signature: SignatureForm::Batch(crate::merkle::BatchSignature {
+            root_signature: Bytes::from_static(b"\x30\x06\x02\x01\x2a\x02\x01\x07"),
+            leaf_index: 1,
+            tree_size: 2,
+            blinding: [0x11; 32],
+            path: vec![[0x22; 32]],
+        }),
+    });
+    let mut out = BytesMut::new();
+    encode_response(Op::Sign, &frame, &mut out).unwrap();
+    check_example(
+        &out,
+        "0000006401000000000000000000000000010200530000000200000001111111111111111111111111111111\
+         1111111111111111111111111111111111012222222222222222222222222222222222222222222222222222\
+         2222222222220008300602012a020107",
+    );
     assert_eq!(decode_response(Op::Sign, &out).unwrap(), frame);
 }

@@ -5,8 +5,7 @@ use bytes::{Bytes, BytesMut};
 use super::error::{DecodeError, DecodeErrorKind, EncodeError};
 use super::wire::{encode_frame, Reader, Width, Writer};
 use super::{
-    Op, Request, RequestFrame, KNOWN_REQUEST_FLAGS, MAX_BATCH, MAX_PARTITIONS, MAX_PAYLOAD,
-    MAX_SIGNATURE, SIGNATURE_FORM_PLAIN, VERSION,
+    Op, Request, RequestFrame, KNOWN_REQUEST_FLAGS, MAX_BATCH, MAX_PARTITIONS, MAX_PAYLOAD, VERSION,
 };
 
 /// Appends `frame` to `out` as one length-prefixed request frame.
@@ -102,8 +101,7 @@ fn encode_op(request: &Request, w: &mut Writer<'_>) -> Result<(), EncodeError> {
             w.opt_version("version", *version)?;
             w.u8(scheme.code());
             w.bytes(Width::U32, "payload", payload, MAX_PAYLOAD)?;
-            w.u8(SIGNATURE_FORM_PLAIN);
-            w.bytes(Width::U16, "signature", signature, MAX_SIGNATURE)
+            w.signature(signature)
         }
         Request::GetPublicKey { key, version } => {
             w.key("key", key)?;
@@ -166,14 +164,13 @@ fn decode_op(op: Op, r: &mut Reader<'_>) -> Result<Request, DecodeError> {
             let version = r.opt_version("version")?;
             let scheme = r.scheme("scheme")?;
             let payload = payload(r)?;
-            r.signature_form("signature_form")?;
-            let signature = r.bytes(Width::U16, "signature", MAX_SIGNATURE)?;
+            let signature = r.signature()?;
             Request::Verify {
                 key,
                 version,
                 scheme,
                 payload,
-                signature: Bytes::copy_from_slice(signature),
+                signature,
             }
         }
         Op::GetPublicKey => Request::GetPublicKey {

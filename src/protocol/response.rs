@@ -8,8 +8,8 @@ use bytes::{Bytes, BytesMut};
 use super::error::{DecodeError, DecodeErrorKind, EncodeError};
 use super::wire::{encode_frame, Reader, Width, Writer};
 use super::{
-    BatchItem, KeyListing, Op, ResponseBody, ResponseFrame, VersionListing, MAX_BATCH, MAX_MESSAGE,
-    MAX_SIGNATURE, SIGNATURE_FORM_PLAIN, VERSION,
+    BatchItem, KeyListing, Op, ResponseBody, ResponseFrame, SignatureForm, VersionListing,
+    MAX_BATCH, MAX_MESSAGE, VERSION,
 };
 use crate::error::Status;
 
@@ -169,10 +169,9 @@ fn encode_body(body: &ResponseBody, w: &mut Writer<'_>) -> Result<(), EncodeErro
     }
 }
 
-fn signed(w: &mut Writer<'_>, version: u32, signature: &[u8]) -> Result<(), EncodeError> {
+fn signed(w: &mut Writer<'_>, version: u32, signature: &SignatureForm) -> Result<(), EncodeError> {
     w.version("version", version)?;
-    w.u8(SIGNATURE_FORM_PLAIN);
-    w.bytes(Width::U16, "signature", signature, MAX_SIGNATURE)
+    w.signature(signature)
 }
 
 fn version_listing(w: &mut Writer<'_>, v: &VersionListing) -> Result<(), EncodeError> {
@@ -261,11 +260,9 @@ fn decode_body(op: Op, r: &mut Reader<'_>) -> Result<ResponseBody, DecodeError> 
     })
 }
 
-fn decode_signed(r: &mut Reader<'_>) -> Result<(u32, Bytes), DecodeError> {
+fn decode_signed(r: &mut Reader<'_>) -> Result<(u32, SignatureForm), DecodeError> {
     let version = r.version("version")?;
-    r.signature_form("signature_form")?;
-    let signature = r.bytes(Width::U16, "signature", MAX_SIGNATURE)?;
-    Ok((version, Bytes::copy_from_slice(signature)))
+    Ok((version, r.signature()?))
 }
 
 fn decode_version_listing(r: &mut Reader<'_>) -> Result<VersionListing, DecodeError> {

@@ -9,8 +9,11 @@
 use bytes::{BufMut, BytesMut};
 
 use super::error::{DecodeError, DecodeErrorKind, EncodeError};
-use super::{frame_len, MAX_FRAME, MAX_MESSAGE};
+use super::{
+    frame_len, MAX_FRAME, MAX_MESSAGE, MAX_SIGNATURE, SIGNATURE_FORM_MERKLE, SIGNATURE_FORM_PLAIN,
+};
 use crate::keys::{KeyName, KeyState, KeyType, Scheme, Version};
+use crate::merkle::{BatchSignature, SignatureForm};
 
 /// Width of a length prefix or count.
 #[derive(Clone, Copy, Debug)]
@@ -250,16 +253,26 @@ impl<'a> Reader<'a> {
             .ok_or_else(|| DecodeError::new(DecodeErrorKind::UnknownKeyState(code), field, start))
     }
 
-    /// A signature form byte; only 1 (plain) is supported.
-    pub(super) fn signature_form(&mut self, field: &'static str) -> Result<(), DecodeError> {
+    /// A `signature_form` u8 and a `signature` bytes16 (≤ `MAX_SIGNATURE`): form 1 carries a
+    /// plain signature, form 2 a batch signature encoding, decoded strictly.
+    pub(super) fn signature(&mut self) -> Result<SignatureForm, DecodeError> {
         let start = self.pos;
-        match self.u8(field)? {
-            super::SIGNATURE_FORM_PLAIN => Ok(()),
-            form => {
-                let kind = DecodeErrorKind::UnsupportedSignatureForm(form);
-                Err(DecodeError::new(kind, field, start))
-            }
+        let form = self.u8("signature_form")?;
+        if form != SIGNATURE_FORM_PLAIN && form != SIGNATURE_FORM_MERKLE {
+            let kind = DecodeErrorKind::UnsupportedSignatureForm(form);
+            return Err(DecodeError::new(kind, "signature_form", start));
         }
+        let data_at = self.pos + 2;
+        let raw = self.bytes(Width::U16, "signature", MAX_SIGNATURE)?;
+        if form == SIGNATURE_FORM_PLAIN {
+            return Ok(SignatureForm::Plain(bytes::Bytes::copy_from_slice(raw)));
+        }
+        BatchSignature::decode(raw)
+            .map(SignatureForm::Batch)
+            .map_err(|e| {
+                let kind = DecodeErrorKind::InvalidBatchSignature(e);
+                DecodeError::new(kind, "signature", data_at)
+            })
     }
 
     /// Succeeds iff every byte was consumed; `after` names what the extra bytes would follow.
@@ -389,6 +402,24 @@ impl Writer<'_> {
             truncate_message(msg).as_bytes(),
             MAX_MESSAGE,
         )
+    }
+
+    /// A `signature_form` u8 and a `signature` bytes16 (form 2: the batch signature encoding).
+    pub(super) fn signature(&mut self, signature: &SignatureForm) -> Result<(), EncodeError> {
+        let field = "signature";
+        match signature {
+            SignatureForm::Plain(sig) => {
+                self.u8(SIGNATURE_FORM_PLAIN);
+                self.bytes(Width::U16, field, sig, MAX_SIGNATURE)
+            }
+            SignatureForm::Batch(sig) => {
+                let encoded = sig
+                    .encode()
+                    .map_err(|source| EncodeError::BatchSignature { field, source })?;
+                self.u8(SIGNATURE_FORM_MERKLE);
+                self.bytes(Width::U16, field, &encoded, MAX_SIGNATURE)
+            }
+        }
     }
 
     /// A `str8` key name.

@@ -15,7 +15,7 @@ use crate::keys::{KeyName, Payload, Scheme, Version};
 use crate::pipeline::Reply;
 use crate::protocol::{
     self, BatchItem, KeyListing, Op, Request, RequestFrame, ResponseBody, ResponseFrame,
-    VersionListing,
+    SignatureForm, VersionListing,
 };
 
 /// Stream error code when the request could not be read (too large, too slow).
@@ -182,7 +182,7 @@ async fn handle(
                 .await
                 .map(|s| ResponseBody::Signed {
                     version: s.version,
-                    signature: Bytes::from(s.signature),
+                    signature: SignatureForm::Plain(Bytes::from(s.signature)),
                 }),
             Err(e) => Err(e),
         },
@@ -206,7 +206,7 @@ async fn handle(
                 items.push(match r {
                     Ok(s) => BatchItem::Signed {
                         version: s.version,
-                        signature: Bytes::from(s.signature),
+                        signature: SignatureForm::Plain(Bytes::from(s.signature)),
                     },
                     Err(e) => BatchItem::Failed {
                         status: e.status(),
@@ -223,8 +223,14 @@ async fn handle(
             scheme,
             payload,
             signature,
-        } => match Payload::new(scheme, payload) {
-            Ok(payload) => {
+        } => match (Payload::new(scheme, payload), signature) {
+            // Batch signatures are verified offline for now (`certnode_signer::merkle::verify`).
+            (Ok(_), SignatureForm::Batch(_)) => Err(EngineError::InvalidArgument(
+                "unsupported signature form 2 (Merkle batch) in verify: verify it offline with \
+                 the public key"
+                    .into(),
+            )),
+            (Ok(payload), SignatureForm::Plain(signature)) => {
                 let engine = engine.clone();
                 blocking(move || {
                     engine
@@ -233,7 +239,7 @@ async fn handle(
                 })
                 .await
             }
-            Err(e) => Err(e),
+            (Err(e), _) => Err(e),
         },
         Request::GetPublicKey { key, version } => {
             engine

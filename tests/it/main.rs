@@ -5,6 +5,7 @@
 
 mod support;
 
+mod batch_python;
 mod errors;
 mod failover;
 mod keys;

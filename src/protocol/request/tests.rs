@@ -2,9 +2,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use super::super::MAX_FRAME;
+use super::super::{ACCEPT_BATCH_SIGNATURE, MAX_FRAME, MAX_SIGNATURE, SIGNATURE_FORM_PLAIN};
 use super::*;
 use crate::keys::{KeyName, KeyType, Scheme};
+use crate::merkle::BatchSignature;
+use crate::protocol::SignatureForm;
 
 fn key(name: &str) -> KeyName {
     KeyName::new(name).unwrap()
@@ -43,7 +45,7 @@ fn samples() -> Vec<RequestFrame> {
             version: Some(2),
             scheme: Scheme::RsaPssSha256,
             payload: Bytes::from(vec![7; 32]),
-            signature: Bytes::from(vec![9; 256]),
+            signature: SignatureForm::Plain(Bytes::from(vec![9; 256])),
         },
         Request::GetPublicKey {
             key: k.clone(),
@@ -418,23 +420,23 @@ fn signature_limits_and_forms() {
     let body = enc(frame)[4..].to_vec();
     let form_at = body.len() - 256 - 2 - 1;
     assert_eq!(body[form_at], SIGNATURE_FORM_PLAIN);
-    for form in [0, 2, 3] {
+    for form in [0, 3, 255] {
         let mut b = body.clone();
         b[form_at] = form;
         let e = decode_request(&framed(&b)).unwrap_err();
         assert_eq!(e.kind(), DecodeErrorKind::UnsupportedSignatureForm(form));
         assert_eq!(e.field(), "signature_form");
     }
-    let e = decode_request(&framed(&{
-        let mut b = body.clone();
-        b[form_at] = 2;
-        b
-    }))
-    .unwrap_err();
-    assert!(
-        e.to_string().contains("unsupported signature form 2"),
-        "{e}"
-    );
+    // Form 2 with bytes that are not a batch signature: tree_size 0x09090909 is out of range.
+    let mut b = body.clone();
+    b[form_at] = 2;
+    let e = decode_request(&framed(&b)).unwrap_err();
+    let DecodeErrorKind::InvalidBatchSignature(inner) = e.kind() else {
+        panic!("{e}");
+    };
+    assert_eq!(inner.field, "tree_size");
+    assert_eq!((e.field(), e.offset()), ("signature", 4 + form_at + 3));
+    assert!(e.to_string().contains("invalid batch signature"), "{e}");
     let mut b = body[..form_at + 1].to_vec();
     b.extend_from_slice(&((MAX_SIGNATURE + 1) as u16).to_be_bytes());
     b.resize(b.len() + MAX_SIGNATURE + 1, 0);
@@ -445,6 +447,57 @@ fn signature_limits_and_forms() {
             max: MAX_SIGNATURE
         }
     );
+}
+
+#[test]
+fn batch_signatures_in_verify() {
+    let sig = BatchSignature {
+        root_signature: Bytes::from(vec![5; 256]),
+        leaf_index: 4,
+        tree_size: 5,
+        blinding: [1; 32],
+        path: vec![[2; 32], [3; 32], [4; 32]],
+    };
+    let frame = RequestFrame {
+        flags: ACCEPT_BATCH_SIGNATURE,
+        deadline_ms: 0,
+        request: Request::Verify {
+            key: key("payments"),
+            version: Some(2),
+            scheme: Scheme::RsaPssSha256,
+            payload: Bytes::from(vec![7; 32]),
+            signature: SignatureForm::Batch(sig.clone()),
+        },
+    };
+    let bytes = enc(&frame);
+    assert_eq!(decode_request(&bytes).unwrap(), frame);
+    // The form-2 bytes are exactly the batch signature encoding.
+    let inner = sig.encode().unwrap();
+    assert!(bytes.ends_with(&inner));
+    let len_at = bytes.len() - inner.len() - 2;
+    assert_eq!(bytes[len_at - 1], 2);
+    // A truncated inner encoding (outer lengths fixed up) is an invalid batch signature.
+    let mut short = bytes[4..bytes.len() - 1].to_vec();
+    let new_len = (inner.len() - 1) as u16;
+    short[len_at - 4..len_at - 2].copy_from_slice(&new_len.to_be_bytes());
+    assert!(matches!(
+        kind(&framed(&short)),
+        DecodeErrorKind::InvalidBatchSignature(_)
+    ));
+    // An encoder refuses a batch signature that breaks its rules.
+    let mut bad = frame.clone();
+    if let Request::Verify { signature, .. } = &mut bad.request {
+        *signature = SignatureForm::Batch(BatchSignature {
+            leaf_index: 5,
+            ..sig
+        });
+    }
+    let mut out = BytesMut::new();
+    assert!(matches!(
+        encode_request(&bad, &mut out),
+        Err(EncodeError::BatchSignature { .. })
+    ));
+    assert!(out.is_empty());
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::keys::{KeyName, KeyState, KeyType};
+use crate::merkle::BatchSignature;
 
 const SIG: &[u8] = b"\x30\x06\x02\x01\x2a\x02\x01\x07";
 
@@ -22,7 +23,7 @@ fn samples() -> Vec<(Op, ResponseFrame)> {
             Op::Sign,
             ResponseBody::Signed {
                 version: 1,
-                signature: Bytes::from_static(SIG),
+                signature: SignatureForm::Plain(Bytes::from_static(SIG)),
             },
         ),
         (
@@ -30,7 +31,7 @@ fn samples() -> Vec<(Op, ResponseFrame)> {
             ResponseBody::Batch(vec![
                 BatchItem::Signed {
                     version: 2,
-                    signature: Bytes::from_static(SIG),
+                    signature: SignatureForm::Plain(Bytes::from_static(SIG)),
                 },
                 BatchItem::Failed {
                     status: Status::Overloaded,
@@ -41,6 +42,16 @@ fn samples() -> Vec<(Op, ResponseFrame)> {
                     status: Status::DeadlineExceeded,
                     retry_after_ms: 0,
                     message: String::new(),
+                },
+                BatchItem::Signed {
+                    version: 2,
+                    signature: SignatureForm::Batch(BatchSignature {
+                        root_signature: Bytes::from_static(SIG),
+                        leaf_index: 1,
+                        tree_size: 3,
+                        blinding: [0xbb; 32],
+                        path: vec![[0xcc; 32], [0xdd; 32]],
+                    }),
                 },
             ]),
         ),
@@ -354,8 +365,15 @@ fn ok_body(op: Op, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 
 #[test]
 fn result_field_checks() {
+    let e = decode_response(Op::Sign, &ok_body(Op::Sign, |b| b[14] = 3)).unwrap_err();
+    assert_eq!(e.kind(), DecodeErrorKind::UnsupportedSignatureForm(3));
+    // Form 2 with a plain DER signature's bytes: too short to be a batch signature.
     let e = decode_response(Op::Sign, &ok_body(Op::Sign, |b| b[14] = 2)).unwrap_err();
-    assert_eq!(e.kind(), DecodeErrorKind::UnsupportedSignatureForm(2));
+    assert!(matches!(
+        e.kind(),
+        DecodeErrorKind::InvalidBatchSignature(_)
+    ));
+    assert_eq!((e.field(), e.offset()), ("signature", 4 + 17));
     let e = decode_response(Op::Sign, &ok_body(Op::Sign, |b| b[13] = 0)).unwrap_err();
     assert!(matches!(
         e.kind(),
