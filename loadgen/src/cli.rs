@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::report::{self, RunResult};
 use crate::run::{self, Kept, Load, Phase, Target};
-use certnode_signer::client::{Client, ClientOptions};
+use certnode_signer::client::{Client, ClientOptions, SignatureForm};
 use certnode_signer::Scheme;
 
 /// Load generator for signerd.
@@ -80,6 +80,11 @@ struct Common {
     /// Most requests in flight (open loop); beyond it requests count as client_overflow.
     #[arg(long, default_value_t = 100_000)]
     max_inflight: usize,
+    /// Accept Merkle batch signatures (one HSM signature per tree, docs/BATCH.md); the key must
+    /// have `[batch]` enabled in the daemon's config. The report gives the mean tree size and
+    /// HSM calls per second; --verify checks every inclusion proof and root signature.
+    #[arg(long)]
+    batch: bool,
 }
 
 #[derive(Debug, Args)]
@@ -253,6 +258,7 @@ async fn target(c: &Common) -> Result<Target, String> {
         scheme,
         payload_len: scheme.digest_len().unwrap_or(c.message_size),
         keep_signatures: c.verify,
+        batch: c.batch,
         max_inflight: c.max_inflight,
     })
 }
@@ -410,7 +416,7 @@ fn parse_steps(spec: &str) -> Result<Vec<(f64, Duration)>, String> {
 /// Verifies every kept signature against the key's public key(s), in parallel on the rayon
 /// pool, after the measured window.
 async fn verify_all(target: &Target, r: &mut RunResult, kept: Vec<Kept>) -> Result<(), String> {
-    let mut versions: Vec<u32> = kept.iter().map(|k| k.signature.version).collect();
+    let mut versions: Vec<u32> = kept.iter().map(|k| k.version).collect();
     versions.sort_unstable();
     versions.dedup();
     let mut keys = std::collections::HashMap::new();
@@ -422,13 +428,23 @@ async fn verify_all(target: &Target, r: &mut RunResult, kept: Vec<Kept>) -> Resu
         keys.insert(v, pk.spki_der.to_vec());
     }
     let scheme = target.scheme;
+    let key = certnode_signer::KeyName::new(&target.key).map_err(|e| e.to_string())?;
     let (verified, failures) = tokio::task::spawn_blocking(move || {
         use rayon::prelude::*;
         let failures = kept
             .par_iter()
             .filter(|k| {
-                keys.get(&k.signature.version).is_none_or(|spki| {
-                    crate::verify::verify(spki, scheme, &k.payload, &k.signature.signature).is_err()
+                keys.get(&k.version).is_none_or(|spki| match &k.signature {
+                    // Plain: the independent verifier (shares no code with the signer).
+                    SignatureForm::Plain(sig) => {
+                        crate::verify::verify(spki, scheme, &k.payload, sig).is_err()
+                    }
+                    // Batch: the inclusion proof and the root signature (docs/BATCH.md); the
+                    // Python verifier in tools/ checks the same construction independently.
+                    SignatureForm::Batch(b) => certnode_signer::merkle::verify_batch(
+                        spki, scheme, &key, k.version, &k.payload, b,
+                    )
+                    .is_err(),
                 })
             })
             .count();

@@ -159,6 +159,10 @@ pub struct RunResult {
     pub verify_failures: u64,
     /// Whether `--verify` was on.
     pub verify_enabled: bool,
+    /// Requests answered with a Merkle batch signature (`--batch`).
+    pub batch_signatures: u64,
+    /// Trees those came from (each answer of a tree of n counts 1/n): HSM root signatures.
+    pub batch_trees: f64,
 }
 
 impl RunResult {
@@ -318,6 +322,17 @@ pub fn summary_table(r: &RunResult) -> String {
             "verification", r.verified, r.verify_failures
         );
     }
+    if r.batch_signatures > 0 {
+        let _ = writeln!(
+            s,
+            "{:<W$}{} batch signatures from {:.0} trees: mean tree {:.1}, {:.0} HSM calls/s",
+            "batch",
+            r.batch_signatures,
+            r.batch_trees,
+            r.batch_signatures as f64 / r.batch_trees.max(1e-9),
+            r.batch_trees / r.duration_s.max(1e-9)
+        );
+    }
     s
 }
 
@@ -394,6 +409,12 @@ pub fn to_json(r: &RunResult) -> Value {
         "verify_enabled": r.verify_enabled,
         "verified": r.verified,
         "verify_failures": r.verify_failures,
+        "batch": (r.batch_signatures > 0).then(|| json!({
+            "signatures": r.batch_signatures,
+            "trees": r.batch_trees,
+            "mean_tree_size": r.batch_signatures as f64 / r.batch_trees.max(1e-9),
+            "hsm_calls_per_s": r.batch_trees / r.duration_s.max(1e-9),
+        })),
         "intervals": r.intervals.iter().map(interval_json).collect::<Vec<_>>(),
     })
 }
@@ -675,6 +696,8 @@ pub(crate) mod tests {
             verified: 990,
             verify_failures: 0,
             verify_enabled: true,
+            batch_signatures: 0,
+            batch_trees: 0.0,
         }
     }
 
@@ -698,6 +721,8 @@ pub(crate) mod tests {
             verified: 0,
             verify_failures: 0,
             verify_enabled: false,
+            batch_signatures: 0,
+            batch_trees: 0.0,
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use certnode_signer::client::{Client, ClientError, Signature};
+use certnode_signer::client::{Client, ClientError, SignatureForm};
 use certnode_signer::Scheme;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
@@ -51,6 +51,8 @@ pub struct Target {
     /// Most requests in flight in open loop; beyond it requests are counted as `client_overflow`
     /// instead of piling up without bound.
     pub max_inflight: usize,
+    /// Accept Merkle batch signatures (`ACCEPT_BATCH_SIGNATURE`).
+    pub batch: bool,
 }
 
 /// A signature kept for verification.
@@ -58,8 +60,10 @@ pub struct Target {
 pub struct Kept {
     /// What was signed.
     pub payload: Bytes,
-    /// The answer.
-    pub signature: Signature,
+    /// The key version that signed.
+    pub version: u32,
+    /// The signature, plain or batch.
+    pub signature: SignatureForm,
 }
 
 /// One answered request, sent to the collector.
@@ -70,6 +74,8 @@ struct Sample {
     latency: Duration,
     /// `None` = OK.
     error: Option<&'static str>,
+    /// For a batch signature: the size of its tree.
+    tree_size: Option<u32>,
     kept: Option<Kept>,
 }
 
@@ -120,6 +126,7 @@ pub async fn run_phase(
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut ok = 0u64;
     let mut kept = Vec::new();
+    let (mut batch_signatures, mut trees) = (0u64, 0f64);
     let mut last_progress = Instant::now();
     let mut window_hist = report::new_histogram();
     let mut window_ok = 0u64;
@@ -149,6 +156,11 @@ pub async fn run_phase(
                 ok += 1;
                 window_ok += 1;
                 intervals[slot].ok += 1;
+                if let Some(n) = s.tree_size {
+                    // A tree of n leaves answers n requests: each stands for 1/n of a tree.
+                    batch_signatures += 1;
+                    trees += 1.0 / f64::from(n.max(1));
+                }
                 if let Some(k) = s.kept {
                     kept.push(k);
                 }
@@ -195,6 +207,8 @@ pub async fn run_phase(
         verified: 0,
         verify_failures: 0,
         verify_enabled: target.keep_signatures,
+        batch_signatures,
+        batch_trees: trees,
     };
     (result, kept)
 }
@@ -264,12 +278,12 @@ async fn open_loop(
             let (tx, inflight) = (tx.clone(), inflight.clone());
             let (key, scheme, len) = (target.key.clone(), target.scheme, target.payload_len);
             let keep = target.keep_signatures && scheduled >= warmup;
+            let batch = target.batch;
             tokio::spawn(async move {
                 let sample = one(
                     &client,
                     &key,
-                    scheme,
-                    len,
+                    Shape { scheme, len, batch },
                     start + scheduled,
                     scheduled,
                     keep,
@@ -296,11 +310,12 @@ async fn closed_loop(
     for i in 0..concurrency.max(1) {
         let client = target.clients[i % target.clients.len()].clone();
         let (tx, sent) = (tx.clone(), sent.clone());
-        let (key, scheme, len, keep) = (
+        let (key, scheme, len, keep, batch) = (
             target.key.clone(),
             target.scheme,
             target.payload_len,
             target.keep_signatures,
+            target.batch,
         );
         tasks.push(tokio::spawn(async move {
             loop {
@@ -315,8 +330,7 @@ async fn closed_loop(
                 let sample = one(
                     &client,
                     &key,
-                    scheme,
-                    len,
+                    Shape { scheme, len, batch },
                     Instant::now(),
                     scheduled,
                     keep && in_window,
@@ -333,11 +347,20 @@ async fn closed_loop(
     }
 }
 
+/// What each request looks like.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    scheme: Scheme,
+    /// Payload length.
+    len: usize,
+    /// Accept a batch signature.
+    batch: bool,
+}
+
 async fn one(
     client: &Client,
     key: &str,
-    scheme: Scheme,
-    len: usize,
+    Shape { scheme, len, batch }: Shape,
     scheduled_at: Instant,
     scheduled: Duration,
     keep: bool,
@@ -346,19 +369,38 @@ async fn one(
         .map(|_| rand::random::<u8>())
         .collect::<Vec<u8>>()
         .into();
-    let result = client.sign(key, scheme, payload.clone()).await;
+    let result = if batch {
+        client
+            .sign_accepting_batch(key, scheme, payload.clone())
+            .await
+            .map(|s| (s.version, s.signature))
+    } else {
+        client
+            .sign(key, scheme, payload.clone())
+            .await
+            .map(|s| (s.version, SignatureForm::Plain(s.signature)))
+    };
     let latency = scheduled_at.elapsed();
     match result {
-        Ok(signature) => Sample {
+        Ok((version, signature)) => Sample {
             scheduled,
             latency,
             error: None,
-            kept: keep.then_some(Kept { payload, signature }),
+            tree_size: match &signature {
+                SignatureForm::Batch(b) => Some(b.tree_size),
+                SignatureForm::Plain(_) => None,
+            },
+            kept: keep.then_some(Kept {
+                payload,
+                version,
+                signature,
+            }),
         },
         Err(e) => Sample {
             scheduled,
             latency,
             error: Some(error_name(&e)),
+            tree_size: None,
             kept: None,
         },
     }

@@ -51,6 +51,13 @@ pub fn run(path: &Path) -> Result<(), CliError> {
             audit: audit.clone(),
             audit_key,
             policy: policy.clone(),
+            batch: cfg.batch.enabled().then(|| {
+                certnode_signer::server::batcher::Batcher::new(
+                    engine.clone(),
+                    audit.clone(),
+                    cfg.batch.clone(),
+                )
+            }),
         };
         let reloader = tokio::spawn(reload_on_sighup(policy));
         let server = Server::bind_with(engine.clone(), server_cfg, extras).map_err(|e| match e {

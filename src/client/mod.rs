@@ -35,9 +35,9 @@ pub use options::ClientOptions;
 pub use crate::error::Status;
 use crate::keys::{KeyName, KeyType, Scheme, Version};
 use crate::protocol::{
-    self, BatchItem, Op, Request, RequestFrame, ResponseBody, ResponseFrame, SignatureForm,
+    self, BatchItem, Op, Request, RequestFrame, ResponseBody, ResponseFrame, ACCEPT_BATCH_SIGNATURE,
 };
-pub use crate::protocol::{KeyListing, VersionListing};
+pub use crate::protocol::{KeyListing, SignatureForm, VersionListing};
 
 /// How long past a call's timeout the client waits for the server's own DEADLINE_EXCEEDED
 /// answer before giving up with [`ClientError::Timeout`].
@@ -113,6 +113,60 @@ fn plain(version: Version, signature: SignatureForm) -> Result<Signature, Client
         SignatureForm::Batch(_) => Err(ClientError::Protocol(
             "the server sent a batch signature (form 2) without ACCEPT_BATCH_SIGNATURE".into(),
         )),
+    }
+}
+
+/// A signature in either form, from [`Client::sign_accepting_batch`]: plain, or a Merkle batch
+/// signature (one HSM signature over a tree root plus this payload's inclusion proof,
+/// docs/BATCH.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnySignature {
+    /// The key's name.
+    pub key: KeyName,
+    /// The key version that signed.
+    pub version: Version,
+    /// The scheme.
+    pub scheme: Scheme,
+    /// The signature.
+    pub signature: SignatureForm,
+}
+
+impl AnySignature {
+    /// Whether it is a batch (form 2) signature.
+    pub fn is_batch(&self) -> bool {
+        matches!(self.signature, SignatureForm::Batch(_))
+    }
+
+    /// Checks it offline against the key's public key (SubjectPublicKeyInfo DER) and the payload
+    /// that was signed (the digest; the message for Ed25519), whichever its form.
+    pub fn verify(
+        &self,
+        spki_der: &[u8],
+        payload: &[u8],
+    ) -> Result<(), crate::merkle::VerifyError> {
+        crate::merkle::verify(
+            spki_der,
+            self.scheme,
+            &self.key,
+            self.version,
+            payload,
+            &self.signature,
+        )
+    }
+
+    /// A self-contained blob that a relying party verifies offline with only the public key and
+    /// the message (`tools/verify_batch.py blob`, or `merkle::BatchBlob::verify_message`).
+    /// `None` for a plain signature (which needs no blob).
+    pub fn to_blob(&self) -> Option<crate::merkle::BatchBlob> {
+        match &self.signature {
+            SignatureForm::Batch(sig) => Some(crate::merkle::BatchBlob {
+                scheme: self.scheme,
+                key: self.key.clone(),
+                version: self.version,
+                signature: sig.clone(),
+            }),
+            SignatureForm::Plain(_) => None,
+        }
     }
 }
 
@@ -221,6 +275,52 @@ impl Client {
         };
         match self.call(request).await? {
             ResponseBody::Signed { version, signature } => plain(version, signature),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Signs like [`Client::sign`], but tells the server this client accepts a Merkle batch
+    /// signature (`ACCEPT_BATCH_SIGNATURE`). For keys configured for batch signing the answer is
+    /// then a batch signature (verify it with [`AnySignature::verify`]); otherwise it is plain.
+    pub async fn sign_accepting_batch(
+        &self,
+        key: &str,
+        scheme: Scheme,
+        payload: impl Into<Bytes>,
+    ) -> Result<AnySignature, ClientError> {
+        let key = name(key)?;
+        let request = Request::Sign {
+            key: key.clone(),
+            version: None,
+            scheme,
+            payload: payload.into(),
+        };
+        match self.call_flags(request, ACCEPT_BATCH_SIGNATURE).await? {
+            ResponseBody::Signed { version, signature } => Ok(AnySignature {
+                key,
+                version,
+                scheme,
+                signature,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Asks the server whether a signature of either form is valid for `payload`.
+    pub async fn verify_any(
+        &self,
+        signature: &AnySignature,
+        payload: impl Into<Bytes>,
+    ) -> Result<bool, ClientError> {
+        let request = Request::Verify {
+            key: signature.key.clone(),
+            version: Some(signature.version),
+            scheme: signature.scheme,
+            payload: payload.into(),
+            signature: signature.signature.clone(),
+        };
+        match self.call(request).await? {
+            ResponseBody::Verified { valid, .. } => Ok(valid),
             other => Err(unexpected(&other)),
         }
     }
@@ -375,11 +475,15 @@ impl Client {
     /// One call: send, retry retryable answers within the retry budget and the timeout.
     /// Returns at most [`SERVER_ANSWER_GRACE`] after the timeout.
     async fn call(&self, request: Request) -> Result<ResponseBody, ClientError> {
+        self.call_flags(request, 0).await
+    }
+
+    async fn call_flags(&self, request: Request, flags: u16) -> Result<ResponseBody, ClientError> {
         let opts = &self.inner.opts;
         let op = request.op();
         let deadline = Instant::now() + opts.timeout;
         let mut frame = RequestFrame {
-            flags: 0,
+            flags,
             deadline_ms: 0,
             request,
         };

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::hsm::uri::Pkcs11Uri;
 use crate::secret::PinSource;
 
+pub mod batch;
 pub mod ops;
 pub mod server;
 
@@ -66,6 +67,9 @@ pub struct Config {
     /// The audit log; `signerd serve` requires this table (see `disabled`).
     #[serde(default)]
     pub audit: Option<AuditSection>,
+    /// Merkle batch signatures (docs/BATCH.md): off for every key unless configured.
+    #[serde(default)]
+    pub batch: batch::BatchSection,
     /// PKCS#11 providers by name (one table each).
     pub providers: BTreeMap<String, ProviderConfig>,
 }
@@ -288,6 +292,7 @@ impl Config {
         if let Some(s) = &self.server {
             s.validate().map_err(ConfigError::Invalid)?;
         }
+        self.batch.validate().map_err(ConfigError::Invalid)?;
         if let Some(a) = &self.audit {
             a.validate().map_err(ConfigError::Invalid)?;
         }

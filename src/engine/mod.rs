@@ -30,7 +30,7 @@ use crate::config::{Config, ProviderRole};
 use crate::error::EngineError;
 use crate::hsm::der::pem_encode;
 use crate::hsm::{objects, HsmError, Module, Partition, PartitionSpec, PartitionStats};
-use crate::keys::{KeyName, KeyState, KeyType, Payload, Version};
+use crate::keys::{KeyName, KeyState, KeyType, Payload, Scheme, Version};
 use crate::pipeline::admission;
 use crate::pipeline::breakers::Breakers;
 use crate::pipeline::gate::{Gate, RetryBudget};
@@ -510,6 +510,29 @@ impl Engine {
             key_type: v.key_type,
             spki_der: v.spki.clone(),
         })
+    }
+
+    /// The version a sign request for `name` (at `version`, or the signing version) would use,
+    /// without signing: the batcher binds it into a tree's signed root before the HSM call.
+    pub fn signing_version(
+        &self,
+        name: &KeyName,
+        version: Option<Version>,
+        scheme: Scheme,
+    ) -> Result<Version, EngineError> {
+        let v = self.inner.registry.for_signing(name, version)?;
+        if !v.key_type.supports(scheme) {
+            return Err(EngineError::InvalidArgument(format!(
+                "scheme {scheme} cannot be used with {} key {name}",
+                v.key_type
+            )));
+        }
+        Ok(v.version)
+    }
+
+    /// The engine's partition names, by index.
+    pub fn partition_name(&self, index: usize) -> Option<&str> {
+        self.inner.partitions.get(index).map(|p| p.name())
     }
 
     /// Per-partition counters.

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
 
+use super::batcher::{BatchReply, Batcher};
 use super::{authz, InflightGuard, State};
 use crate::audit::AuditEntry;
+use crate::config::batch::BatchMode;
 use crate::engine::{KeyInfo, SignRequest, VersionInfo};
 use crate::error::{EngineError, Status};
 use crate::keys::{KeyName, Payload, Scheme, Version};
@@ -171,20 +173,20 @@ async fn handle(
     };
     let deadline = received + Duration::from_millis(u64::from(budget));
     let engine = &state.engine;
+    let accepts_batch = req.flags & protocol::ACCEPT_BATCH_SIGNATURE != 0;
     let result: Result<ResponseBody, EngineError> = match req.request {
         Request::Sign {
             key,
             version,
             scheme,
             payload,
-        } => match submit(engine, identity, &key, version, scheme, payload, deadline) {
-            Ok(rx) => await_reply(state, rx, deadline)
-                .await
-                .map(|s| ResponseBody::Signed {
-                    version: s.version,
-                    signature: SignatureForm::Plain(Bytes::from(s.signature)),
-                }),
+        } => match route(state, &key, accepts_batch) {
             Err(e) => Err(e),
+            Ok(batcher) => sign_one(
+                state, batcher, identity, &key, version, scheme, payload, deadline,
+            )
+            .await
+            .map(|(version, signature)| ResponseBody::Signed { version, signature }),
         },
         Request::SignBatch {
             key,
@@ -192,22 +194,30 @@ async fn handle(
             scheme,
             payloads,
         } => {
+            let batcher = match route(state, &key, accepts_batch) {
+                Ok(b) => b,
+                Err(e) => return error_frame(&e),
+            };
             let mut pending = Vec::with_capacity(payloads.len());
-            // Queue every item first so they sign in parallel, then collect the answers.
+            // Queue every item first so they sign in parallel (or share one tree), then collect
+            // the answers.
             for p in payloads {
-                pending.push(submit(engine, identity, &key, version, scheme, p, deadline));
+                pending.push(match &batcher {
+                    Some(b) => b
+                        .submit(&key, version, scheme, p, deadline, identity)
+                        .map(Pending::Batch),
+                    None => submit(engine, identity, &key, version, scheme, p, deadline)
+                        .map(Pending::Plain),
+                });
             }
             let mut items = Vec::with_capacity(pending.len());
             for p in pending {
                 let r = match p {
-                    Ok(rx) => await_reply(state, rx, deadline).await,
+                    Ok(p) => p.wait(state, deadline).await,
                     Err(e) => Err(e),
                 };
                 items.push(match r {
-                    Ok(s) => BatchItem::Signed {
-                        version: s.version,
-                        signature: SignatureForm::Plain(Bytes::from(s.signature)),
-                    },
+                    Ok((version, signature)) => BatchItem::Signed { version, signature },
                     Err(e) => BatchItem::Failed {
                         status: e.status(),
                         retry_after_ms: retry_ms(&e),
@@ -224,12 +234,25 @@ async fn handle(
             payload,
             signature,
         } => match (Payload::new(scheme, payload), signature) {
-            // Batch signatures are verified offline for now (`certnode_signer::merkle::verify`).
-            (Ok(_), SignatureForm::Batch(_)) => Err(EngineError::InvalidArgument(
-                "unsupported signature form 2 (Merkle batch) in verify: verify it offline with \
-                 the public key"
-                    .into(),
-            )),
+            // A batch signature is checked in software against the key version's public key:
+            // the inclusion proof is hashing, and the root signature a public-key operation.
+            (Ok(payload), SignatureForm::Batch(sig)) => {
+                engine.public_key(&key, version).map(|pk| {
+                    let valid = crate::merkle::verify_batch(
+                        &pk.spki_der,
+                        scheme,
+                        &key,
+                        pk.version,
+                        payload.bytes(),
+                        &sig,
+                    )
+                    .is_ok();
+                    ResponseBody::Verified {
+                        version: pk.version,
+                        valid,
+                    }
+                })
+            }
             (Ok(payload), SignatureForm::Plain(signature)) => {
                 let engine = engine.clone();
                 blocking(move || {
@@ -504,13 +527,87 @@ fn submit(
     })
 }
 
+/// Whether a sign request for `key` goes through the batcher: `Ok(Some)` for a batch-enabled key
+/// and a client that accepts batch signatures, `Ok(None)` for a plain signature, and an error for
+/// a key that requires batch signatures asked by a client that does not accept them.
+fn route<'a>(
+    state: &'a State,
+    key: &KeyName,
+    accepts_batch: bool,
+) -> Result<Option<&'a Arc<Batcher>>, EngineError> {
+    let Some(b) = &state.extras.batch else {
+        return Ok(None);
+    };
+    match (b.mode(key), accepts_batch) {
+        (BatchMode::Off, _) | (BatchMode::Allowed, false) => Ok(None),
+        (BatchMode::Allowed | BatchMode::Required, true) => Ok(Some(b)),
+        (BatchMode::Required, false) => Err(EngineError::FailedPrecondition(format!(
+            "key {key} signs only in batches: send the request with ACCEPT_BATCH_SIGNATURE \
+             (docs/BATCH.md)"
+        ))),
+    }
+}
+
+/// A queued sign: a plain engine job, or a leaf of the next batch tree.
+enum Pending {
+    Plain(tokio::sync::oneshot::Receiver<Reply>),
+    Batch(tokio::sync::oneshot::Receiver<BatchReply>),
+}
+
+impl Pending {
+    async fn wait(
+        self,
+        state: &State,
+        deadline: Instant,
+    ) -> Result<(Version, SignatureForm), EngineError> {
+        match self {
+            Pending::Plain(rx) => await_reply(state, rx, deadline)
+                .await
+                .map(|s| (s.version, SignatureForm::Plain(Bytes::from(s.signature)))),
+            Pending::Batch(rx) => await_reply(state, rx, deadline)
+                .await
+                .map(|(v, sig)| (v, SignatureForm::Batch(sig))),
+        }
+    }
+}
+
+/// Signs one payload, plainly or in a batch tree.
+#[allow(clippy::too_many_arguments)]
+async fn sign_one(
+    state: &State,
+    batcher: Option<&Arc<Batcher>>,
+    identity: &Arc<str>,
+    key: &KeyName,
+    version: Option<Version>,
+    scheme: Scheme,
+    payload: Bytes,
+    deadline: Instant,
+) -> Result<(Version, SignatureForm), EngineError> {
+    let pending = match batcher {
+        Some(b) => b
+            .submit(key, version, scheme, payload, deadline, identity)
+            .map(Pending::Batch)?,
+        None => submit(
+            &state.engine,
+            identity,
+            key,
+            version,
+            scheme,
+            payload,
+            deadline,
+        )
+        .map(Pending::Plain)?,
+    };
+    pending.wait(state, deadline).await
+}
+
 /// Waits for the worker's answer; answers DEADLINE_EXCEEDED a little after the deadline if the
 /// HSM has not answered (a hung call), and UNAVAILABLE when the shutdown grace period ends.
-async fn await_reply(
+async fn await_reply<T>(
     state: &State,
-    rx: tokio::sync::oneshot::Receiver<Reply>,
+    rx: tokio::sync::oneshot::Receiver<Result<T, EngineError>>,
     deadline: Instant,
-) -> Reply {
+) -> Result<T, EngineError> {
     let mut expired = state.expired.subscribe();
     let late = tokio::time::Instant::from_std(deadline + Duration::from_millis(50));
     tokio::select! {

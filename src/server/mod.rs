@@ -3,6 +3,7 @@
 //! the engine and awaited; admin operations run on the blocking pool.
 
 mod authz;
+pub mod batcher;
 mod dispatch;
 
 use std::net::SocketAddr;
@@ -67,6 +68,8 @@ pub struct Extras {
     /// keeps the built-in rules: every authenticated client may use the non-admin ops, and
     /// admin ops need an identity in `[server] admins`.
     pub policy: Option<Arc<LivePolicy>>,
+    /// Merkle batch signing (`[batch]`); `None` signs every request plainly.
+    pub batch: Option<Arc<batcher::Batcher>>,
 }
 
 /// State shared by all connection and stream tasks.

@@ -42,6 +42,17 @@ impl Daemon {
         server_lines: &str,
         files: &[(&str, &str)],
     ) -> Daemon {
+        Daemon::start_custom(name, server_lines, files, "").await
+    }
+
+    /// Like `start_with_files`, also appending `tail` (whole tables, e.g. `[batch]`) to the
+    /// config.
+    pub async fn start_custom(
+        name: &str,
+        server_lines: &str,
+        files: &[(&str, &str)],
+        tail: &str,
+    ) -> Daemon {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("daemon-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -65,6 +76,7 @@ impl Daemon {
         // Tests count every request as signed (or UNAVAILABLE on shutdown): no admission
         // shedding here; the engine tests cover admission.
         let text = text.replace("max_queue_wait_ms = 100", "max_queue_wait_ms = 600000");
+        let text = format!("{text}\n{tail}\n");
         std::fs::write(&cfg, text).unwrap();
         for (file, contents) in files {
             std::fs::write(dir.join(file), contents).unwrap();

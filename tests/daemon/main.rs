@@ -9,6 +9,7 @@ mod verify;
 
 mod admin;
 mod bad_input;
+mod batch;
 mod cli;
 mod observability;
 mod policy;

@@ -1,0 +1,373 @@
+//! Merkle batch signing (docs/BATCH.md): concurrent sign requests for the same (key, version,
+//! scheme) that accept a batch signature are gathered into a Merkle tree; the HSM signs only the
+//! root (one ordinary engine job), and each caller gets the root signature with its own
+//! inclusion proof.
+//!
+//! **How trees form.** Each (key, version, scheme) has a group with a bounded queue of waiting
+//! requests and at most `max_trees_in_flight` trees being signed. A request that finds a free
+//! signing slot starts a tree at once, so at low load a tree holds one request and costs no extra
+//! latency. While every slot is busy in the HSM, new requests wait in the group; the slot that
+//! frees first takes all of them (up to `max_tree`) as its next tree. The tree size therefore
+//! follows the load: about the arrival rate times the HSM round trip, divided by the slots. No
+//! timer lingers: requests wait only while they would wait for a signer anyway, and a request
+//! whose deadline passes while it waits is answered DEADLINE_EXCEEDED and left out of the tree.
+//!
+//! **Audit.** The root signature is one engine job, recorded by the engine like every sign (its
+//! identity is [`BATCHER_IDENTITY`], its payload hash the hash of the signed root input). Every
+//! leaf is recorded too, with the caller's identity and the hash of its payload, naming the root
+//! input's hash; the answers are released only once those records are durable (fail closed).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
+use crate::audit::{AuditEntry, AuditLog};
+use crate::config::batch::{BatchMode, BatchSection};
+use crate::engine::{Engine, SignRequest};
+use crate::error::EngineError;
+use crate::keys::{KeyName, Payload, Scheme, Version};
+use crate::merkle::{root_signing_input, BatchSignature, Tree};
+
+/// The identity recorded for root signatures.
+pub const BATCHER_IDENTITY: &str = "signerd/batcher";
+/// Retry hint when a group's queue is full.
+const FULL_RETRY_AFTER: Duration = Duration::from_millis(50);
+
+/// What a batched request gets: the version that signed and its batch signature.
+pub type BatchReply = Result<(Version, BatchSignature), EngineError>;
+
+type GroupKey = (KeyName, Option<Version>, Scheme);
+
+/// The batcher of one daemon.
+#[derive(Debug)]
+pub struct Batcher {
+    engine: Engine,
+    audit: Option<AuditLog>,
+    cfg: BatchSection,
+    trees_in_flight: usize,
+    identity: Arc<str>,
+    groups: Mutex<HashMap<GroupKey, Arc<Group>>>,
+    trees: AtomicU64,
+    leaves: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+struct Group {
+    key: KeyName,
+    version: Option<Version>,
+    scheme: Scheme,
+    state: Mutex<GroupState>,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    waiting: VecDeque<Leaf>,
+    /// Trees being built or signed now.
+    signing: usize,
+}
+
+#[derive(Debug)]
+struct Leaf {
+    payload: Bytes,
+    identity: Arc<str>,
+    deadline: Instant,
+    reply: oneshot::Sender<BatchReply>,
+}
+
+impl Leaf {
+    fn answer(self, reply: BatchReply) {
+        let _ = self.reply.send(reply);
+    }
+}
+
+/// Trees signed and leaves answered so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Root signatures made (HSM calls).
+    pub trees: u64,
+    /// Requests answered with a batch signature.
+    pub leaves: u64,
+}
+
+impl Batcher {
+    /// A batcher over `engine`, recording leaves in `audit` when there is one.
+    pub fn new(engine: Engine, audit: Option<AuditLog>, cfg: BatchSection) -> Arc<Batcher> {
+        let trees_in_flight = cfg
+            .max_trees_in_flight
+            .unwrap_or_else(|| default_trees_in_flight(engine.workers()))
+            .max(1);
+        Arc::new(Batcher {
+            engine,
+            audit,
+            cfg,
+            trees_in_flight,
+            identity: Arc::from(BATCHER_IDENTITY),
+            groups: Mutex::new(HashMap::new()),
+            trees: AtomicU64::new(0),
+            leaves: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The batch mode of `key`.
+    pub fn mode(&self, key: &KeyName) -> BatchMode {
+        self.cfg.mode(key.as_str())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> BatchStats {
+        BatchStats {
+            trees: self.trees.load(Ordering::Relaxed),
+            leaves: self.leaves.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queues one payload for the next tree of (key, version, scheme). Fails at once, alone,
+    /// for a payload that does not fit the scheme, an unknown key, a scheme the key cannot use,
+    /// or a full queue (OVERLOADED).
+    pub fn submit(
+        self: &Arc<Self>,
+        key: &KeyName,
+        version: Option<Version>,
+        scheme: Scheme,
+        payload: Bytes,
+        deadline: Instant,
+        identity: &Arc<str>,
+    ) -> Result<oneshot::Receiver<BatchReply>, EngineError> {
+        // A poisoned input fails here, alone; the tree is built from the valid ones.
+        Payload::new(scheme, payload.clone())?;
+        self.engine.signing_version(key, version, scheme)?;
+        let group = self.group(key, version, scheme);
+        let (tx, rx) = oneshot::channel();
+        let leaf = Leaf {
+            payload,
+            identity: Arc::clone(identity),
+            deadline,
+            reply: tx,
+        };
+        let mut st = group.state.lock();
+        if st.waiting.len() >= self.cfg.max_pending {
+            return Err(EngineError::Overloaded {
+                retry_after: FULL_RETRY_AFTER,
+            });
+        }
+        st.waiting.push_back(leaf);
+        if st.signing < self.trees_in_flight {
+            st.signing += 1;
+            let leaves = take(&mut st.waiting, self.cfg.max_tree);
+            drop(st);
+            let this = Arc::clone(self);
+            tokio::spawn(async move { this.sign_trees(group, leaves).await });
+        }
+        Ok(rx)
+    }
+
+    fn group(&self, key: &KeyName, version: Option<Version>, scheme: Scheme) -> Arc<Group> {
+        let mut groups = self.groups.lock();
+        Arc::clone(
+            groups
+                .entry((key.clone(), version, scheme))
+                .or_insert_with(|| {
+                    Arc::new(Group {
+                        key: key.clone(),
+                        version,
+                        scheme,
+                        state: Mutex::new(GroupState::default()),
+                    })
+                }),
+        )
+    }
+
+    /// Signs trees for `group` until nobody waits; then gives the signing slot back.
+    async fn sign_trees(self: Arc<Self>, group: Arc<Group>, mut leaves: Vec<Leaf>) {
+        loop {
+            self.sign_tree(&group, leaves).await;
+            let mut st = group.state.lock();
+            if st.waiting.is_empty() {
+                st.signing -= 1;
+                return;
+            }
+            leaves = take(&mut st.waiting, self.cfg.max_tree);
+        }
+    }
+
+    /// One tree: build it from the leaves still wanted, sign the root, record and answer each.
+    async fn sign_tree(&self, group: &Group, leaves: Vec<Leaf>) {
+        let now = Instant::now();
+        let (live, late): (Vec<Leaf>, Vec<Leaf>) = leaves
+            .into_iter()
+            .filter(|l| !l.reply.is_closed())
+            .partition(|l| l.deadline > now);
+        for l in late {
+            l.answer(Err(EngineError::DeadlineExceeded));
+        }
+        if live.is_empty() {
+            return;
+        }
+        let fail_all = |live: Vec<Leaf>, e: EngineError| {
+            for l in live {
+                l.answer(Err(e.clone()));
+            }
+        };
+        let version = match self
+            .engine
+            .signing_version(&group.key, group.version, group.scheme)
+        {
+            Ok(v) => v,
+            Err(e) => return fail_all(live, e),
+        };
+        let payloads: Vec<&[u8]> = live.iter().map(|l| &l.payload[..]).collect();
+        let tree = match Tree::build_with_rng(&payloads, &mut rand::rngs::OsRng) {
+            Ok(t) => t,
+            Err(e) => return fail_all(live, EngineError::Internal(format!("batch tree: {e}"))),
+        };
+        let n = tree.size();
+        let Ok(size) = u32::try_from(n) else {
+            return fail_all(live, EngineError::Internal("tree too large".into()));
+        };
+        let input = root_signing_input(group.scheme, &group.key, version, size, &tree.root());
+        let to_sign = Bytes::copy_from_slice(input.to_be_signed());
+        let root_hash: [u8; 32] = Sha256::digest(&to_sign).into();
+        let payload = match Payload::new(group.scheme, to_sign) {
+            Ok(p) => p,
+            Err(e) => return fail_all(live, e),
+        };
+        let deadline = live.iter().map(|l| l.deadline).min().unwrap_or(now);
+        let signed = match self.engine.submit(SignRequest {
+            key: group.key.clone(),
+            version: Some(version),
+            payload,
+            deadline,
+            identity: Arc::clone(&self.identity),
+        }) {
+            Ok(rx) => rx.await.unwrap_or_else(|_| {
+                Err(EngineError::Internal(
+                    "worker dropped the root signature job".into(),
+                ))
+            }),
+            Err(e) => Err(e),
+        };
+        let signed = match signed {
+            Ok(s) => s,
+            Err(e) => return fail_all(live, e),
+        };
+        self.trees.fetch_add(1, Ordering::Relaxed);
+        // The HSM's part is done: the slot is free for the next tree while this one's leaves
+        // are recorded (an fsync) and answered.
+        let audit = self.audit.clone();
+        let partition: Option<Arc<str>> =
+            self.engine.partition_name(signed.partition).map(Arc::from);
+        let done = SignedTree {
+            key: group.key.shared(),
+            partition,
+            tree,
+            signed,
+            root_hash,
+            live,
+        };
+        let leaves = Arc::clone(&self.leaves);
+        tokio::spawn(async move { done.finish(audit, &leaves).await });
+    }
+}
+
+/// A tree whose root the HSM signed; its leaves are not answered yet.
+struct SignedTree {
+    key: Arc<str>,
+    partition: Option<Arc<str>>,
+    tree: Tree,
+    signed: crate::pipeline::Signed,
+    /// SHA-256 of the root input the HSM signed (what the engine's audit record hashes).
+    root_hash: [u8; 32],
+    live: Vec<Leaf>,
+}
+
+impl SignedTree {
+    /// Records every leaf in the audit log (when there is one) and answers the callers once the
+    /// records are durable; if they cannot be written, nobody gets a signature.
+    async fn finish(self, audit: Option<AuditLog>, leaves: &AtomicU64) {
+        let SignedTree {
+            key,
+            partition,
+            tree,
+            signed,
+            root_hash,
+            live,
+        } = self;
+        let fail_all = |live: Vec<Leaf>, e: EngineError| {
+            for l in live {
+                l.answer(Err(e.clone()));
+            }
+        };
+        let n = tree.size();
+        let root_signature = Bytes::from(signed.signature);
+        let mut sigs = Vec::with_capacity(n);
+        for i in 0..n {
+            match tree.signature(i, root_signature.clone()) {
+                Ok(s) => sigs.push(s),
+                Err(e) => {
+                    return fail_all(live, EngineError::Internal(format!("batch proof: {e}")))
+                }
+            }
+        }
+        if let Some(audit) = &audit {
+            let detail_root = crate::hsm::objects::hex(&root_hash);
+            let time = SystemTime::now();
+            let entries = live
+                .iter()
+                .enumerate()
+                .map(|(i, l)| AuditEntry {
+                    time,
+                    identity: Arc::clone(&l.identity),
+                    op: "sign",
+                    key: Some(Arc::clone(&key)),
+                    version: Some(signed.version),
+                    payload_sha256: Some(Sha256::digest(&l.payload).into()),
+                    status: crate::error::Status::Ok.as_str(),
+                    partition: partition.clone(),
+                    detail: Some(format!(
+                        "batch leaf {i} of {n}; root input sha256 {detail_root}"
+                    )),
+                })
+                .collect();
+            let (tx, rx) = oneshot::channel();
+            audit.commit(
+                entries,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            if !matches!(rx.await, Ok(Ok(()))) {
+                return fail_all(
+                    live,
+                    EngineError::Unavailable {
+                        reason: "audit log cannot be written; batch signatures withheld".into(),
+                        retry_after: Duration::from_secs(1),
+                    },
+                );
+            }
+        }
+        leaves.fetch_add(n as u64, Ordering::Relaxed);
+        for (l, sig) in live.into_iter().zip(sigs) {
+            l.answer(Ok((signed.version, sig)));
+        }
+    }
+}
+
+/// Trees of one group in flight by default: `max(16, 4 × workers)`. A tree's round trip is
+/// not only the HSM call but also the durable audit records of its root (by the engine) and of
+/// its leaves (here), two group-committed fsyncs of a few milliseconds each; the HSM itself is
+/// busy for a fraction of that. With only one tree per worker in flight, trees per second would
+/// be capped by the fsync time (measured: 2 slots gave ~360 trees/s on this machine).
+pub fn default_trees_in_flight(workers: usize) -> usize {
+    (4 * workers).max(16)
+}
+
+fn take(waiting: &mut VecDeque<Leaf>, max: usize) -> Vec<Leaf> {
+    let n = waiting.len().min(max);
+    waiting.drain(..n).collect()
+}
