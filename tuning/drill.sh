@@ -35,17 +35,7 @@ start_daemon() {
   rm -rf "$dir"
   "$BIN/signerd" init --dev "$dir" --partitions "$parts" --port "$PORT" --admin-port "$ADMIN_PORT" >/dev/null 2>&1
   : > "$dir/fault.toml"
-  python3 - "$dir" "$MODULE" "$workers" <<'PY'
-import re, sys
-d, module, workers = sys.argv[1:]
-p = f"{d}/signerd.toml"; s = open(p).read()
-softhsm = re.search(r'^module = "(.*)"$', s, re.M).group(1)
-s = s.replace(f'module = "{softhsm}"', f'module = "{module}"\nworkers_per_partition = {workers}', 1)
-s = re.sub(r'^env = \{ SOFTHSM2_CONF = "(.*)" \}$',
-           lambda m: f'env = {{ SOFTHSM2_CONF = "{m.group(1)}", SIGNERD_FAULT_CONFIG = "{d}/fault.toml", SIGNERD_FAULT_TARGET = "{softhsm}" }}',
-           s, flags=re.M)
-open(p, "w").write(s)
-PY
+  tuning/use-fault-module.py "$dir" "$MODULE" "$workers"
   "$BIN/signerd" serve --config "$dir/signerd.toml" 2>"$dir/signerd.log" & PID=$!
   for _ in $(seq 1 100); do "$BIN/signerd" key list --client "$dir/client.toml" >/dev/null 2>&1 && break; sleep 0.2; done
   "$BIN/signerd" key create drill-p256 --type ec-p256 --client "$dir/client.toml" >/dev/null
