@@ -111,6 +111,35 @@ fn injected_sign_error_ends_the_operation() {
 }
 
 #[test]
+fn size_queries_are_not_charged_by_latency_or_capacity() {
+    // Every signature is two C_Sign calls (a size query with a NULL buffer, then the real one);
+    // a network HSM's client library answers the first without a round trip, so the model
+    // charges only the second.
+    let (_g, h, _r) = begin();
+    h.configure(
+        "[[rule]]\nname = \"slow\"\nkind = \"latency\"\nfunction = \"C_Sign\"\n\
+         token = \"fault-0\"\nfixed_ms = 80\n\n\
+         [[rule]]\nname = \"cap\"\nkind = \"capacity\"\nfunction = \"C_Sign\"\n\
+         token = \"fault-1\"\nmax_concurrent = 1\ncall_ms = 80\n",
+    );
+    for token in ["fault-0", "fault-1"] {
+        let s = h.session(token);
+        for i in 0..3 {
+            let t = Instant::now();
+            h.sign(&s, token, format!("m{i}").as_bytes()).unwrap();
+            let d = t.elapsed();
+            assert!(d >= Duration::from_millis(80), "{token}: {:.1} ms", ms(d));
+            assert!(
+                d < Duration::from_millis(155),
+                "{token}: one charge per signature, not two: {:.1} ms",
+                ms(d)
+            );
+        }
+    }
+    assert_eq!(h.stats().injected("slow"), 3, "one delay per signature");
+}
+
+#[test]
 fn injected_update_error_ends_the_multipart_operation() {
     // Per PKCS#11 an error from C_DigestUpdate ends the digest; the module ends it in SoftHSM2
     // too (through C_DigestFinal), so a new C_DigestInit works.

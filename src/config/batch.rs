@@ -41,7 +41,7 @@ pub struct BatchSection {
     /// requests are answered OVERLOADED.
     pub max_pending: usize,
     /// Trees of one (key, version, scheme) being signed and recorded at once (default
-    /// `max(16, 4 × workers)`). While all are busy, new requests gather into the next tree.
+    /// `2 × workers`). While all are busy, new requests gather into the next tree.
     pub max_trees_in_flight: Option<usize>,
 }
 

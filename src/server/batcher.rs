@@ -358,13 +358,13 @@ impl SignedTree {
     }
 }
 
-/// Trees of one group in flight by default: `max(16, 4 × workers)`. A tree's round trip is
-/// not only the HSM call but also the durable audit records of its root (by the engine) and of
-/// its leaves (here), two group-committed fsyncs of a few milliseconds each; the HSM itself is
-/// busy for a fraction of that. With only one tree per worker in flight, trees per second would
-/// be capped by the fsync time (measured: 2 slots gave ~360 trees/s on this machine).
+/// Trees of one group in flight by default: `2 × workers`. A slot is held from building the
+/// tree until the root is signed, which includes the engine's durable audit record of the root
+/// (an fsync), during which the HSM is idle: two per worker keep the HSM busy. More would only
+/// queue root jobs in the engine (where admission may shed them, failing every leaf), and fewer,
+/// larger trees are what batching is for.
 pub fn default_trees_in_flight(workers: usize) -> usize {
-    (4 * workers).max(16)
+    (2 * workers).max(2)
 }
 
 fn take(waiting: &mut VecDeque<Leaf>, max: usize) -> Vec<Leaf> {

@@ -25,11 +25,14 @@ impl Engine {
     /// Runs one call through the rules: removal, capacity, latency, hangs, errors, then (if no
     /// rule answered) `call`, the forward to the wrapped module. `drain` runs when an injected
     /// return code replaces a call that, per PKCS#11, ends the active operation; it ends that
-    /// operation in the wrapped module too.
+    /// operation in the wrapped module too. A `size_query` (a `C_Sign` with a NULL output
+    /// buffer, which PKCS#11 applications make before every signature) is not charged by
+    /// capacity and latency rules: network HSM client libraries answer it without a round trip.
     pub(crate) fn intercept(
         &self,
         fid: usize,
         ctx: Ctx,
+        size_query: bool,
         call: impl FnOnce() -> CK_RV,
         drain: impl FnOnce(),
     ) -> CK_RV {
@@ -72,7 +75,7 @@ impl Engine {
         // Capacity: a place in each matching token queue (released, after the minimum call time,
         // when `_permits` drops at the end of this function).
         let mut _permits: Vec<Permit> = Vec::new();
-        for r in &fired {
+        for r in fired.iter().filter(|_| !size_query) {
             let Action::Capacity {
                 max_concurrent,
                 call: min_call,
@@ -103,7 +106,7 @@ impl Engine {
 
         // Latency: all matching rules add up, one sleep.
         let mut delay = Duration::ZERO;
-        for r in &fired {
+        for r in fired.iter().filter(|_| !size_query) {
             if let Action::Latency { fixed, jitter } = r.spec.action {
                 if r.take() {
                     delay += fixed + r.jitter(jitter);

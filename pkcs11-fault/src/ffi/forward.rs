@@ -2,6 +2,9 @@
 //! the matching rules (see [`crate::engine::Engine::intercept`]) and, unless a rule answered,
 //! forwards the arguments unchanged to the wrapped module.
 //!
+//! `size_query(expr)`: the call only asks for the output's size (a NULL output buffer); capacity
+//! and latency rules do not charge it (see [`crate::engine::Engine::intercept`]).
+//!
 //! `drain(t) expr`: how to end the wrapped module's active operation when an injected return
 //! code replaces a call that, per PKCS#11, ends it (single-part calls, `*Final`, and errors of
 //! `*Update`), so that the application's next `C_*Init` works as it would on a real token.
@@ -18,7 +21,7 @@ use crate::names::fid;
 
 macro_rules! forward {
     ($(
-        $name:ident ( $($arg:ident : $ty:ty),* ) $ctx:expr $(, drain($t:ident) $drain:expr)? ;
+        $name:ident ( $($arg:ident : $ty:ty),* ) $ctx:expr $(, size_query($sq:expr))? $(, drain($t:ident) $drain:expr)? ;
     )*) => {$(
         pub(super) unsafe extern "C" fn $name($($arg: $ty),*) -> CK_RV {
             guard(|| {
@@ -32,6 +35,7 @@ macro_rules! forward {
                 eng.intercept(
                     const { fid(stringify!($name)) },
                     $ctx,
+                    false $(|| $sq)?,
                     // SAFETY: the application's arguments, unchanged, to the wrapped module's
                     // implementation of the same function: the caller's PKCS#11 obligations
                     // (valid pointers and lengths) carry over as they are.
@@ -82,7 +86,7 @@ forward! {
     C_DigestKey(session: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) Ctx::Session(session), drain(t) drain_out(|o, l| call_target!(t, C_DigestFinal(session, o, l)));
     C_DigestFinal(session: CK_SESSION_HANDLE, output: *mut CK_BYTE, output_len: *mut CK_ULONG) Ctx::Session(session), drain(t) drain_out(|o, l| call_target!(t, C_DigestFinal(session, o, l)));
     C_SignInit(session: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) Ctx::Session(session);
-    C_Sign(session: CK_SESSION_HANDLE, input: *mut CK_BYTE, input_len: CK_ULONG, output: *mut CK_BYTE, output_len: *mut CK_ULONG) Ctx::Session(session), drain(t) drain_out(|o, l| call_target!(t, C_Sign(session, input, input_len, o, l)));
+    C_Sign(session: CK_SESSION_HANDLE, input: *mut CK_BYTE, input_len: CK_ULONG, output: *mut CK_BYTE, output_len: *mut CK_ULONG) Ctx::Session(session), size_query(output.is_null()), drain(t) drain_out(|o, l| call_target!(t, C_Sign(session, input, input_len, o, l)));
     C_SignUpdate(session: CK_SESSION_HANDLE, input: *mut CK_BYTE, input_len: CK_ULONG) Ctx::Session(session), drain(t) drain_out(|o, l| call_target!(t, C_SignFinal(session, o, l)));
     C_SignFinal(session: CK_SESSION_HANDLE, output: *mut CK_BYTE, output_len: *mut CK_ULONG) Ctx::Session(session), drain(t) drain_out(|o, l| call_target!(t, C_SignFinal(session, o, l)));
     C_SignRecoverInit(session: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) Ctx::Session(session);

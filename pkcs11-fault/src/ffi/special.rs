@@ -30,6 +30,7 @@ pub(super) unsafe extern "C" fn C_Initialize(init_args: *mut c_void) -> CK_RV {
         let rv = eng.intercept(
             fid("C_Initialize"),
             Ctx::None,
+            false,
             // SAFETY: the application's init args, unchanged, to the wrapped C_Initialize.
             || unsafe { f(init_args) },
             || {},
@@ -55,6 +56,7 @@ pub(super) unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
         let rv = eng.intercept(
             fid("C_Finalize"),
             Ctx::None,
+            false,
             // SAFETY: the application's argument, unchanged, to the wrapped C_Finalize.
             || unsafe { f(reserved) },
             || {},
@@ -89,6 +91,7 @@ pub(super) unsafe extern "C" fn C_GetSlotList(
         eng.intercept(
             fid("C_GetSlotList"),
             Ctx::None,
+            false,
             || {
                 if !filter {
                     // SAFETY: the application's arguments, unchanged, to the wrapped function.
@@ -155,6 +158,7 @@ pub(super) unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SL
         eng.intercept(
             fid("C_GetSlotInfo"),
             Ctx::Slot(slot),
+            false,
             || {
                 // SAFETY: the application's arguments, unchanged, to the wrapped function.
                 let rv = unsafe { f(slot, info) };
@@ -186,6 +190,7 @@ pub(super) unsafe extern "C" fn C_GetTokenInfo(
         eng.intercept(
             fid("C_GetTokenInfo"),
             Ctx::Slot(slot),
+            false,
             || {
                 // SAFETY: the application's arguments, unchanged, to the wrapped function.
                 let rv = unsafe { f(slot, info) };
@@ -219,6 +224,7 @@ pub(super) unsafe extern "C" fn C_InitToken(
         let rv = eng.intercept(
             fid("C_InitToken"),
             Ctx::Slot(slot),
+            false,
             // SAFETY: the application's arguments, unchanged, to the wrapped function.
             || unsafe { f(slot, pin, pin_len, label) },
             || {},
@@ -249,6 +255,7 @@ pub(super) unsafe extern "C" fn C_OpenSession(
         eng.intercept(
             fid("C_OpenSession"),
             Ctx::Slot(slot),
+            false,
             || {
                 // SAFETY: the application's arguments (its notify callback included), unchanged,
                 // to the wrapped function.
@@ -277,6 +284,7 @@ pub(super) unsafe extern "C" fn C_CloseSession(session: CK_SESSION_HANDLE) -> CK
         eng.intercept(
             fid("C_CloseSession"),
             Ctx::Session(session),
+            false,
             || {
                 // SAFETY: the application's argument, unchanged, to the wrapped function.
                 let rv = unsafe { f(session) };
@@ -303,6 +311,7 @@ pub(super) unsafe extern "C" fn C_CloseAllSessions(slot: CK_SLOT_ID) -> CK_RV {
         eng.intercept(
             fid("C_CloseAllSessions"),
             Ctx::Slot(slot),
+            false,
             || {
                 // SAFETY: the application's argument, unchanged, to the wrapped function.
                 let rv = unsafe { f(slot) };
