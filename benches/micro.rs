@@ -86,6 +86,7 @@ fn job(version: &Arc<VersionEntry>, payload: &Payload) -> (Job, oneshot::Receive
         identity: Arc::from("bench"),
         probe: None,
         retried: false,
+        caller_records: false,
         reply,
     };
     (job, rx)

@@ -356,7 +356,8 @@ impl Client {
         }
     }
 
-    /// Asks the server (its HSM) whether `signature` is valid for `payload`.
+    /// Asks the server whether `signature` is valid for `payload` (checked against the key
+    /// version's public key).
     pub async fn verify(
         &self,
         key: &str,

@@ -40,8 +40,8 @@ pub struct BatchSection {
     /// Most requests waiting for a tree per (key, version, scheme) (default 65536); beyond it
     /// requests are answered OVERLOADED.
     pub max_pending: usize,
-    /// Trees of one (key, version, scheme) being signed and recorded at once (default
-    /// `2 × workers`). While all are busy, new requests gather into the next tree.
+    /// Trees of one (key, version, scheme) being signed at once (default: the
+    /// engine's workers). While all are busy, new requests gather into the next tree.
     pub max_trees_in_flight: Option<usize>,
 }
 

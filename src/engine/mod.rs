@@ -332,14 +332,37 @@ impl Engine {
     /// Queues a request without waiting; the receiver gets exactly one answer. Fails at once
     /// (nothing queued) for unknown keys, bad arguments, a full queue, or during shutdown.
     pub fn submit(&self, req: SignRequest) -> Result<oneshot::Receiver<Reply>, EngineError> {
+        self.submit_with(req, false)
+    }
+
+    /// Like [`Engine::submit`], for a caller that writes the job's audit record itself, in the
+    /// same durable commit as its own records and before it releases anything to a client (the
+    /// Merkle batcher: a tree's root signature together with its leaves). The engine's audit
+    /// stage hands the answer over at once, without a record.
+    pub fn submit_recorded_by_caller(
+        &self,
+        req: SignRequest,
+    ) -> Result<oneshot::Receiver<Reply>, EngineError> {
+        self.submit_with(req, true)
+    }
+
+    fn submit_with(
+        &self,
+        req: SignRequest,
+        caller_records: bool,
+    ) -> Result<oneshot::Receiver<Reply>, EngineError> {
         let inner = &*self.inner;
         inner.submitting.fetch_add(1, Ordering::SeqCst);
-        let result = self.submit_inner(req);
+        let result = self.submit_inner(req, caller_records);
         inner.submitting.fetch_sub(1, Ordering::SeqCst);
         result
     }
 
-    fn submit_inner(&self, req: SignRequest) -> Result<oneshot::Receiver<Reply>, EngineError> {
+    fn submit_inner(
+        &self,
+        req: SignRequest,
+        caller_records: bool,
+    ) -> Result<oneshot::Receiver<Reply>, EngineError> {
         let inner = &*self.inner;
         if !inner.accepting.load(Ordering::SeqCst) {
             return Err(EngineError::Unavailable {
@@ -455,6 +478,7 @@ impl Engine {
             identity: req.identity,
             probe,
             retried: false,
+            caller_records,
             reply: tx,
         };
         match inner.shards[shard].push(job) {

@@ -53,13 +53,7 @@ impl Engine {
             })?;
         let hsm = |e| EngineError::Hsm(format!("partition {}: {e}", p.name()));
         let session = p.open_session().map_err(hsm)?;
-        // Looked up one at a time with object creation (key copies, admin writes): a search
-        // racing a SoftHSM2 object creation once missed the public key ("public key missing").
-        let found = {
-            let _serial = super::admin::ADMIN_LOCK.lock();
-            objects::find_public(&session, &v.id)
-        };
-        let public = found
+        let public = objects::find_public(&session, &v.id)
             .map_err(hsm)?
             .ok_or_else(|| EngineError::Hsm(format!("public key missing in {}", p.name())))?;
         let mech = mechanism::mechanism(scheme);

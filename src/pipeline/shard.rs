@@ -43,6 +43,10 @@ pub struct Job {
     pub probe: Option<crate::breaker::Probe>,
     /// Set once the job was re-queued after a busy answer (a job is retried at most once).
     pub retried: bool,
+    /// The caller writes this job's audit record itself, together with its own records, before
+    /// it releases anything to a client (the batcher: a tree's root with its leaves). The
+    /// answer is then handed over without a record of its own.
+    pub caller_records: bool,
     /// Where the answer goes; used exactly once.
     pub reply: oneshot::Sender<Reply>,
 }
@@ -269,6 +273,7 @@ mod tests {
             identity: Arc::from("test"),
             probe: None,
             retried: false,
+            caller_records: false,
             reply: tx,
         };
         (j, rx)

@@ -12,10 +12,11 @@
 //! timer lingers: requests wait only while they would wait for a signer anyway, and a request
 //! whose deadline passes while it waits is answered DEADLINE_EXCEEDED and left out of the tree.
 //!
-//! **Audit.** The root signature is one engine job, recorded by the engine like every sign (its
-//! identity is [`BATCHER_IDENTITY`], its payload hash the hash of the signed root input). Every
-//! leaf is recorded too, with the caller's identity and the hash of its payload, naming the root
-//! input's hash; the answers are released only once those records are durable (fail closed).
+//! **Audit.** The root signature is one engine job whose record the batcher writes itself
+//! (identity [`BATCHER_IDENTITY`], payload hash = the hash of the signed root input), in one
+//! durable commit with a record per leaf (the caller's identity and the hash of its payload,
+//! naming the root input's hash). The answers are released only once that commit is durable
+//! (fail closed). A root that fails in the HSM is recorded with its status.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -167,6 +168,29 @@ impl Batcher {
         Ok(rx)
     }
 
+    /// The audit record of a tree's root signature (as the engine would write it for a sign):
+    /// the batcher's identity and the SHA-256 of the root input the HSM signed.
+    fn root_entry(
+        &self,
+        group: &Group,
+        version: Version,
+        root_hash: [u8; 32],
+        partition: Option<Arc<str>>,
+        n: usize,
+    ) -> AuditEntry {
+        AuditEntry {
+            time: SystemTime::now(),
+            identity: Arc::clone(&self.identity),
+            op: "sign",
+            key: Some(group.key.shared()),
+            version: Some(version),
+            payload_sha256: Some(root_hash),
+            status: crate::error::Status::Ok.as_str(),
+            partition,
+            detail: Some(format!("batch root of {n} leaves")),
+        }
+    }
+
     fn group(&self, key: &KeyName, version: Option<Version>, scheme: Scheme) -> Arc<Group> {
         let mut groups = self.groups.lock();
         Arc::clone(
@@ -238,23 +262,36 @@ impl Batcher {
             Err(e) => return fail_all(live, e),
         };
         let deadline = live.iter().map(|l| l.deadline).min().unwrap_or(now);
-        let signed = match self.engine.submit(SignRequest {
+        // The root's audit record is written below with the leaves' (one durable commit), so
+        // the engine hands the signature over without one.
+        let rx = match self.engine.submit_recorded_by_caller(SignRequest {
             key: group.key.clone(),
             version: Some(version),
             payload,
             deadline,
             identity: Arc::clone(&self.identity),
         }) {
-            Ok(rx) => rx.await.unwrap_or_else(|_| {
-                Err(EngineError::Internal(
-                    "worker dropped the root signature job".into(),
-                ))
-            }),
-            Err(e) => Err(e),
-        };
-        let signed = match signed {
-            Ok(s) => s,
+            Ok(rx) => rx,
             Err(e) => return fail_all(live, e),
+        };
+        let signed = match rx.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                // The worker took the job and it failed: recorded like any failed sign.
+                if let Some(audit) = &self.audit {
+                    let mut entry = self.root_entry(group, version, root_hash, None, n);
+                    entry.status = e.status().as_str();
+                    entry.detail = Some(format!("batch root of {n} leaves failed: {e}"));
+                    audit.commit(vec![entry], Box::new(|_| {}));
+                }
+                return fail_all(live, e);
+            }
+            Err(_) => {
+                return fail_all(
+                    live,
+                    EngineError::Internal("worker dropped the root signature job".into()),
+                )
+            }
         };
         self.trees.fetch_add(1, Ordering::Relaxed);
         // The HSM's part is done: the slot is free for the next tree while this one's leaves
@@ -262,7 +299,9 @@ impl Batcher {
         let audit = self.audit.clone();
         let partition: Option<Arc<str>> =
             self.engine.partition_name(signed.partition).map(Arc::from);
+        let root = self.root_entry(group, signed.version, root_hash, partition.clone(), n);
         let done = SignedTree {
+            root,
             key: group.key.shared(),
             partition,
             tree,
@@ -277,6 +316,8 @@ impl Batcher {
 
 /// A tree whose root the HSM signed; its leaves are not answered yet.
 struct SignedTree {
+    /// The root signature's audit record.
+    root: AuditEntry,
     key: Arc<str>,
     partition: Option<Arc<str>>,
     tree: Tree,
@@ -291,6 +332,7 @@ impl SignedTree {
     /// records are durable; if they cannot be written, nobody gets a signature.
     async fn finish(self, audit: Option<AuditLog>, leaves: &AtomicU64) {
         let SignedTree {
+            root,
             key,
             partition,
             tree,
@@ -317,10 +359,8 @@ impl SignedTree {
         if let Some(audit) = &audit {
             let detail_root = crate::hsm::objects::hex(&root_hash);
             let time = SystemTime::now();
-            let entries = live
-                .iter()
-                .enumerate()
-                .map(|(i, l)| AuditEntry {
+            let entries = std::iter::once(root)
+                .chain(live.iter().enumerate().map(|(i, l)| AuditEntry {
                     time,
                     identity: Arc::clone(&l.identity),
                     op: "sign",
@@ -332,7 +372,7 @@ impl SignedTree {
                     detail: Some(format!(
                         "batch leaf {i} of {n}; root input sha256 {detail_root}"
                     )),
-                })
+                }))
                 .collect();
             let (tx, rx) = oneshot::channel();
             audit.commit(
@@ -358,13 +398,13 @@ impl SignedTree {
     }
 }
 
-/// Trees of one group in flight by default: `2 × workers`. A slot is held from building the
-/// tree until the root is signed, which includes the engine's durable audit record of the root
-/// (an fsync), during which the HSM is idle: two per worker keep the HSM busy. More would only
-/// queue root jobs in the engine (where admission may shed them, failing every leaf), and fewer,
+/// Trees of one group in flight by default: one per worker (HSM session). A slot is held from
+/// building the tree until the HSM has signed the root; the audit records of root and leaves are
+/// written after the slot is freed. More slots would only queue root jobs in the engine (where
+/// admission may shed them, failing every leaf of the tree) and make trees smaller, and fewer,
 /// larger trees are what batching is for.
 pub fn default_trees_in_flight(workers: usize) -> usize {
-    (2 * workers).max(2)
+    workers.max(1)
 }
 
 fn take(waiting: &mut VecDeque<Leaf>, max: usize) -> Vec<Leaf> {

@@ -64,7 +64,7 @@ async fn burst(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_trees_and_every_proof_verifies() {
-    let mut d = start("batch").await;
+    let mut d = start("merkle").await;
     let admin = d.admin().await;
     let app = d.app().await;
     let (name, spki) = key(&admin, "batched").await;
@@ -157,7 +157,7 @@ async fn concurrent_requests_share_trees_and_every_proof_verifies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modes_poison_and_an_offline_blob_for_a_relying_party() {
-    let d = start("batch-modes").await;
+    let d = start("merkle-modes").await;
     let admin = d.admin().await;
     let app = d.app().await;
 
