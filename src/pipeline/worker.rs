@@ -76,8 +76,9 @@ pub struct Worker {
     last_call: Duration,
     /// Calls in flight on the partition when the current call got its permit (itself included).
     entered_with: usize,
-    /// The last job's HSM answer was busy/throttled.
-    last_busy: bool,
+    /// The last job's HSM answer said it was not signed for a reason another attempt may not
+    /// meet (busy/throttled, or the device failed).
+    last_retry: Retry,
     /// The module generation `session` was opened in.
     session_generation: u64,
     /// Key version uid → handle usable in `session` (a session-object copy when configured).
@@ -120,7 +121,7 @@ impl Worker {
             session,
             last_call: Duration::ZERO,
             entered_with: 1,
-            last_busy: false,
+            last_retry: Retry::No,
             session_generation,
             handles: HashMap::new(),
         }
@@ -175,20 +176,30 @@ impl Worker {
                 }
                 shard.set_in_hand(0);
                 shard.record_service(now - began);
-                // A busy/throttled answer: retried once, elsewhere if possible, within the
-                // engine's retry budget (scenario 6); else the caller gets UNAVAILABLE.
-                if std::mem::take(&mut self.last_busy)
+                // Not signed because the HSM was busy (scenario 6) or the device failed (2, 11):
+                // retried once within the engine's retry budget, on another partition in
+                // rotation holding the key (a busy answer may also be retried here; a device
+                // failure only elsewhere). Otherwise the caller gets UNAVAILABLE.
+                let retry = std::mem::replace(&mut self.last_retry, Retry::No);
+                if retry != Retry::No
                     && !job.retried
                     && job.deadline.saturating_duration_since(now) >= RETRY_MIN_REMAINING
-                    && self.crew.retry_budget.try_spend()
                 {
-                    job.retried = true;
-                    job.probe = None; // the breaker already heard this probe's answer
-                    self.crew.metrics.hsm_retry(self.partition.index());
-                    let target = self.elsewhere(&job).unwrap_or(self.me);
-                    match self.shards[target].push(job) {
-                        Ok(()) => continue,
-                        Err(back) => job = back,
+                    let target = match (self.elsewhere(&job), retry) {
+                        (Some(t), _) => Some(t),
+                        (None, Retry::Busy) => Some(self.me),
+                        (None, _) => None,
+                    };
+                    if let Some(target) = target {
+                        if self.crew.retry_budget.try_spend() {
+                            job.retried = true;
+                            job.probe = None; // the breaker already heard this probe's answer
+                            self.crew.metrics.hsm_retry(self.partition.index());
+                            match self.shards[target].push(job) {
+                                Ok(()) => continue,
+                                Err(back) => job = back,
+                            }
+                        }
                     }
                 }
                 // A breaker probe that found the partition still failing: the caller should not
@@ -362,9 +373,10 @@ impl Worker {
         match &signed {
             Ok(_) => gate.on_sample(Instant::now(), self.last_call, self.entered_with),
             Err(e) if e.class() == ErrorClass::Busy => {
-                self.last_busy = true;
+                self.last_retry = Retry::Busy;
                 gate.on_busy(Instant::now());
             }
+            Err(e) if e.class() == ErrorClass::DeviceLost => self.last_retry = Retry::Device,
             Err(_) => {}
         }
         if !job.retried {
@@ -529,6 +541,16 @@ impl Worker {
             _ => EngineError::Hsm(format!("partition {}: {e}", self.partition.name())),
         }
     }
+}
+
+/// Why the last job may be tried again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    No,
+    /// Busy/throttled: retry here or elsewhere.
+    Busy,
+    /// The device failed: retry only on another partition.
+    Device,
 }
 
 /// Whether the session is not logged in (public objects only).

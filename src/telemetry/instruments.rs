@@ -351,7 +351,8 @@ impl Metrics {
         }
     }
 
-    /// A busy HSM answer on `partition` was retried (`signer_hsm_retries_total{partition}`).
+    /// A request left unsigned by `partition` (busy, device failure) was tried again
+    /// (`signer_hsm_retries_total{partition}`).
     pub fn hsm_retry(&self, partition: usize) {
         if let Some(c) = self.inner.hsm_retries.get(partition) {
             c.increment(1);
@@ -506,7 +507,7 @@ fn describe() {
     );
     describe_counter!(
         HSM_RETRIES_TOTAL,
-        "Busy/throttled HSM answers retried within the retry budget."
+        "Requests left unsigned by a partition (busy, device failure) and retried within the retry budget."
     );
 }
 

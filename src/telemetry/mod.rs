@@ -89,7 +89,8 @@ pub mod names {
     pub const CONNECTIONS: &str = "signer_connections";
     /// Gauge `{partition}`: HSM calls allowed in flight at once (the adaptive limit).
     pub const INFLIGHT_LIMIT: &str = "signer_inflight_limit";
-    /// Counter `{partition}`: busy/throttled HSM answers retried (within the retry budget).
+    /// Counter `{partition}`: requests left unsigned by this partition (busy/throttled, or a
+    /// device failure) and tried again (within the retry budget).
     pub const HSM_RETRIES_TOTAL: &str = "signer_hsm_retries_total";
 }
 
