@@ -228,6 +228,9 @@ impl Config {
             s.cert = absolute(base, &s.cert);
             s.key = absolute(base, &s.key);
             s.client_ca = absolute(base, &s.client_ca);
+            if let Some(crl) = &s.crl {
+                s.crl = Some(absolute(base, crl));
+            }
         }
         if let Some(a) = &mut self.audit {
             a.path = absolute(base, &a.path);

@@ -40,7 +40,7 @@ pub use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use admin::{bind_admin, serve_admin, Admin, AdminLimits, DEFAULT_ADMIN_PORT};
 pub use health::{PartitionHealth, Readiness, ReadyReport};
-pub use instruments::{BreakerState, Metrics, Op, OverloadReason, StatusLabel};
+pub use instruments::{BreakerState, IncomingOutcome, Metrics, Op, OverloadReason, StatusLabel};
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
@@ -87,6 +87,11 @@ pub mod names {
     pub const OVERLOADED_TOTAL: &str = "signer_overloaded_total";
     /// Gauge: open client (QUIC) connections.
     pub const CONNECTIONS: &str = "signer_connections";
+    /// Counter `{outcome}`: new QUIC connection attempts by admission outcome (see
+    /// [`INCOMING_OUTCOMES`]).
+    ///
+    /// [`INCOMING_OUTCOMES`]: super::INCOMING_OUTCOMES
+    pub const INCOMING_TOTAL: &str = "signer_incoming_total";
 }
 
 /// The Prometheus type of a series family.
@@ -138,6 +143,7 @@ pub const METRICS: &[(&str, MetricKind, &[&str])] = &[
     (names::PARTITION_HEALTHY, MetricKind::Gauge, &["partition"]),
     (names::OVERLOADED_TOTAL, MetricKind::Counter, &["reason"]),
     (names::CONNECTIONS, MetricKind::Gauge, &[]),
+    (names::INCOMING_TOTAL, MetricKind::Counter, &["outcome"]),
 ];
 
 /// `op` label values, in [`Op`] order.
@@ -169,6 +175,18 @@ pub const STATUSES: &[&str] = &[
 
 /// `reason` label values of `signer_overloaded_total`, in [`OverloadReason`] order.
 pub const OVERLOAD_REASONS: &[&str] = &["queue_full", "queue_wait", "deadline"];
+
+/// `outcome` label values of `signer_incoming_total`, in [`IncomingOutcome`] order: admitted,
+/// asked to Retry (address validation), refused at a cap, or dropped because the handshake did
+/// not complete within `handshake_timeout_ms`.
+pub const INCOMING_OUTCOMES: &[&str] = &[
+    "accepted",
+    "retry",
+    "refused_max_connections",
+    "refused_handshakes",
+    "refused_per_ip",
+    "handshake_timeout",
+];
 
 /// Bucket upper bounds, in seconds, of every latency histogram (request, queue wait, HSM call):
 /// 0.1 ms to 10 s. The low end reaches below DESIGN's 0.5 ms because a SoftHSM2 ECDSA sign takes

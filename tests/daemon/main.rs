@@ -10,6 +10,7 @@ mod verify;
 mod admin;
 mod bad_input;
 mod cli;
+mod hardening;
 mod observability;
 mod shutdown;
 mod signing;

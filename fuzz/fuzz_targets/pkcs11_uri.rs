@@ -1,0 +1,34 @@
+//! Fuzzes the RFC 7512 `pkcs11:` URI parser: it must never panic, and whatever it accepts must
+//! print (canonical `Display`) to a URI that parses back to an equal value and prints the same.
+//! The `Debug` form must never contain a `pin-value`.
+
+#![no_main]
+
+use certnode_signer::hsm::uri::Pkcs11Uri;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(uri) = text.parse::<Pkcs11Uri>() else {
+        return;
+    };
+    let canonical = uri.to_string();
+    let again: Pkcs11Uri = canonical
+        .parse()
+        .unwrap_or_else(|e| panic!("canonical form {canonical:?} does not parse: {e}"));
+    assert_eq!(again, uri, "canonical form {canonical:?} round trip");
+    assert_eq!(again.to_string(), canonical, "canonical form is stable");
+    if let Some(pin) = &uri.pin_value {
+        if pin.len() >= 4 {
+            assert!(
+                !format!("{uri:?}").contains(pin.as_str()),
+                "Debug shows the pin-value"
+            );
+        }
+    }
+    // Matching must not panic either.
+    let _ = uri.matches_token("label", "manufacturer", "model", "serial");
+    let _ = uri.selects_token();
+});
