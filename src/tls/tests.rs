@@ -311,7 +311,7 @@ struct TestCa {
 }
 
 impl TestCa {
-    fn new(dir: &Path) -> TestCa {
+    fn new(dir: &Path, name: &str) -> TestCa {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -321,7 +321,7 @@ impl TestCa {
         ];
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, "test CA");
+            .push(rcgen::DnType::CommonName, name);
         let cert = params.self_signed(&key).unwrap();
         let path = dir.join("test-ca.pem");
         std::fs::write(&path, cert.pem()).unwrap();
@@ -377,7 +377,7 @@ impl TestCa {
 #[test]
 fn revoked_client_certificate_is_refused_with_a_crl() {
     let f = Fixture::new();
-    let ca = TestCa::new(f.dir());
+    let ca = TestCa::new(f.dir(), "test CA");
     let crl = ca.crl(f.dir(), &[666], 2099);
 
     // Without a CRL the certificate is good.
@@ -425,7 +425,7 @@ fn revoked_client_certificate_is_refused_with_a_crl() {
     let crl_of_other_ca = {
         let dir = f.dir().join("other");
         std::fs::create_dir_all(&dir).unwrap();
-        TestCa::new(&dir).crl(&dir, &[], 2099)
+        TestCa::new(&dir, "other test CA").crl(&dir, &[], 2099)
     };
     let out = handshake(
         ca.client(&f, "good", 7),
