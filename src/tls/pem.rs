@@ -136,6 +136,23 @@ mod tests {
         load_private_key(&pki.server_key).unwrap();
         set(0o600);
         crate::tls::server_config(&pki.server_cert, &pki.server_key, &pki.ca_cert).unwrap();
+
+        // The client library's key (client.toml `key`) follows the same rule.
+        std::fs::set_permissions(&pki.app_key, std::fs::Permissions::from_mode(0o604)).unwrap();
+        let err = crate::tls::client_config(&pki.ca_cert, &pki.app_cert, &pki.app_key).unwrap_err();
+        assert!(
+            matches!(err, TlsError::Permissions { mode: 0o604, .. }),
+            "{err}"
+        );
+        let shown = err.to_string();
+        assert!(
+            shown.contains(&pki.app_key.display().to_string()),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("604") && shown.contains("chmod 600"),
+            "{shown}"
+        );
     }
 
     #[test]

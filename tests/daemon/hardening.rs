@@ -154,6 +154,16 @@ async fn handshake_flood_gets_retry_and_refusals_while_a_client_keeps_signing() 
 
     let text = metrics(&d).await;
     let outcome = |o: &str| series(&text, &format!("signer_incoming_total{{outcome=\"{o}\"}}"));
+    eprintln!(
+        "flood: held {} connections; accepted {}, retry {}, refused per-ip {}, handshakes {}, \
+         max_connections {}; normal client signed {ok} times, slowest {worst:?}",
+        held.len(),
+        outcome("accepted"),
+        outcome("retry"),
+        outcome("refused_per_ip"),
+        outcome("refused_handshakes"),
+        outcome("refused_max_connections"),
+    );
     assert!(outcome("retry") > 0.0, "no Retry during the flood:\n{text}");
     let refused = outcome("refused_per_ip")
         + outcome("refused_handshakes")
@@ -403,5 +413,58 @@ async fn expired_revoked_and_nameless_client_certificates_are_refused() {
             auth.join("\n")
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_files_are_private_and_a_readable_one_stops_the_daemon() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut d = Daemon::start("secrets").await;
+    // `init --dev` wrote every PIN file and private key 0600.
+    let mut secrets = Vec::new();
+    for dir in ["pins", "tls"] {
+        for entry in std::fs::read_dir(d.path(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ext == "pin" || ext == "key" {
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", path.display());
+                secrets.push(path);
+            }
+        }
+    }
+    assert!(secrets.len() >= 5, "{secrets:?}");
+    d.terminate();
+
+    // A group-readable PIN file or TLS key: `signerd serve` refuses to start and says which
+    // file, its mode and the fix.
+    for file in ["pins/p0.pin", "tls/server.key"] {
+        let path = d.path(file);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signerd"))
+            .args(["serve", "--config"])
+            .arg(d.path("signerd.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("{file}: signerd serve started with a group-readable secret");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file}: started anyway");
+        assert!(
+            stderr.contains(&path.display().to_string())
+                && stderr.contains("640")
+                && stderr.contains(&format!("chmod 600 {}", path.display())),
+            "{file}: {stderr}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 }
