@@ -488,6 +488,49 @@ workers = 2
     }
 
     #[test]
+    fn admission_keys_default_validate_and_resolve() {
+        let server =
+            "[server]\nlisten = \"127.0.0.1:1\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n";
+        let base = Path::new("/etc/signerd");
+        let s = Config::parse(&format!("{server}{GOOD}"), base)
+            .unwrap()
+            .server
+            .unwrap();
+        assert_eq!(
+            (
+                s.max_connections_per_ip,
+                s.new_connections_per_second,
+                s.new_connections_burst,
+                s.max_handshakes,
+                s.handshake_timeout_ms
+            ),
+            (64, 200, 400, 256, 10_000)
+        );
+        assert!((s.handshake_retry_share - 0.25).abs() < 1e-9);
+        assert!(s.crl.is_none());
+        let s = Config::parse(&format!("{server}crl = \"tls/clients.crl\"\n{GOOD}"), base)
+            .unwrap()
+            .server
+            .unwrap();
+        assert_eq!(s.crl.unwrap(), base.join("tls/clients.crl"));
+        for (line, key) in [
+            ("handshake_retry_share = 1.5", "handshake_retry_share"),
+            ("max_handshakes = 0", "max_handshakes"),
+            ("max_connections_per_ip = 0", "max_connections_per_ip"),
+            (
+                "new_connections_per_second = 0",
+                "new_connections_per_second",
+            ),
+            ("handshake_timeout_ms = 5", "handshake_timeout_ms"),
+        ] {
+            let err = Config::parse(&format!("{server}{line}\n{GOOD}"), base)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
+    }
+
+    #[test]
     fn selectors_match_padded_token_info() {
         let sel = TokenSelector::Label("signerd-0".into());
         assert!(sel.matches("signerd-0      ", "SoftHSM", "SoftHSM v2", "abc"));
