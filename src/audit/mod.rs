@@ -34,6 +34,38 @@ pub use error::{AuditError, BadRecord, VerifyFailure};
 pub use record::{sha256, CHECKPOINT_DOMAIN, FORMAT};
 pub use verify::{verify, KeyReport, VerifyReport};
 
+/// Entry points into the log reader for the fuzz targets in `fuzz/`. Not a supported API: the
+/// names and shapes may change with the fuzz targets.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    /// Parses one record line (without its newline). `Ok((seq, covers_seq))`, where
+    /// `covers_seq` is `Some` for a checkpoint record.
+    pub fn parse_record_line(line: &[u8]) -> Result<(u64, Option<u64>), String> {
+        let parsed = super::parse::parse_line(line)?;
+        let covers = match &parsed.body {
+            super::parse::Body::Checkpoint(c) => Some(c.covers_seq),
+            _ => None,
+        };
+        Ok((parsed.seq, covers))
+    }
+
+    /// The verifier's cheap first-pass look at a line: a checkpoint's `covers_seq`.
+    pub fn peek_covers_seq(line: &[u8]) -> Option<u64> {
+        super::parse::covers_seq_of(line)
+    }
+
+    /// Tail recovery as done when the log is opened: reads the end of the active file at
+    /// `active` (and its segments), cuts a torn last line, and finds the chain head. May
+    /// truncate the file.
+    pub fn recover_active(active: &Path) -> Result<(), String> {
+        super::recover::recover(active)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
 use record::{to_hex, Chain, KeyFields};
 use writer::{Msg, Writer};
 

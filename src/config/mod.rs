@@ -241,6 +241,9 @@ impl Config {
             if let Some(p) = &s.policy {
                 s.policy = Some(absolute(base, p));
             }
+            if let Some(crl) = &s.crl {
+                s.crl = Some(absolute(base, crl));
+            }
         }
         if let Some(a) = &mut self.audit {
             a.path = absolute(base, &a.path);
@@ -514,6 +517,49 @@ workers = 2
         );
         let cfg = Config::parse(GOOD, Path::new("/")).unwrap();
         assert!(cfg.server.is_none());
+    }
+
+    #[test]
+    fn admission_keys_default_validate_and_resolve() {
+        let server =
+            "[server]\nlisten = \"127.0.0.1:1\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n";
+        let base = Path::new("/etc/signerd");
+        let s = Config::parse(&format!("{server}{GOOD}"), base)
+            .unwrap()
+            .server
+            .unwrap();
+        assert_eq!(
+            (
+                s.max_connections_per_ip,
+                s.new_connections_per_second,
+                s.new_connections_burst,
+                s.max_handshakes,
+                s.handshake_timeout_ms
+            ),
+            (64, 200, 400, 256, 10_000)
+        );
+        assert!((s.handshake_retry_share - 0.25).abs() < 1e-9);
+        assert!(s.crl.is_none());
+        let s = Config::parse(&format!("{server}crl = \"tls/clients.crl\"\n{GOOD}"), base)
+            .unwrap()
+            .server
+            .unwrap();
+        assert_eq!(s.crl.unwrap(), base.join("tls/clients.crl"));
+        for (line, key) in [
+            ("handshake_retry_share = 1.5", "handshake_retry_share"),
+            ("max_handshakes = 0", "max_handshakes"),
+            ("max_connections_per_ip = 0", "max_connections_per_ip"),
+            (
+                "new_connections_per_second = 0",
+                "new_connections_per_second",
+            ),
+            ("handshake_timeout_ms = 5", "handshake_timeout_ms"),
+        ] {
+            let err = Config::parse(&format!("{server}{line}\n{GOOD}"), base)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
     }
 
     #[test]

@@ -37,6 +37,36 @@ pub struct ServerConfig {
     /// Most concurrent client connections; more are refused. Default 1024.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most concurrent connections from one source IP address. Default 64. An unvalidated
+    /// source over the cap is asked to Retry (its address might be spoofed), a validated one is
+    /// refused.
+    #[serde(default = "default_max_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// New connections per second (average) admitted without address validation; beyond it,
+    /// unvalidated sources are asked to Retry (one extra round trip, no state kept until the
+    /// client echoes the token). Default 200.
+    #[serde(default = "default_new_rate")]
+    pub new_connections_per_second: u32,
+    /// How many new connections may arrive at once before the rate applies. Default 400.
+    #[serde(default = "default_new_burst")]
+    pub new_connections_burst: u32,
+    /// Hard cap on half-open (handshaking) connections: beyond it, new connections are refused.
+    /// Default 256.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Share of `max_handshakes` (0.0 to 1.0) at which unvalidated sources are asked to Retry.
+    /// Default 0.25 (64 of 256). 0 asks every unvalidated source to Retry.
+    #[serde(default = "default_retry_share")]
+    pub handshake_retry_share: f64,
+    /// A handshake must complete this long after the connection was admitted (ms), or the
+    /// connection is dropped. Default 10000.
+    #[serde(default = "default_handshake_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Optional certificate revocation lists (PEM, one or more `X509 CRL` blocks). When set,
+    /// every client certificate's revocation status must be known from these CRLs (one per CA
+    /// that issues client certificates), and an expired CRL refuses all its CA's clients.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
     /// Most concurrent request streams per connection (quinn's default is 100). Default 4096:
     /// one connection carries 10k req/s at ~50 ms each (~500 in flight) with ample headroom.
     #[serde(default = "default_max_streams")]
@@ -88,7 +118,30 @@ impl ServerConfig {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 
+    /// Handshake timeout as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
     pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.max_connections_per_ip == 0 {
+            return Err("server.max_connections_per_ip must be at least 1".into());
+        }
+        if self.new_connections_per_second == 0 || self.new_connections_burst == 0 {
+            return Err(
+                "server.new_connections_per_second and new_connections_burst must be at least 1"
+                    .into(),
+            );
+        }
+        if self.max_handshakes == 0 {
+            return Err("server.max_handshakes must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.handshake_retry_share) {
+            return Err("server.handshake_retry_share must be between 0.0 and 1.0".into());
+        }
+        if !(100..=600_000).contains(&self.handshake_timeout_ms) {
+            return Err("server.handshake_timeout_ms must be between 100 and 600000".into());
+        }
         if self.max_connections == 0 || self.max_connections > 1_000_000 {
             return Err("server.max_connections must be between 1 and 1000000".into());
         }
@@ -119,6 +172,24 @@ fn default_identity() -> IdentitySource {
 }
 fn default_max_connections() -> usize {
     1024
+}
+fn default_max_per_ip() -> usize {
+    64
+}
+fn default_new_rate() -> u32 {
+    200
+}
+fn default_new_burst() -> u32 {
+    400
+}
+fn default_max_handshakes() -> usize {
+    256
+}
+fn default_retry_share() -> f64 {
+    0.25
+}
+fn default_handshake_ms() -> u64 {
+    10_000
 }
 fn default_max_streams() -> u32 {
     4096

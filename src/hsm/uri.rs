@@ -91,6 +91,13 @@ pub enum UriError {
     /// The input is longer than [`MAX_URI_LEN`] bytes.
     #[error("PKCS#11 URI is {0} bytes long; at most {max} are accepted", max = MAX_URI_LEN)]
     TooLong(usize),
+    /// The input fits, but its canonical form (with the percent-encoding it needs) is longer
+    /// than [`MAX_URI_LEN`] bytes, so it would not parse back.
+    #[error(
+        "PKCS#11 URI's canonical form is {0} bytes long; at most {max} are accepted",
+        max = MAX_URI_LEN
+    )]
+    CanonicalTooLong(usize),
     /// The input does not start with `pkcs11:` (any case).
     #[error("not a PKCS#11 URI: it must start with `pkcs11:`")]
     MissingScheme,
@@ -164,6 +171,13 @@ impl FromStr for Pkcs11Uri {
             for segment in query.split('&') {
                 uri.apply(segment, QUERY)?;
             }
+        }
+        // The canonical form percent-encodes what the input may have written literally (up to
+        // three bytes for one): it must stay within the limit, or `Display` would print a URI
+        // that does not parse back (found by fuzz/fuzz_targets/pkcs11_uri.rs).
+        let canonical = uri.to_string().len();
+        if canonical > MAX_URI_LEN {
+            return Err(UriError::CanonicalTooLong(canonical));
         }
         Ok(uri)
     }
@@ -694,6 +708,14 @@ mod tests {
         assert_eq!(ok(&longest).object.map(|o| o.len()), Some(MAX_URI_LEN - 14));
         let too_long = format!("{longest}a");
         assert_eq!(err(&too_long), TooLong(MAX_URI_LEN + 1));
+        // Within the limit, but `=` is percent-encoded in the canonical form (three times as
+        // long): refused, so every accepted URI's canonical form parses back (fuzz regression).
+        let expands = format!("pkcs11:object={}", "=".repeat(MAX_URI_LEN - 20));
+        assert!(expands.len() <= MAX_URI_LEN);
+        assert_eq!(err(&expands), CanonicalTooLong(14 + 3 * (MAX_URI_LEN - 20)));
+        let fits = format!("pkcs11:object={}", "=".repeat(1000));
+        let uri = ok(&fits);
+        assert_eq!(ok(&uri.to_string()), uri);
     }
 
     #[test]

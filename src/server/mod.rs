@@ -2,6 +2,7 @@
 //! stream, and a graceful drain on shutdown. HSM work never runs here: requests are queued into
 //! the engine and awaited; admin operations run on the blocking pool.
 
+pub mod admission;
 mod authz;
 pub mod batcher;
 mod dispatch;
@@ -9,7 +10,9 @@ mod dispatch;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{IdleTimeout, TransportConfig, VarInt};
@@ -19,8 +22,11 @@ use crate::audit::AuditLog;
 use crate::config::ServerConfig;
 use crate::keys::KeyName;
 use crate::policy::LivePolicy;
+use crate::telemetry::IncomingOutcome;
 use crate::tls;
 use crate::Engine;
+
+use admission::{Admission, Decision, Limits, Slot};
 
 /// QUIC application error code sent when the server closes a connection for shutdown.
 pub const CLOSE_SHUTDOWN: u32 = 0;
@@ -28,6 +34,17 @@ pub const CLOSE_SHUTDOWN: u32 = 0;
 pub const CLOSE_NO_IDENTITY: u32 = 1;
 /// QUIC application error code for connections over the limit.
 pub const CLOSE_TOO_MANY: u32 = 2;
+
+/// Most connection attempts quinn holds for the accept loop's decision, per allowed handshake
+/// (quinn's default is 65536 in all). Attempts beyond it are refused by quinn itself.
+const INCOMING_PER_HANDSHAKE: usize = 4;
+/// Bytes quinn buffers for one connection attempt awaiting a decision (quinn's default: 10 MiB).
+/// A client's first flight (the ClientHello with a certificate-less key share) fits easily.
+const INCOMING_BUFFER: u64 = 64 * 1024;
+/// Bytes quinn buffers for all attempts awaiting a decision (quinn's default: 100 MiB).
+const INCOMING_BUFFER_TOTAL: u64 = 16 << 20;
+/// Buffer for TLS handshake data per connection (quinn's default, set explicitly).
+const CRYPTO_BUFFER: usize = 16 * 1024;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +101,8 @@ pub(crate) struct State {
     pub(crate) expired: watch::Sender<bool>,
     inflight: AtomicUsize,
     idle: Notify,
-    connections: AtomicUsize,
+    /// Connection admission (rates, caps); see [`admission`].
+    admission: Arc<Mutex<Admission>>,
 }
 
 impl State {
@@ -129,11 +147,17 @@ impl Server {
             let live = LivePolicy::load(path).map_err(|e| ServeError::Config(e.to_string()))?;
             extras.policy = Some(Arc::new(live));
         }
-        let rustls_cfg = tls::server_config(&cfg.cert, &cfg.key, &cfg.client_ca)?;
+        let rustls_cfg =
+            tls::server_config_with_crl(&cfg.cert, &cfg.key, &cfg.client_ca, cfg.crl.as_deref())?;
         let crypto = QuicServerConfig::try_from(rustls_cfg)
             .map_err(|e| ServeError::Config(format!("TLS config unusable for QUIC: {e}")))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(Arc::new(transport(&cfg)?));
+        let limits = limits(&cfg);
+        server_config
+            .max_incoming(limits.max_handshakes.saturating_mul(INCOMING_PER_HANDSHAKE))
+            .incoming_buffer_size(INCOMING_BUFFER)
+            .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
         let endpoint =
             quinn::Endpoint::server(server_config, cfg.listen).map_err(|e| ServeError::Bind {
                 addr: cfg.listen,
@@ -151,7 +175,7 @@ impl Server {
             expired: watch::Sender::new(false),
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
-            connections: AtomicUsize::new(0),
+            admission: Arc::new(Mutex::new(Admission::new(limits, Instant::now()))),
         });
         Ok(Server {
             endpoint,
@@ -182,18 +206,7 @@ impl Server {
             tokio::select! {
                 () = &mut shutdown => break,
                 incoming = endpoint.accept() => match incoming {
-                    Some(incoming) => {
-                        if state.connections.load(Ordering::Relaxed) >= state.cfg.max_connections {
-                            tracing::debug!(peer = %incoming.remote_address(), "connection refused: at max_connections");
-                            incoming.refuse();
-                            continue;
-                        }
-                        // Counted before the task starts, so a burst cannot overshoot the limit.
-                        state.connections.fetch_add(1, Ordering::Relaxed);
-                        state.engine.metrics().connection_opened();
-                        let guard = ConnGuard(Arc::clone(&state));
-                        tokio::spawn(connection(incoming, Arc::clone(&state), guard));
-                    }
+                    Some(incoming) => admit(&state, incoming),
                     None => break,
                 },
             }
@@ -242,6 +255,26 @@ async fn wait_idle(state: &State, limit: Duration) -> bool {
     }
 }
 
+/// The admission limits from `[server]`; caps larger than `max_connections` are cut to it.
+fn limits(cfg: &ServerConfig) -> Limits {
+    let max_handshakes = cfg.max_handshakes.min(cfg.max_connections);
+    Limits {
+        max_connections: cfg.max_connections,
+        max_per_ip: cfg.max_connections_per_ip.min(cfg.max_connections),
+        max_handshakes,
+        retry_handshakes: admission::retry_threshold(max_handshakes, cfg.handshake_retry_share),
+        rate_per_sec: f64::from(cfg.new_connections_per_second),
+        burst: f64::from(cfg.new_connections_burst),
+    }
+}
+
+/// Every per-connection bound quinn has, set explicitly (quinn's defaults are for general use:
+/// 100 streams, a 1.25 MB stream window, no connection window, 1.25 MB of datagram buffer).
+/// Peers may open `max_streams_per_connection` request streams (no unidirectional ones),
+/// buffer at most `stream_receive_window` per stream and `connection_receive_window` per
+/// connection, send no datagrams, and are closed after `idle_timeout_ms` without traffic.
+/// The server sends no keep-alives (idle clients are reclaimed). How long one request may take to
+/// arrive is `read_timeout_ms`, enforced per stream by the dispatcher.
 fn transport(cfg: &ServerConfig) -> Result<TransportConfig, ServeError> {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(cfg.max_streams_per_connection));
@@ -249,11 +282,48 @@ fn transport(cfg: &ServerConfig) -> Result<TransportConfig, ServeError> {
     t.stream_receive_window(VarInt::from_u32(cfg.stream_receive_window));
     t.receive_window(VarInt::from_u32(cfg.connection_receive_window));
     t.send_window(u64::from(cfg.connection_receive_window));
+    t.datagram_receive_buffer_size(None);
+    t.crypto_buffer_size(CRYPTO_BUFFER);
+    t.keep_alive_interval(None);
     let idle = IdleTimeout::try_from(Duration::from_millis(cfg.idle_timeout_ms))
         .map_err(|e| ServeError::Config(format!("server.idle_timeout_ms: {e}")))?;
     t.max_idle_timeout(Some(idle));
     t.ack_frequency_config(Some(ack_frequency()));
     Ok(t)
+}
+
+/// Decides about one connection attempt before quinn keeps any state for it, and carries the
+/// decision out: start the handshake (in its own task), ask for a Retry, or refuse.
+fn admit(state: &Arc<State>, incoming: quinn::Incoming) {
+    let peer = incoming.remote_address();
+    let validated = incoming.remote_address_validated();
+    let source = admission::source_key(peer.ip());
+    let decision = state
+        .admission
+        .lock()
+        .decide(Instant::now(), source, validated);
+    let metrics = state.engine.metrics();
+    metrics.incoming(decision.outcome());
+    match decision {
+        Decision::Accept => {
+            let slot = Slot::new(Arc::clone(&state.admission), source);
+            metrics.connection_opened();
+            let guard = ConnGuard(Arc::clone(state));
+            tokio::spawn(connection(incoming, Arc::clone(state), guard, slot));
+        }
+        Decision::Retry => {
+            tracing::trace!(%peer, "asking for address validation (Retry)");
+            if let Err(e) = incoming.retry() {
+                // Only an already validated address cannot be asked again; admission never
+                // asks one, but refusing is the safe answer if it did.
+                e.into_incoming().refuse();
+            }
+        }
+        Decision::Refuse(reason) => {
+            tracing::debug!(%peer, ?reason, "connection refused");
+            incoming.refuse();
+        }
+    }
 }
 
 /// Asks the peer to acknowledge every 8th ack-eliciting packet (or after 2 ms) instead of every
@@ -267,21 +337,36 @@ pub(crate) fn ack_frequency() -> quinn::AckFrequencyConfig {
     a
 }
 
-/// Counts a connection while it lives.
+/// Counts a connection in `signer_connections` while it lives.
 struct ConnGuard(Arc<State>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
         self.0.engine.metrics().connection_closed();
     }
 }
 
-async fn connection(incoming: quinn::Incoming, state: Arc<State>, _guard: ConnGuard) {
+async fn connection(
+    incoming: quinn::Incoming,
+    state: Arc<State>,
+    _guard: ConnGuard,
+    mut slot: Slot,
+) {
     let peer = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
+    // Dropping the handshake future on timeout closes the connection.
+    let handshake = tokio::time::timeout(state.cfg.handshake_timeout(), incoming).await;
+    slot.handshake_done();
+    let conn = match handshake {
+        Err(_) => {
+            tracing::debug!(%peer, "handshake not completed in time; dropped");
+            state
+                .engine
+                .metrics()
+                .incoming(IncomingOutcome::HandshakeTimeout);
+            return;
+        }
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             tracing::debug!(%peer, "handshake failed: {e}");
             // A TLS alert (no client certificate, an unknown CA, ...) is an authentication
             // failure and is audited; timeouts and resets are not.

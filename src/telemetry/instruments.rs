@@ -7,7 +7,7 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics::{Counter, Gauge, Histogram};
 
-use super::{names, OPS, OVERLOAD_REASONS, STATUSES};
+use super::{names, INCOMING_OUTCOMES, OPS, OVERLOAD_REASONS, STATUSES};
 
 /// The `op` label of a request. `Op as usize` indexes [`OPS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -162,6 +162,42 @@ impl OverloadReason {
     }
 }
 
+/// What became of a new QUIC connection attempt (`signer_incoming_total{outcome}`).
+/// `IncomingOutcome as usize` indexes [`INCOMING_OUTCOMES`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum IncomingOutcome {
+    /// `accepted`: the handshake started.
+    Accepted,
+    /// `retry`: asked to validate its address (QUIC Retry).
+    Retry,
+    /// `refused_max_connections`: at `max_connections`.
+    RefusedMaxConnections,
+    /// `refused_handshakes`: at the half-open cap `max_handshakes`.
+    RefusedHandshakes,
+    /// `refused_per_ip`: its (validated) address is at `max_connections_per_ip`.
+    RefusedPerIp,
+    /// `handshake_timeout`: admitted, but the handshake did not complete in time.
+    HandshakeTimeout,
+}
+
+impl IncomingOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [IncomingOutcome; 6] = [
+        IncomingOutcome::Accepted,
+        IncomingOutcome::Retry,
+        IncomingOutcome::RefusedMaxConnections,
+        IncomingOutcome::RefusedHandshakes,
+        IncomingOutcome::RefusedPerIp,
+        IncomingOutcome::HandshakeTimeout,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        INCOMING_OUTCOMES[self as usize]
+    }
+}
+
 /// Circuit breaker state, as the value of `signer_breaker_state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -216,6 +252,7 @@ struct Inner {
     connections: Gauge,
     inflight_limit: Vec<Gauge>,
     hsm_retries: Vec<Counter>,
+    incoming: Vec<Counter>,
 }
 
 impl Metrics {
@@ -291,6 +328,10 @@ impl Metrics {
             hsm_retries: partitions
                 .iter()
                 .map(|p| counter!(names::HSM_RETRIES_TOTAL, "partition" => p.clone()))
+                .collect(),
+            incoming: INCOMING_OUTCOMES
+                .iter()
+                .map(|o| counter!(names::INCOMING_TOTAL, "outcome" => *o))
                 .collect(),
             partitions,
         };
@@ -440,6 +481,13 @@ impl Metrics {
     pub fn connection_closed(&self) {
         self.inner.connections.decrement(1.0);
     }
+
+    /// A new connection attempt ended as `outcome` (`signer_incoming_total{outcome}`).
+    pub fn incoming(&self, outcome: IncomingOutcome) {
+        if let Some(c) = self.inner.incoming.get(outcome as usize) {
+            c.increment(1);
+        }
+    }
 }
 
 /// HELP lines. Descriptions are per recorder, so this runs with every [`Metrics::new`]; it is
@@ -509,6 +557,11 @@ fn describe() {
         HSM_RETRIES_TOTAL,
         "Requests left unsigned by a partition (busy, device failure) and retried within the retry budget."
     );
+    describe_counter!(
+        INCOMING_TOTAL,
+        "New QUIC connection attempts by admission outcome (accepted, retry, refused_*, \
+         handshake_timeout)."
+    );
 }
 
 #[cfg(test)]
@@ -531,6 +584,11 @@ mod tests {
         for (i, r) in OverloadReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
             assert_eq!(r.as_str(), OVERLOAD_REASONS[i]);
+        }
+        assert_eq!(IncomingOutcome::ALL.len(), INCOMING_OUTCOMES.len());
+        for (i, o) in IncomingOutcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i);
+            assert_eq!(o.as_str(), INCOMING_OUTCOMES[i]);
         }
     }
 

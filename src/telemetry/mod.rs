@@ -40,7 +40,7 @@ pub use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use admin::{bind_admin, serve_admin, Admin, AdminLimits, DEFAULT_ADMIN_PORT};
 pub use health::{PartitionHealth, Readiness, ReadyReport};
-pub use instruments::{BreakerState, Metrics, Op, OverloadReason, StatusLabel};
+pub use instruments::{BreakerState, IncomingOutcome, Metrics, Op, OverloadReason, StatusLabel};
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
@@ -92,6 +92,11 @@ pub mod names {
     /// Counter `{partition}`: requests left unsigned by this partition (busy/throttled, or a
     /// device failure) and tried again (within the retry budget).
     pub const HSM_RETRIES_TOTAL: &str = "signer_hsm_retries_total";
+    /// Counter `{outcome}`: new QUIC connection attempts by admission outcome (see
+    /// [`INCOMING_OUTCOMES`]).
+    ///
+    /// [`INCOMING_OUTCOMES`]: super::INCOMING_OUTCOMES
+    pub const INCOMING_TOTAL: &str = "signer_incoming_total";
 }
 
 /// The Prometheus type of a series family.
@@ -149,6 +154,7 @@ pub const METRICS: &[(&str, MetricKind, &[&str])] = &[
         MetricKind::Counter,
         &["partition"],
     ),
+    (names::INCOMING_TOTAL, MetricKind::Counter, &["outcome"]),
 ];
 
 /// `op` label values, in [`Op`] order.
@@ -180,6 +186,18 @@ pub const STATUSES: &[&str] = &[
 
 /// `reason` label values of `signer_overloaded_total`, in [`OverloadReason`] order.
 pub const OVERLOAD_REASONS: &[&str] = &["queue_full", "queue_wait", "deadline", "quota"];
+
+/// `outcome` label values of `signer_incoming_total`, in [`IncomingOutcome`] order: admitted,
+/// asked to Retry (address validation), refused at a cap, or dropped because the handshake did
+/// not complete within `handshake_timeout_ms`.
+pub const INCOMING_OUTCOMES: &[&str] = &[
+    "accepted",
+    "retry",
+    "refused_max_connections",
+    "refused_handshakes",
+    "refused_per_ip",
+    "handshake_timeout",
+];
 
 /// Bucket upper bounds, in seconds, of every latency histogram (request, queue wait, HSM call):
 /// 0.1 ms to 10 s. The low end reaches below DESIGN's 0.5 ms because a SoftHSM2 ECDSA sign takes

@@ -129,15 +129,36 @@ pub enum IdentitySource {
 /// (`max_early_data_size = 0`) and no half-RTT data.
 ///
 /// `cert_chain` is the server's PEM chain (end-entity first); `private_key` its PEM key, which
-/// must not be accessible by group or others.
+/// must not be accessible by group or others. Same as [`server_config_with_crl`] without CRLs.
 pub fn server_config(
     cert_chain: &Path,
     private_key: &Path,
     client_ca: &Path,
 ) -> Result<ServerConfig, TlsError> {
+    server_config_with_crl(cert_chain, private_key, client_ca, None)
+}
+
+/// Like [`server_config`], and with `crl` (a PEM file of one or more `X509 CRL`s) client
+/// certificates are also checked for revocation: the end-entity certificate's status must be
+/// known from the CRLs (a certificate whose issuer has no CRL in the file is refused), and an
+/// expired CRL (past its `nextUpdate`) refuses the clients of its CA until it is replaced.
+pub fn server_config_with_crl(
+    cert_chain: &Path,
+    private_key: &Path,
+    client_ca: &Path,
+    crl: Option<&Path>,
+) -> Result<ServerConfig, TlsError> {
     let provider = provider();
     let roots = pem::load_roots(client_ca)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if let Some(crl) = crl {
+        builder = builder
+            .with_crls(pem::load_crls(crl)?)
+            .only_check_end_entity_revocation()
+            .enforce_revocation_expiration();
+    }
+    let verifier = builder
         .build()
         .map_err(|e| TlsError::Rustls(format!("client verifier ({}): {e}", client_ca.display())))?;
     let chain = pem::load_certs(cert_chain)?;
@@ -160,6 +181,7 @@ pub fn server_config(
     tracing::debug!(
         cert = %cert_chain.display(),
         client_ca = %client_ca.display(),
+        crl = ?crl.map(Path::display),
         "TLS server config built"
     );
     Ok(config)

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::Path;
 
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::RootCertStore;
 use zeroize::Zeroizing;
 
@@ -21,6 +21,25 @@ pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
         return Err(TlsError::NoCertificate(path.to_owned()));
     }
     Ok(certs)
+}
+
+/// All `X509 CRL` blocks of a PEM file, in file order (other PEM items are skipped). A file
+/// without any CRL is an error: a configured but empty CRL file is a mistake, not "nothing is
+/// revoked".
+pub(crate) fn load_crls(
+    path: &Path,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|e| read_err(path, &e))?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(path, e))?;
+    if crls.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.to_owned(),
+            reason: "no PEM `X509 CRL` found".into(),
+        });
+    }
+    Ok(crls)
 }
 
 /// A CA bundle: every certificate in the file becomes a trust anchor.
@@ -117,6 +136,23 @@ mod tests {
         load_private_key(&pki.server_key).unwrap();
         set(0o600);
         crate::tls::server_config(&pki.server_cert, &pki.server_key, &pki.ca_cert).unwrap();
+
+        // The client library's key (client.toml `key`) follows the same rule.
+        std::fs::set_permissions(&pki.app_key, std::fs::Permissions::from_mode(0o604)).unwrap();
+        let err = crate::tls::client_config(&pki.ca_cert, &pki.app_cert, &pki.app_key).unwrap_err();
+        assert!(
+            matches!(err, TlsError::Permissions { mode: 0o604, .. }),
+            "{err}"
+        );
+        let shown = err.to_string();
+        assert!(
+            shown.contains(&pki.app_key.display().to_string()),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("604") && shown.contains("chmod 600"),
+            "{shown}"
+        );
     }
 
     #[test]

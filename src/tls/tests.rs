@@ -301,3 +301,153 @@ fn write_key(path: &Path, pem: &str) {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 }
+
+/// A CA made here with rcgen, allowed to sign certificates and CRLs, and trusted by a server
+/// built with [`TestCa::server`].
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    path: std::path::PathBuf,
+}
+
+impl TestCa {
+    fn new(dir: &Path, name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        let path = dir.join("test-ca.pem");
+        std::fs::write(&path, cert.pem()).unwrap();
+        TestCa { cert, key, path }
+    }
+
+    /// A client certificate with SAN URI `signerd://test/{name}` and this serial.
+    fn client(&self, f: &Fixture, name: &str, serial: u64) -> ClientConfig {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            rcgen::Ia5String::try_from(format!("signerd://test/{name}")).unwrap(),
+        )];
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let dir = f.dir();
+        let (cert_path, key_path) = (dir.join(format!("{name}.pem")), dir.join(name));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        write_key(&key_path, &key.serialize_pem());
+        f.client(&cert_path, &key_path)
+    }
+
+    /// A CRL revoking `serials`, issued in 2020 and valid until `next_update_year`.
+    fn crl(&self, dir: &Path, serials: &[u64], next_update_year: i32) -> std::path::PathBuf {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(next_update_year, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: rcgen::date_time_ymd(2020, 6, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.cert, &self.key).unwrap();
+        let path = dir.join(format!("crl-{next_update_year}.pem"));
+        std::fs::write(&path, crl.pem().unwrap()).unwrap();
+        path
+    }
+
+    fn server(&self, f: &Fixture, crl: Option<&Path>) -> ServerConfig {
+        server_config_with_crl(&f.pki.server_cert, &f.pki.server_key, &self.path, crl).unwrap()
+    }
+}
+
+#[test]
+fn revoked_client_certificate_is_refused_with_a_crl() {
+    let f = Fixture::new();
+    let ca = TestCa::new(f.dir(), "test CA");
+    let crl = ca.crl(f.dir(), &[666], 2099);
+
+    // Without a CRL the certificate is good.
+    let out = handshake(
+        ca.client(&f, "revoked", 666),
+        ca.server(&f, None),
+        "localhost",
+    );
+    assert!(out.ok(), "control: {out:?}");
+    // With it, the revoked one is refused and another one from the same CA is not.
+    let out = handshake(
+        ca.client(&f, "revoked", 666),
+        ca.server(&f, Some(&crl)),
+        "localhost",
+    );
+    assert!(
+        matches!(
+            out.server_err,
+            Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked
+            ))
+        ),
+        "{out:?}"
+    );
+    let out = handshake(
+        ca.client(&f, "good", 7),
+        ca.server(&f, Some(&crl)),
+        "localhost",
+    );
+    assert!(out.ok(), "{out:?}");
+
+    // An expired CRL (nextUpdate in the past) refuses everyone of its CA.
+    let stale = ca.crl(f.dir(), &[666], 2021);
+    let out = handshake(
+        ca.client(&f, "good", 7),
+        ca.server(&f, Some(&stale)),
+        "localhost",
+    );
+    assert!(
+        matches!(out.server_err, Some(rustls::Error::InvalidCertificate(_))),
+        "{out:?}"
+    );
+
+    // A client of a CA the CRL file does not cover: its status is unknown, so it is refused.
+    let crl_of_other_ca = {
+        let dir = f.dir().join("other");
+        std::fs::create_dir_all(&dir).unwrap();
+        TestCa::new(&dir, "other test CA").crl(&dir, &[], 2099)
+    };
+    let out = handshake(
+        ca.client(&f, "good", 7),
+        ca.server(&f, Some(&crl_of_other_ca)),
+        "localhost",
+    );
+    assert!(
+        matches!(out.server_err, Some(rustls::Error::InvalidCertificate(_))),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn crl_file_problems_are_reported() {
+    let f = Fixture::new();
+    let p = &f.pki;
+    let missing = f.dir().join("nope.crl");
+    let err = server_config_with_crl(&p.server_cert, &p.server_key, &p.ca_cert, Some(&missing))
+        .unwrap_err();
+    assert!(matches!(err, TlsError::Read { .. }), "{err}");
+    // A certificate file is not a CRL file.
+    let err = server_config_with_crl(&p.server_cert, &p.server_key, &p.ca_cert, Some(&p.ca_cert))
+        .unwrap_err();
+    assert!(err.to_string().contains("X509 CRL"), "{err}");
+}

@@ -11,6 +11,7 @@ mod admin;
 mod bad_input;
 mod batch;
 mod cli;
+mod hardening;
 mod observability;
 mod policy;
 mod shutdown;
