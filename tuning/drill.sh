@@ -35,7 +35,7 @@ start_daemon() {
   rm -rf "$dir"
   "$BIN/signerd" init --dev "$dir" --partitions "$parts" --port "$PORT" --admin-port "$ADMIN_PORT" >/dev/null 2>&1
   : > "$dir/fault.toml"
-  tuning/use-fault-module.py "$dir" "$MODULE" "$workers"
+  tuning/use-fault-module.py "$dir" "$MODULE" "$workers" ${MIN_INFLIGHT:+"$MIN_INFLIGHT"}
   "$BIN/signerd" serve --config "$dir/signerd.toml" 2>"$dir/signerd.log" & PID=$!
   for _ in $(seq 1 100); do "$BIN/signerd" key list --client "$dir/client.toml" >/dev/null 2>&1 && break; sleep 0.2; done
   "$BIN/signerd" key create drill-p256 --type ec-p256 --client "$dir/client.toml" >/dev/null
