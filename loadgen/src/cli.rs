@@ -39,6 +39,28 @@ enum Command {
     /// The raw PKCS#11 sign loop on the daemon's own tokens (no daemon needed): the ceiling the
     /// daemon is compared against.
     Ceiling(CeilingArgs),
+    /// A handshake flood: new QUIC connections at a fixed rate (with the client certificate of
+    /// --client), to measure what it does to other clients (run `loadgen run` beside it).
+    Flood(FloodArgs),
+}
+
+#[derive(Debug, Args)]
+struct FloodArgs {
+    /// Client config (endpoint, CA, client certificate).
+    #[arg(long, value_name = "FILE")]
+    client: PathBuf,
+    /// New connections per second.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// How long to flood.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// How long each established connection is held open.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    hold: Duration,
+    /// Client UDP sockets the attempts are spread over.
+    #[arg(long, default_value_t = 8)]
+    sockets: usize,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +195,7 @@ pub fn main() -> ExitCode {
         Command::Ceiling(a) => ceiling(a),
         Command::Run(a) => with_runtime(|| run_cmd(a)),
         Command::FindMax(a) => with_runtime(|| find_max(a)),
+        Command::Flood(a) => with_runtime(|| flood_cmd(a)),
     };
     match result {
         Ok(code) => code,
@@ -411,6 +434,20 @@ fn parse_steps(spec: &str) -> Result<Vec<(f64, Duration)>, String> {
             Ok((rate, parse_duration(dur)?))
         })
         .collect()
+}
+
+async fn flood_cmd(a: FloodArgs) -> Result<ExitCode, String> {
+    let opts = ClientOptions::from_file(&a.client).map_err(|e| e.to_string())?;
+    let r = crate::flood::flood(&opts, a.rate, a.duration, a.hold, a.sockets).await?;
+    println!(
+        "flood: {} connection attempts in {:.1} s ({:.0}/s): {} established, {} refused or timed out",
+        r.attempts,
+        a.duration.as_secs_f64(),
+        r.attempts as f64 / a.duration.as_secs_f64().max(1e-9),
+        r.established,
+        r.failed
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Verifies every kept signature against the key's public key(s), in parallel on the rayon

@@ -3,6 +3,7 @@
 //! ceiling for comparison in the same run.
 
 mod cli;
+mod flood;
 mod plot;
 mod report;
 mod run;

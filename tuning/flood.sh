@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Handshake flood (issue 7, scenario 14): a client signing at RATE/s, measured alone and while a
+# second loadgen opens FLOOD new QUIC connections per second (with a valid client certificate,
+# from loopback), alternately; the daemon's admission counters (signer_incoming_total) are read
+# after each phase. Default [server] admission settings. JSON into tuning/out/flood/.
+#   tuning/flood.sh                     # 2 rounds of 15 s, 2,000 sig/s, 1,000 connections/s
+#   ROUNDS=1 SECS=10 FLOOD=2000 tuning/flood.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=tuning/out/flood; mkdir -p "$OUT"
+SECS=${SECS:-15}; ROUNDS=${ROUNDS:-2}; RATE=${RATE:-2000}; FLOOD=${FLOOD:-1000}
+PORT=${PORT:-8143}; ADMIN_PORT=${ADMIN_PORT:-8144}
+cargo build --release --workspace --bins
+BIN=${CARGO_TARGET_DIR:-target}/release
+DIR=$(mktemp -d /tmp/signerd-flood.XXXXXX)
+PID=
+trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
+"$BIN/signerd" init --dev "$DIR" --partitions 2 --port "$PORT" --admin-port "$ADMIN_PORT" >/dev/null 2>&1
+"$BIN/signerd" serve --config "$DIR/signerd.toml" 2>"$OUT/signerd.log" & PID=$!
+for _ in $(seq 1 100); do "$BIN/signerd" key list --client "$DIR/client.toml" >/dev/null 2>&1 && break; sleep 0.2; done
+"$BIN/signerd" key create flood-p256 --type ec-p256 --client "$DIR/client.toml" >/dev/null
+incoming() { curl -s "127.0.0.1:$ADMIN_PORT/metrics" | grep '^signer_incoming_total' | tr '\n' ' '; echo; }
+measure() { # NAME
+  "$BIN/loadgen" run --client "$DIR/client-app.toml" --key flood-p256 --rate "$RATE" \
+    --duration "${SECS}s" --warmup 2s --json "$OUT/$1.json" >/dev/null
+}
+for r in $(seq 1 "$ROUNDS"); do
+  measure "alone-$r"
+  echo "after alone-$r: $(incoming)"
+  "$BIN/loadgen" flood --client "$DIR/client.toml" --rate "$FLOOD" --duration "$((SECS + 3))s" \
+    --hold 1s > "$OUT/flood-$r.txt" &
+  F=$!
+  sleep 1
+  measure "during-flood-$r"
+  wait "$F"; cat "$OUT/flood-$r.txt"
+  echo "after during-flood-$r: $(incoming)"
+done
+python3 - "$OUT" "$ROUNDS" <<'PY'
+import json, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+for r in range(1, rounds + 1):
+    a = json.load(open(f"{out}/alone-{r}.json")); b = json.load(open(f"{out}/during-flood-{r}.json"))
+    la, lb = a["latency_ms"], b["latency_ms"]
+    print(f"round {r}: alone achieved {a['achieved_rate']:.0f}/s p50 {la['p50']:.2f} p95 {la['p95']:.2f} p99 {la['p99']:.2f} ms errors {a['errors']}; "
+          f"during the flood achieved {b['achieved_rate']:.0f}/s p50 {lb['p50']:.2f} p95 {lb['p95']:.2f} p99 {lb['p99']:.2f} ms errors {b['errors']}")
+PY
