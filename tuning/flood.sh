@@ -27,12 +27,13 @@ measure() { # NAME
 for r in $(seq 1 "$ROUNDS"); do
   measure "alone-$r"
   echo "after alone-$r: $(incoming)"
-  "$BIN/loadgen" flood --client "$DIR/client.toml" --rate "$FLOOD" --duration "$((SECS + 3))s" \
-    --hold 1s > "$OUT/flood-$r.txt" &
-  F=$!
+  # The measured client connects first (an existing client); the flood starts during its warm-up.
+  measure "during-flood-$r" &
+  M=$!
   sleep 1
-  measure "during-flood-$r"
-  wait "$F"; cat "$OUT/flood-$r.txt"
+  "$BIN/loadgen" flood --client "$DIR/client.toml" --rate "$FLOOD" --duration "$((SECS + 1))s" \
+    --hold 1s > "$OUT/flood-$r.txt"
+  wait "$M"; cat "$OUT/flood-$r.txt"
   echo "after during-flood-$r: $(incoming)"
 done
 python3 - "$OUT" "$ROUNDS" <<'PY'
