@@ -7,13 +7,15 @@
 #   network  ECDSA P-256 through the fault module emulating a slow network HSM
 #            (20 ms per C_Sign, at most 4 concurrent calls per token)
 # For each: `loadgen ceiling` (raw C_Sign loop, 2 threads), per-message find-max, batch find-max
-# (--batch), and a fixed-rate batch run at the target with --verify. JSON into tuning/out/batch/.
+# (--batch), a fixed-rate batch run at the target with --verify, and the same target sent as
+# SignBatch requests of PAYLOADS payloads (default 16; each payload still its own leaf, proof and
+# audit record). JSON into tuning/out/batch/.
 #   tuning/batch.sh                        # all three, 5 s steps
 #   SETUPS="p256" STEP=3s tuning/batch.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=tuning/out/batch; mkdir -p "$OUT"
-STEP=${STEP:-5s}; SETUPS=${SETUPS:-"p256 rsa network"}
+STEP=${STEP:-5s}; SETUPS=${SETUPS:-"p256 rsa network"}; PAYLOADS=${PAYLOADS:-16}
 PORT=${PORT:-7943}; ADMIN_PORT=${ADMIN_PORT:-7944}
 cargo build --release --workspace --bins
 cargo build --release -p certnode-pkcs11-fault
@@ -61,5 +63,8 @@ for setup in $SETUPS; do
   echo "== $setup: batch at $TARGET/s with --verify"
   "$BIN/loadgen" run "${C[@]}" --batch --rate "$TARGET" --duration 10s --warmup 2s --verify \
     --json "$OUT/$setup-batch-target.json" | tail -n 16
+  echo "== $setup: batch at $TARGET signatures/s as SignBatch requests of $PAYLOADS, with --verify"
+  "$BIN/loadgen" run "${C[@]}" --batch --payloads "$PAYLOADS" --rate $((TARGET / PAYLOADS)) \
+    --duration 10s --warmup 2s --verify --json "$OUT/$setup-batch-target-payloads.json" | tail -n 16
   stop
 done

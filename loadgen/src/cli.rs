@@ -107,6 +107,11 @@ struct Common {
     /// HSM calls per second; --verify checks every inclusion proof and root signature.
     #[arg(long)]
     batch: bool,
+    /// Payloads per request: 1 sends Sign requests; more send SignBatch requests of this many
+    /// payloads (each gets its own signature; rates stay in requests/s, and the report adds
+    /// signatures/s).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    payloads: u16,
 }
 
 #[derive(Debug, Args)]
@@ -282,6 +287,7 @@ async fn target(c: &Common) -> Result<Target, String> {
         payload_len: scheme.digest_len().unwrap_or(c.message_size),
         keep_signatures: c.verify,
         batch: c.batch,
+        payloads: usize::from(c.payloads),
         max_inflight: c.max_inflight,
     })
 }

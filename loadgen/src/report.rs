@@ -163,6 +163,10 @@ pub struct RunResult {
     pub batch_signatures: u64,
     /// Trees those came from (each answer of a tree of n counts 1/n): HSM root signatures.
     pub batch_trees: f64,
+    /// Payloads per request (1: Sign requests; more: SignBatch requests).
+    pub payloads_per_request: usize,
+    /// Signatures in the OK answers of the window.
+    pub signatures: u64,
 }
 
 impl RunResult {
@@ -322,6 +326,16 @@ pub fn summary_table(r: &RunResult) -> String {
             "verification", r.verified, r.verify_failures
         );
     }
+    if r.payloads_per_request > 1 {
+        let _ = writeln!(
+            s,
+            "{:<W$}{} payloads per request: {} signatures, {:.1} signatures/s",
+            "signatures",
+            r.payloads_per_request,
+            r.signatures,
+            rate(r.signatures, r.duration_s)
+        );
+    }
     if r.batch_signatures > 0 {
         let _ = writeln!(
             s,
@@ -409,6 +423,9 @@ pub fn to_json(r: &RunResult) -> Value {
         "verify_enabled": r.verify_enabled,
         "verified": r.verified,
         "verify_failures": r.verify_failures,
+        "payloads_per_request": r.payloads_per_request,
+        "signatures": r.signatures,
+        "signatures_per_s": rate(r.signatures, r.duration_s),
         "batch": (r.batch_signatures > 0).then(|| json!({
             "signatures": r.batch_signatures,
             "trees": r.batch_trees,
@@ -698,6 +715,8 @@ pub(crate) mod tests {
             verify_enabled: true,
             batch_signatures: 0,
             batch_trees: 0.0,
+            payloads_per_request: 1,
+            signatures: 0,
         }
     }
 
@@ -723,6 +742,8 @@ pub(crate) mod tests {
             verify_enabled: false,
             batch_signatures: 0,
             batch_trees: 0.0,
+            payloads_per_request: 1,
+            signatures: 0,
         }
     }
 

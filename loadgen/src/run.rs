@@ -53,6 +53,8 @@ pub struct Target {
     pub max_inflight: usize,
     /// Accept Merkle batch signatures (`ACCEPT_BATCH_SIGNATURE`).
     pub batch: bool,
+    /// Payloads per request: 1 sends Sign requests, more send SignBatch requests of this many.
+    pub payloads: usize,
 }
 
 /// A signature kept for verification.
@@ -74,9 +76,12 @@ struct Sample {
     latency: Duration,
     /// `None` = OK.
     error: Option<&'static str>,
-    /// For a batch signature: the size of its tree.
-    tree_size: Option<u32>,
-    kept: Option<Kept>,
+    /// Signatures in the answer (the request's payloads, when it is OK).
+    signatures: u32,
+    /// Batch signatures in the answer, and the sum of 1/tree size over them.
+    batch_items: u32,
+    trees: f64,
+    kept: Vec<Kept>,
 }
 
 /// Runs one phase; `progress` is called about once a second with (elapsed, rate, p95 ms, errors).
@@ -126,7 +131,7 @@ pub async fn run_phase(
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut ok = 0u64;
     let mut kept = Vec::new();
-    let (mut batch_signatures, mut trees) = (0u64, 0f64);
+    let (mut batch_signatures, mut trees, mut signatures) = (0u64, 0f64, 0u64);
     let mut last_progress = Instant::now();
     let mut window_hist = report::new_histogram();
     let mut window_ok = 0u64;
@@ -156,14 +161,10 @@ pub async fn run_phase(
                 ok += 1;
                 window_ok += 1;
                 intervals[slot].ok += 1;
-                if let Some(n) = s.tree_size {
-                    // A tree of n leaves answers n requests: each stands for 1/n of a tree.
-                    batch_signatures += 1;
-                    trees += 1.0 / f64::from(n.max(1));
-                }
-                if let Some(k) = s.kept {
-                    kept.push(k);
-                }
+                signatures += u64::from(s.signatures);
+                batch_signatures += u64::from(s.batch_items);
+                trees += s.trees;
+                kept.extend(s.kept);
             }
             Some(name) => {
                 error_total += 1;
@@ -209,6 +210,8 @@ pub async fn run_phase(
         verify_enabled: target.keep_signatures,
         batch_signatures,
         batch_trees: trees,
+        payloads_per_request: target.payloads.max(1),
+        signatures,
     };
     (result, kept)
 }
@@ -277,13 +280,19 @@ async fn open_loop(
             let client = target.clients[(n as usize) % conns].clone();
             let (tx, inflight) = (tx.clone(), inflight.clone());
             let (key, scheme, len) = (target.key.clone(), target.scheme, target.payload_len);
+            let payloads = target.payloads;
             let keep = target.keep_signatures && scheduled >= warmup;
             let batch = target.batch;
             tokio::spawn(async move {
                 let sample = one(
                     &client,
                     &key,
-                    Shape { scheme, len, batch },
+                    Shape {
+                        scheme,
+                        len,
+                        batch,
+                        payloads,
+                    },
                     start + scheduled,
                     scheduled,
                     keep,
@@ -310,12 +319,13 @@ async fn closed_loop(
     for i in 0..concurrency.max(1) {
         let client = target.clients[i % target.clients.len()].clone();
         let (tx, sent) = (tx.clone(), sent.clone());
-        let (key, scheme, len, keep, batch) = (
+        let (key, scheme, len, keep, batch, payloads) = (
             target.key.clone(),
             target.scheme,
             target.payload_len,
             target.keep_signatures,
             target.batch,
+            target.payloads,
         );
         tasks.push(tokio::spawn(async move {
             loop {
@@ -330,7 +340,12 @@ async fn closed_loop(
                 let sample = one(
                     &client,
                     &key,
-                    Shape { scheme, len, batch },
+                    Shape {
+                        scheme,
+                        len,
+                        batch,
+                        payloads,
+                    },
                     Instant::now(),
                     scheduled,
                     keep && in_window,
@@ -355,55 +370,106 @@ struct Shape {
     len: usize,
     /// Accept a batch signature.
     batch: bool,
+    /// Payloads per request.
+    payloads: usize,
 }
+
+/// One payload's answer: the version that signed and the signature.
+type ItemResult = Result<(u32, SignatureForm), ClientError>;
 
 async fn one(
     client: &Client,
     key: &str,
-    Shape { scheme, len, batch }: Shape,
+    shape: Shape,
     scheduled_at: Instant,
     scheduled: Duration,
     keep: bool,
 ) -> Sample {
-    let payload: Bytes = (0..len)
-        .map(|_| rand::random::<u8>())
-        .collect::<Vec<u8>>()
-        .into();
-    let result = if batch {
-        client
-            .sign_accepting_batch(key, scheme, payload.clone())
+    let Shape {
+        scheme,
+        len,
+        batch,
+        payloads,
+    } = shape;
+    let payloads: Vec<Bytes> = (0..payloads.max(1))
+        .map(|_| {
+            (0..len)
+                .map(|_| rand::random::<u8>())
+                .collect::<Vec<u8>>()
+                .into()
+        })
+        .collect();
+    // One result per payload (all or nothing for a transport error).
+    let result: Result<Vec<ItemResult>, ClientError> = match (payloads.len(), batch) {
+        (1, true) => client
+            .sign_accepting_batch(key, scheme, payloads[0].clone())
             .await
-            .map(|s| (s.version, s.signature))
-    } else {
-        client
-            .sign(key, scheme, payload.clone())
+            .map(|s| vec![Ok((s.version, s.signature))]),
+        (1, false) => client
+            .sign(key, scheme, payloads[0].clone())
             .await
-            .map(|s| (s.version, SignatureForm::Plain(s.signature)))
+            .map(|s| vec![Ok((s.version, SignatureForm::Plain(s.signature)))]),
+        (_, true) => client
+            .sign_batch_accepting_batch(key, scheme, payloads.clone())
+            .await
+            .map(|items| {
+                items
+                    .into_iter()
+                    .map(|r| r.map(|s| (s.version, s.signature)))
+                    .collect()
+            }),
+        (_, false) => client
+            .sign_batch(key, scheme, payloads.clone())
+            .await
+            .map(|items| {
+                items
+                    .into_iter()
+                    .map(|r| r.map(|s| (s.version, SignatureForm::Plain(s.signature))))
+                    .collect()
+            }),
     };
     let latency = scheduled_at.elapsed();
-    match result {
-        Ok((version, signature)) => Sample {
-            scheduled,
-            latency,
-            error: None,
-            tree_size: match &signature {
-                SignatureForm::Batch(b) => Some(b.tree_size),
-                SignatureForm::Plain(_) => None,
-            },
-            kept: keep.then_some(Kept {
-                payload,
-                version,
-                signature,
-            }),
-        },
-        Err(e) => Sample {
-            scheduled,
-            latency,
-            error: Some(error_name(&e)),
-            tree_size: None,
-            kept: None,
-        },
+    let mut sample = Sample {
+        scheduled,
+        latency,
+        error: None,
+        signatures: 0,
+        batch_items: 0,
+        trees: 0.0,
+        kept: Vec::new(),
+    };
+    let items = match result {
+        Ok(items) => items,
+        Err(e) => {
+            sample.error = Some(error_name(&e));
+            return sample;
+        }
+    };
+    for (payload, item) in payloads.into_iter().zip(items) {
+        match item {
+            Ok((version, signature)) => {
+                sample.signatures += 1;
+                if let SignatureForm::Batch(b) = &signature {
+                    // A tree of n leaves answers n payloads: each stands for 1/n of a tree.
+                    sample.batch_items += 1;
+                    sample.trees += 1.0 / f64::from(b.tree_size.max(1));
+                }
+                if keep {
+                    sample.kept.push(Kept {
+                        payload,
+                        version,
+                        signature,
+                    });
+                }
+            }
+            Err(e) => {
+                if sample.error.is_none() {
+                    sample.error = Some(error_name(&e));
+                }
+            }
+        }
     }
+    sample
 }
 
 /// The status name used in reports for a failed request.

@@ -170,6 +170,27 @@ impl AnySignature {
     }
 }
 
+/// The items of a SignBatch answer, in order: `signed` for each signature, the item's status
+/// for each failure.
+fn batch_results<T>(
+    items: Vec<BatchItem>,
+    mut signed: impl FnMut(Version, SignatureForm) -> Result<T, ClientError>,
+) -> Vec<Result<T, ClientError>> {
+    items
+        .into_iter()
+        .map(|item| match item {
+            BatchItem::Signed { version, signature } => signed(version, signature),
+            BatchItem::Failed {
+                status,
+                retry_after_ms,
+                message,
+            } => Err(status_error(status, retry_after_ms, message)),
+            #[allow(unreachable_patterns)]
+            _ => Err(ClientError::Protocol("unknown batch item".into())),
+        })
+        .collect()
+}
+
 /// A public key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicKeyInfo {
@@ -306,6 +327,36 @@ impl Client {
         }
     }
 
+    /// Signs many payloads in one request (one stream), accepting batch signatures: for a key
+    /// configured for batch signing every payload becomes a leaf of a Merkle tree (shared with
+    /// other callers' requests) and gets its own inclusion proof. One result per payload, in
+    /// order.
+    pub async fn sign_batch_accepting_batch(
+        &self,
+        key: &str,
+        scheme: Scheme,
+        payloads: Vec<Bytes>,
+    ) -> Result<Vec<Result<AnySignature, ClientError>>, ClientError> {
+        let key = name(key)?;
+        let request = Request::SignBatch {
+            key: key.clone(),
+            version: None,
+            scheme,
+            payloads,
+        };
+        match self.call_flags(request, ACCEPT_BATCH_SIGNATURE).await? {
+            ResponseBody::Batch(items) => Ok(batch_results(items, |version, signature| {
+                Ok(AnySignature {
+                    key: key.clone(),
+                    version,
+                    scheme,
+                    signature,
+                })
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Asks the server whether a signature of either form is valid for `payload`.
     pub async fn verify_any(
         &self,
@@ -339,19 +390,7 @@ impl Client {
             payloads,
         };
         match self.call(request).await? {
-            ResponseBody::Batch(items) => Ok(items
-                .into_iter()
-                .map(|item| match item {
-                    BatchItem::Signed { version, signature } => plain(version, signature),
-                    BatchItem::Failed {
-                        status,
-                        retry_after_ms,
-                        message,
-                    } => Err(status_error(status, retry_after_ms, message)),
-                    #[allow(unreachable_patterns)]
-                    _ => Err(ClientError::Protocol("unknown batch item".into())),
-                })
-                .collect()),
+            ResponseBody::Batch(items) => Ok(batch_results(items, plain)),
             other => Err(unexpected(&other)),
         }
     }
