@@ -213,50 +213,64 @@ async fn modes_poison_and_an_offline_blob_for_a_relying_party() {
         }
     }
 
-    // A relying party verifies an exported blob with only the public key and the message.
-    let message = b"pay 10 EUR to account 42".to_vec();
-    let digest = Sha256::digest(&message).to_vec();
-    let sig = app
-        .sign_accepting_batch(&strict, Scheme::EcdsaSha256, digest)
-        .await
-        .unwrap();
-    let blob = sig.to_blob().unwrap();
-    let text = blob.to_text().unwrap();
-    let back = BatchBlob::from_text(&text).unwrap();
-    back.verify_message(&spki, &message).unwrap();
-    assert!(back
-        .verify_message(&spki, b"pay 1000 EUR to account 42")
-        .is_err());
-    if std::env::var("SIGNERD_SKIP_PYTHON").as_deref() != Ok("1") {
-        let pk = admin.public_key(&strict, None).await.unwrap();
-        std::fs::write(d.path("pk.pem"), pk.pem()).unwrap();
-        std::fs::write(d.path("msg"), &message).unwrap();
-        std::fs::write(d.path("sig.txt"), &text).unwrap();
-        let run = |msg: &str| {
-            Command::new("python3")
-                .arg(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/tools/verify_batch.py"
-                ))
-                .args(["blob", "--public-key"])
-                .arg(d.path("pk.pem"))
-                .arg("--message-file")
-                .arg(d.path(msg))
-                .arg("--blob")
-                .arg(d.path("sig.txt"))
-                .output()
-                .unwrap()
-        };
-        let ok = run("msg");
-        assert!(
-            ok.status.success(),
-            "python verifier: {}{}",
-            String::from_utf8_lossy(&ok.stdout),
-            String::from_utf8_lossy(&ok.stderr)
-        );
+    // A relying party verifies exported blobs with only the public key and the message: a batch
+    // of live signatures (signed at once, so they share trees), each checked by the library and
+    // by the independent Python verifier (tools/verify_batch.py, `cryptography` package).
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (app, key) = (app.clone(), strict.clone());
+        tasks.push(tokio::spawn(async move {
+            let message = format!("pay {i} EUR to account 42").into_bytes();
+            let digest = Sha256::digest(&message).to_vec();
+            let sig = app
+                .sign_accepting_batch(&key, Scheme::EcdsaSha256, digest)
+                .await
+                .unwrap();
+            (message, sig)
+        }));
+    }
+    let pk = admin.public_key(&strict, None).await.unwrap();
+    std::fs::write(d.path("pk.pem"), pk.pem()).unwrap();
+    let python = std::env::var("SIGNERD_SKIP_PYTHON").as_deref() != Ok("1");
+    let run = |msg: &str, blob: &str| {
+        Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tools/verify_batch.py"
+            ))
+            .args(["blob", "--public-key"])
+            .arg(d.path("pk.pem"))
+            .arg("--message-file")
+            .arg(d.path(msg))
+            .arg("--blob")
+            .arg(d.path(blob))
+            .output()
+            .unwrap()
+    };
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (message, sig) = t.await.unwrap();
+        let text = sig.to_blob().unwrap().to_text().unwrap();
+        let back = BatchBlob::from_text(&text).unwrap();
+        back.verify_message(&spki, &message).unwrap();
+        assert!(back
+            .verify_message(&spki, b"pay 1000 EUR to account 42")
+            .is_err());
+        if python {
+            std::fs::write(d.path(&format!("msg{i}")), &message).unwrap();
+            std::fs::write(d.path(&format!("sig{i}.txt")), &text).unwrap();
+            let ok = run(&format!("msg{i}"), &format!("sig{i}.txt"));
+            assert!(
+                ok.status.success(),
+                "python verifier, live blob {i}: {}{}",
+                String::from_utf8_lossy(&ok.stdout),
+                String::from_utf8_lossy(&ok.stderr)
+            );
+        }
+    }
+    if python {
         std::fs::write(d.path("other"), b"pay 1000 EUR to account 42").unwrap();
         assert!(
-            !run("other").status.success(),
+            !run("other", "sig0.txt").status.success(),
             "python rejects another message"
         );
     }
