@@ -57,17 +57,50 @@ impl Default for BatchSection {
     }
 }
 
-impl BatchSection {
-    /// The batch mode of key `name`.
+/// The per-key modes of a [`BatchSection`], compiled once: exact names in a map, globs longest
+/// first, so a lookup per request neither allocates nor recompiles patterns.
+#[derive(Clone, Debug)]
+pub struct BatchModes {
+    default: BatchMode,
+    exact: BTreeMap<String, BatchMode>,
+    globs: Vec<(Glob, BatchMode)>,
+}
+
+impl BatchModes {
+    /// The batch mode of key `name`: its exact entry, else the longest matching glob, else the
+    /// default.
     pub fn mode(&self, name: &str) -> BatchMode {
-        if let Some(m) = self.keys.get(name) {
+        if let Some(m) = self.exact.get(name) {
             return *m;
         }
-        self.keys
+        self.globs
             .iter()
-            .filter(|(p, _)| Glob::new(p).matches(name))
-            .max_by_key(|(p, _)| p.len())
+            .find(|(g, _)| g.matches(name))
             .map_or(self.default, |(_, m)| *m)
+    }
+}
+
+impl BatchSection {
+    /// The modes, compiled for lookups.
+    pub fn modes(&self) -> BatchModes {
+        let (exact, globs): (Vec<_>, Vec<_>) = self
+            .keys
+            .iter()
+            .partition(|(p, _)| Glob::new(p).is_literal());
+        let mut globs: Vec<(Glob, BatchMode)> =
+            globs.into_iter().map(|(p, m)| (Glob::new(p), *m)).collect();
+        // Longest (most specific) first; between equally long globs, the first in name order.
+        globs.sort_by_key(|(g, _)| std::cmp::Reverse(g.as_str().len()));
+        BatchModes {
+            default: self.default,
+            exact: exact.into_iter().map(|(p, m)| (p.clone(), *m)).collect(),
+            globs,
+        }
+    }
+
+    /// The batch mode of key `name` (see [`BatchModes::mode`]).
+    pub fn mode(&self, name: &str) -> BatchMode {
+        self.modes().mode(name)
     }
 
     /// Whether any key can sign in batches.

@@ -88,11 +88,6 @@ impl Gate {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    /// The most permits there can be (the partition's sessions).
-    pub fn max_limit(&self) -> usize {
-        self.max
-    }
-
     /// Whether the limit cannot move (`min_limit == max_limit`, e.g. one worker).
     pub fn pinned(&self) -> bool {
         self.min == self.max
@@ -128,14 +123,12 @@ const RETRY_RESERVE: u64 = 20;
 #[derive(Debug)]
 pub struct RetryBudget {
     milli: AtomicU64,
-    retries: AtomicU64,
 }
 
 impl Default for RetryBudget {
     fn default() -> Self {
         RetryBudget {
             milli: AtomicU64::new(RETRY_RESERVE * 1000),
-            retries: AtomicU64::new(0),
         }
     }
 }
@@ -156,21 +149,11 @@ impl RetryBudget {
 
     /// Spends one retry if the budget has one.
     pub fn try_spend(&self) -> bool {
-        let ok = self
-            .milli
+        self.milli
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
                 m.checked_sub(1000)
             })
-            .is_ok();
-        if ok {
-            self.retries.fetch_add(1, Ordering::Relaxed);
-        }
-        ok
-    }
-
-    /// Retries spent so far.
-    pub fn spent(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
+            .is_ok()
     }
 }
 
@@ -222,7 +205,6 @@ mod tests {
         }
         let earned = (0..100).take_while(|_| b.try_spend()).count();
         assert_eq!(earned, 10, "50 first attempts earn 10 retries");
-        assert_eq!(b.spent(), RETRY_RESERVE + 10);
         for _ in 0..10_000 {
             b.deposit();
         }

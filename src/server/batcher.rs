@@ -19,17 +19,16 @@
 //! (fail closed). A root that fails in the HSM is recorded with its status.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use crate::audit::{AuditEntry, AuditLog};
-use crate::config::batch::{BatchMode, BatchSection};
+use crate::config::batch::{BatchMode, BatchModes, BatchSection};
 use crate::engine::{Engine, SignRequest};
 use crate::error::EngineError;
 use crate::keys::{KeyName, Payload, Scheme, Version};
@@ -43,19 +42,18 @@ const FULL_RETRY_AFTER: Duration = Duration::from_millis(50);
 /// What a batched request gets: the version that signed and its batch signature.
 pub type BatchReply = Result<(Version, BatchSignature), EngineError>;
 
-type GroupKey = (KeyName, Option<Version>, Scheme);
-
 /// The batcher of one daemon.
 #[derive(Debug)]
 pub struct Batcher {
     engine: Engine,
     audit: Option<AuditLog>,
     cfg: BatchSection,
+    modes: BatchModes,
     trees_in_flight: usize,
     identity: Arc<str>,
-    groups: Mutex<HashMap<GroupKey, Arc<Group>>>,
-    trees: AtomicU64,
-    leaves: Arc<AtomicU64>,
+    /// Groups by key, then by (requested version, scheme): looked up without allocating; a
+    /// group is made once per (key, version, scheme) that exists (checked before).
+    groups: RwLock<HashMap<KeyName, Vec<Arc<Group>>>>,
 }
 
 #[derive(Debug)]
@@ -87,13 +85,11 @@ impl Leaf {
     }
 }
 
-/// Trees signed and leaves answered so far.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BatchStats {
-    /// Root signatures made (HSM calls).
-    pub trees: u64,
-    /// Requests answered with a batch signature.
-    pub leaves: u64,
+/// Answers every leaf with the same error.
+fn fail_all(live: Vec<Leaf>, e: EngineError) {
+    for l in live {
+        l.answer(Err(e.clone()));
+    }
 }
 
 impl Batcher {
@@ -106,26 +102,17 @@ impl Batcher {
         Arc::new(Batcher {
             engine,
             audit,
+            modes: cfg.modes(),
             cfg,
             trees_in_flight,
             identity: Arc::from(BATCHER_IDENTITY),
-            groups: Mutex::new(HashMap::new()),
-            trees: AtomicU64::new(0),
-            leaves: Arc::new(AtomicU64::new(0)),
+            groups: RwLock::new(HashMap::new()),
         })
     }
 
     /// The batch mode of `key`.
     pub fn mode(&self, key: &KeyName) -> BatchMode {
-        self.cfg.mode(key.as_str())
-    }
-
-    /// Counters.
-    pub fn stats(&self) -> BatchStats {
-        BatchStats {
-            trees: self.trees.load(Ordering::Relaxed),
-            leaves: self.leaves.load(Ordering::Relaxed),
-        }
+        self.modes.mode(key.as_str())
     }
 
     /// Queues one payload for the next tree of (key, version, scheme). Fails at once, alone,
@@ -192,19 +179,28 @@ impl Batcher {
     }
 
     fn group(&self, key: &KeyName, version: Option<Version>, scheme: Scheme) -> Arc<Group> {
-        let mut groups = self.groups.lock();
-        Arc::clone(
+        let find = |groups: &HashMap<KeyName, Vec<Arc<Group>>>| {
             groups
-                .entry((key.clone(), version, scheme))
-                .or_insert_with(|| {
-                    Arc::new(Group {
-                        key: key.clone(),
-                        version,
-                        scheme,
-                        state: Mutex::new(GroupState::default()),
-                    })
-                }),
-        )
+                .get(key)?
+                .iter()
+                .find(|g| g.version == version && g.scheme == scheme)
+                .cloned()
+        };
+        if let Some(g) = find(&self.groups.read()) {
+            return g;
+        }
+        let mut groups = self.groups.write();
+        if let Some(g) = find(&groups) {
+            return g;
+        }
+        let g = Arc::new(Group {
+            key: key.clone(),
+            version,
+            scheme,
+            state: Mutex::new(GroupState::default()),
+        });
+        groups.entry(key.clone()).or_default().push(Arc::clone(&g));
+        g
     }
 
     /// Signs trees for `group` until nobody waits; then gives the signing slot back.
@@ -233,11 +229,6 @@ impl Batcher {
         if live.is_empty() {
             return;
         }
-        let fail_all = |live: Vec<Leaf>, e: EngineError| {
-            for l in live {
-                l.answer(Err(e.clone()));
-            }
-        };
         let version = match self
             .engine
             .signing_version(&group.key, group.version, group.scheme)
@@ -293,7 +284,6 @@ impl Batcher {
                 )
             }
         };
-        self.trees.fetch_add(1, Ordering::Relaxed);
         // The HSM's part is done: the slot is free for the next tree while this one's leaves
         // are recorded (an fsync) and answered.
         let audit = self.audit.clone();
@@ -309,8 +299,7 @@ impl Batcher {
             root_hash,
             live,
         };
-        let leaves = Arc::clone(&self.leaves);
-        tokio::spawn(async move { done.finish(audit, &leaves).await });
+        tokio::spawn(async move { done.finish(audit).await });
     }
 }
 
@@ -330,7 +319,7 @@ struct SignedTree {
 impl SignedTree {
     /// Records every leaf in the audit log (when there is one) and answers the callers once the
     /// records are durable; if they cannot be written, nobody gets a signature.
-    async fn finish(self, audit: Option<AuditLog>, leaves: &AtomicU64) {
+    async fn finish(self, audit: Option<AuditLog>) {
         let SignedTree {
             root,
             key,
@@ -340,11 +329,6 @@ impl SignedTree {
             root_hash,
             live,
         } = self;
-        let fail_all = |live: Vec<Leaf>, e: EngineError| {
-            for l in live {
-                l.answer(Err(e.clone()));
-            }
-        };
         let n = tree.size();
         let root_signature = Bytes::from(signed.signature);
         let mut sigs = Vec::with_capacity(n);
@@ -391,7 +375,6 @@ impl SignedTree {
                 );
             }
         }
-        leaves.fetch_add(n as u64, Ordering::Relaxed);
         for (l, sig) in live.into_iter().zip(sigs) {
             l.answer(Ok((signed.version, sig)));
         }

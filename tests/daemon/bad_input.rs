@@ -1,12 +1,8 @@
 //! Bad requests: precise statuses, malformed frames, and the server stays up.
 
-use std::sync::Arc;
-
 use certnode_signer::client::Status;
 use certnode_signer::protocol::{self, Op};
 use certnode_signer::{KeyType, Scheme};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::daemon::{random_bytes, unique, Daemon};
 
@@ -130,28 +126,7 @@ fn framed(body: &[u8]) -> Vec<u8> {
 
 /// Sends raw bytes on one stream with the app identity; returns the raw response.
 async fn raw_roundtrip(d: &Daemon, bytes: &[u8]) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
-    let roots = {
-        let mut r = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(d.path("tls/ca.pem"))? {
-            r.add(c?)?;
-        }
-        r
-    };
-    let chain: Vec<_> =
-        CertificateDer::pem_file_iter(d.path("tls/client-app.pem"))?.collect::<Result<_, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(d.path("tls/client-app.key"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-    tls.alpn_protocols = vec![protocol::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let conn = ep
-        .connect(format!("127.0.0.1:{}", d.port).parse()?, "localhost")?
-        .await?;
+    let (_ep, conn) = d.raw_connect().await;
     let (mut send, mut recv) = conn.open_bi().await?;
     let _ = send.write_all(bytes).await;
     let _ = send.finish();

@@ -133,6 +133,32 @@ impl Daemon {
         }
     }
 
+    /// The daemon's QUIC address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// A raw quinn client endpoint on loopback presenting `cert`/`key` (PEM files) and trusting
+    /// the dev CA: the client library's TLS config (`tls::client_config`) without its protocol
+    /// layer, for tests that speak to the daemon below the client library.
+    pub fn raw_endpoint(&self, cert: &Path, key: &Path) -> quinn::Endpoint {
+        let tls = certnode_signer::tls::client_config(&self.path("tls/ca.pem"), cert, key).unwrap();
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+        ep
+    }
+
+    /// A raw QUIC connection with the app identity (keep the endpoint alive with it).
+    pub async fn raw_connect(&self) -> (quinn::Endpoint, quinn::Connection) {
+        let ep = self.raw_endpoint(
+            &self.path("tls/client-app.pem"),
+            &self.path("tls/client-app.key"),
+        );
+        let conn = ep.connect(self.addr(), "localhost").unwrap().await.unwrap();
+        (ep, conn)
+    }
+
     pub fn options(&self, file: &str) -> ClientOptions {
         ClientOptions::from_file(&self.dir.join(file)).unwrap()
     }

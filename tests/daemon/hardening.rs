@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use certnode_signer::client::Client;
 use certnode_signer::protocol::{self, Op};
 use certnode_signer::{KeyType, Scheme};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::daemon::{random_bytes, unique, Daemon};
 
@@ -33,35 +31,6 @@ fn series(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
         .unwrap_or(0.0)
-}
-
-/// A raw quinn client endpoint presenting `cert`/`key` (PEM files) and trusting the dev CA.
-fn raw_endpoint(d: &Daemon, cert: &Path, key: &Path) -> quinn::Endpoint {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(d.path("tls/ca.pem")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let chain: Vec<_> = CertificateDer::pem_file_iter(cert)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    tls.alpn_protocols = vec![protocol::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    ep
-}
-
-fn server_addr(d: &Daemon) -> std::net::SocketAddr {
-    format!("127.0.0.1:{}", d.port).parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,15 +76,9 @@ async fn handshake_flood_gets_retry_and_refusals_while_a_client_keeps_signing() 
     // 300 connection attempts at once from 4 endpoints, with valid certificates, each held
     // open until the flood ends; bounded by a 5 s timeout per attempt.
     let endpoints: Vec<_> = (0..4)
-        .map(|_| {
-            raw_endpoint(
-                &d,
-                &d.path("tls/client-app.pem"),
-                &d.path("tls/client-app.key"),
-            )
-        })
+        .map(|_| d.raw_endpoint(&d.path("tls/client-app.pem"), &d.path("tls/client-app.key")))
         .collect();
-    let addr = server_addr(&d);
+    let addr = d.addr();
     let started = Instant::now();
     let attempts: Vec<_> = (0..300)
         .map(|i| {
@@ -206,16 +169,8 @@ async fn a_client_holding_every_stream_silent_is_cut_by_the_read_timeout() {
         .unwrap();
     let app = d.app().await;
 
-    let ep = raw_endpoint(
-        &d,
-        &d.path("tls/client-app.pem"),
-        &d.path("tls/client-app.key"),
-    );
-    let conn = ep
-        .connect(server_addr(&d), "localhost")
-        .unwrap()
-        .await
-        .unwrap();
+    let ep = d.raw_endpoint(&d.path("tls/client-app.pem"), &d.path("tls/client-app.key"));
+    let conn = ep.connect(d.addr(), "localhost").unwrap().await.unwrap();
     // Every allowed stream, each with one byte of a length prefix and then nothing.
     let mut streams = Vec::new();
     for _ in 0..16 {

@@ -1,15 +1,12 @@
 //! The access policy on a real daemon: denials answered before the HSM and audited, filtered
 //! key listings, reload on SIGHUP without dropping connections, quotas, two-admin destroy.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use certnode_signer::client::{Client, ClientError, Status};
 use certnode_signer::protocol::{self, Op, Request, RequestFrame, ResponseFrame};
 use certnode_signer::{KeyName, KeyType, Scheme};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::daemon::{random_bytes, unique, Daemon};
 
@@ -157,39 +154,6 @@ async fn denials_are_answered_before_the_hsm_audited_counted_and_lists_are_filte
         && r["detail"].as_str().unwrap().contains("\"app-not-secret\"")));
 }
 
-/// A raw QUIC connection with the app identity, to prove a reload keeps it open.
-async fn raw_connect(d: &Daemon) -> (quinn::Endpoint, quinn::Connection) {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(d.path("tls/ca.pem")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let chain: Vec<_> = CertificateDer::pem_file_iter(d.path("tls/client-app.pem"))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(d.path("tls/client-app.key")).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    tls.alpn_protocols = vec![protocol::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let conn = ep
-        .connect(
-            format!("127.0.0.1:{}", d.port).parse().unwrap(),
-            "localhost",
-        )
-        .unwrap()
-        .await
-        .unwrap();
-    (ep, conn)
-}
-
 async fn raw_sign(conn: &quinn::Connection, key: &str) -> ResponseFrame {
     let frame = RequestFrame {
         flags: 0,
@@ -222,7 +186,7 @@ async fn sighup_reloads_the_policy_without_dropping_connections() {
         .create_key(&key, KeyType::EcP256, vec![])
         .await
         .unwrap();
-    let (_ep, conn) = raw_connect(&d).await;
+    let (_ep, conn) = d.raw_connect().await;
     assert_eq!(raw_sign(&conn, &key).await.status, Status::PermissionDenied);
 
     let allow = policy(&format!(
