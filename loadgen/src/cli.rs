@@ -222,8 +222,16 @@ where
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
+    // One thread means a current-thread runtime: request tasks, QUIC drivers and the result
+    // collector then share one thread, with no cross-thread wake-ups per request.
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?

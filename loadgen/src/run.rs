@@ -136,10 +136,13 @@ pub async fn run_phase(
     let mut window_hist = report::new_histogram();
     let mut window_ok = 0u64;
     let mut error_total = 0u64;
+    // One timer for the progress line (not one per sample).
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let sample = tokio::select! {
             s = rx.recv() => s,
-            () = tokio::time::sleep(Duration::from_millis(250)) => {
+            _ = ticker.tick() => {
                 tick(&mut last_progress, start, &mut window_hist, &mut window_ok, error_total, &mut progress);
                 continue;
             }

@@ -65,6 +65,8 @@ pub(crate) struct Writer {
     last_plain: Option<u64>,
     entries_since_request: u64,
     last_request_at: Instant,
+    /// When the last `write` + `sync_data` started (commit pacing).
+    last_commit_at: Instant,
     failed: bool,
 }
 
@@ -110,6 +112,7 @@ impl Writer {
             last_plain: None,
             entries_since_request: 0,
             last_request_at: Instant::now(),
+            last_commit_at: Instant::now(),
             failed: false,
         };
         let start = rec.start;
@@ -145,6 +148,7 @@ impl Writer {
                 },
                 default(self.idle_timeout()) => {}
             }
+            self.gather(&mut close);
             while close.is_none() && self.buf.len() < MAX_BATCH_BYTES {
                 match self.rx.try_recv() {
                     Ok(m) => self.take(m, &mut close),
@@ -169,6 +173,35 @@ impl Writer {
             }
             self.maybe_rotate();
             self.maybe_checkpoint(Instant::now());
+        }
+    }
+
+    /// Commit pacing: while the previous commit started less than `commit_interval` ago and
+    /// more records are on their way, keep taking batches (up to [`MAX_BATCH_BYTES`]) instead
+    /// of committing, so a loaded log makes at most one `sync_data` per interval. Nothing
+    /// waits when the log was idle, when nothing else is coming, or once a close has arrived.
+    fn gather(&mut self, close: &mut Option<(Instant, Option<Sender<()>>)>) {
+        if self.completions.is_empty() && self.buf.is_empty() {
+            return;
+        }
+        if let Some(hint) = self.shared.more_coming.get() {
+            if !hint.now() {
+                return;
+            }
+        }
+        let until = self.last_commit_at + self.cfg.commit_interval;
+        while close.is_none() && self.buf.len() < MAX_BATCH_BYTES {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            match self.rx.recv_timeout(until - now) {
+                Ok(m) => self.take(m, close),
+                Err(channel::RecvTimeoutError::Timeout) => return,
+                Err(channel::RecvTimeoutError::Disconnected) => {
+                    *close = Some(self.implicit_close());
+                }
+            }
         }
     }
 
@@ -238,6 +271,7 @@ impl Writer {
             }
             return;
         }
+        self.last_commit_at = Instant::now();
         let result = self.write_and_sync();
         let s = &self.shared;
         match result {

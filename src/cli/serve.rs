@@ -218,6 +218,7 @@ fn open_audit(
         rotate_bytes: section.rotate_mib.saturating_mul(1 << 20),
         checkpoint_records: section.checkpoint_records,
         checkpoint_interval: Duration::from_millis(section.checkpoint_interval_ms),
+        commit_interval: Duration::from_micros(section.commit_interval_us),
         ..AuditConfig::new(section.path.clone())
     };
     let log = AuditLog::open(audit_cfg, Box::new(signer)).map_err(|e| {
@@ -226,6 +227,7 @@ fn open_audit(
             format!("audit log {}: {e}", section.path.display()),
         )
     })?;
+    log.set_more_coming(engine.busy_probe());
     let completion = Audited::new(log.clone(), engine.partition_names_all());
     engine
         .set_completion(Arc::new(completion))

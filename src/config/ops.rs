@@ -49,6 +49,10 @@ pub struct AuditSection {
     pub checkpoint_records: u64,
     /// ... or after this many milliseconds with new records (default 1000).
     pub checkpoint_interval_ms: u64,
+    /// Group-commit pacing: under load, at most one `fdatasync` per this many microseconds
+    /// (default 4000; 0 commits every batch at once). Bounds the fsync rate, at the cost of
+    /// up to this much added latency while busy; an idle log commits at once.
+    pub commit_interval_us: u64,
     /// The HSM key (ECDSA P-256) that signs checkpoints; created at start if missing. Clients
     /// cannot sign, verify or administer with it; they may fetch its public key.
     pub key: String,
@@ -62,6 +66,7 @@ impl Default for AuditSection {
             rotate_mib: 256,
             checkpoint_records: 10_000,
             checkpoint_interval_ms: 1000,
+            commit_interval_us: 4000,
             key: DEFAULT_AUDIT_KEY.to_owned(),
         }
     }
@@ -76,6 +81,9 @@ impl AuditSection {
             return Err(
                 "audit.checkpoint_records and audit.checkpoint_interval_ms must be > 0".into(),
             );
+        }
+        if self.commit_interval_us > 100_000 {
+            return Err("audit.commit_interval_us must be at most 100000 (100 ms)".into());
         }
         crate::keys::KeyName::new(&self.key).map_err(|e| format!("audit.key: {e}"))?;
         Ok(())

@@ -671,6 +671,16 @@ impl Engine {
         self.inner.shards.len()
     }
 
+    /// A cheap probe that says whether any worker holds or has queued a job (more answers are
+    /// on their way). It does not keep the engine alive.
+    pub fn busy_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let weak = Arc::downgrade(&self.inner);
+        move || {
+            weak.upgrade()
+                .is_some_and(|inner| inner.shards.iter().any(|s| s.load() > 0))
+        }
+    }
+
     /// Jobs queued across all shards.
     pub fn queued(&self) -> usize {
         self.inner.shards.iter().map(Shard::queued).sum()

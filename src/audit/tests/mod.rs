@@ -76,6 +76,7 @@ pub(super) fn cfg(dir: &Path) -> AuditConfig {
     AuditConfig {
         checkpoint_records: 10,
         checkpoint_interval: Duration::from_millis(20),
+        commit_interval: Duration::ZERO,
         ..AuditConfig::new(dir.join("audit.log"))
     }
 }
