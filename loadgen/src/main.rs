@@ -9,6 +9,10 @@ mod report;
 mod run;
 mod verify;
 
+/// Same allocator as the daemon (cheaper small allocations per request).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     cli::main()
 }

@@ -381,7 +381,11 @@ impl AuditLog {
     /// their way; it then waits for them, else commits at once. Without a hint, pacing always
     /// applies. Set once; later calls are ignored.
     pub fn set_more_coming(&self, hint: impl Fn() -> bool + Send + Sync + 'static) {
-        let _ = self.inner.shared.more_coming.set(MoreComing(Box::new(hint)));
+        let _ = self
+            .inner
+            .shared
+            .more_coming
+            .set(MoreComing(Box::new(hint)));
     }
 
     /// Counters since open.

@@ -522,7 +522,10 @@ fn pacing_waits_only_when_more_records_are_coming() {
         (first, second)
     };
     let (first, second) = two_commits(false);
-    assert!(first < pace / 2 && second < pace / 2, "{first:?} {second:?}");
+    assert!(
+        first < pace / 2 && second < pace / 2,
+        "{first:?} {second:?}"
+    );
     let (first, second) = two_commits(true);
     assert!(first < pace / 2, "{first:?}");
     assert!(second >= pace / 2, "{second:?}");
