@@ -148,7 +148,7 @@ impl Writer {
                 },
                 default(self.idle_timeout()) => {}
             }
-            self.gather(&mut close);
+            self.gather(&close);
             while close.is_none() && self.buf.len() < MAX_BATCH_BYTES {
                 match self.rx.try_recv() {
                     Ok(m) => self.take(m, &mut close),
@@ -177,10 +177,10 @@ impl Writer {
     }
 
     /// Commit pacing: while the previous commit started less than `commit_interval` ago and
-    /// more records are on their way, keep taking batches (up to [`MAX_BATCH_BYTES`]) instead
-    /// of committing, so a loaded log makes at most one `sync_data` per interval. Nothing
-    /// waits when the log was idle, when nothing else is coming, or once a close has arrived.
-    fn gather(&mut self, close: &mut Option<(Instant, Option<Sender<()>>)>) {
+    /// more records are on their way, wait for the rest of the interval before committing, so
+    /// a loaded log makes at most one `sync_data` per interval. Nothing waits when the log was
+    /// idle, when nothing else is coming, or once a close has arrived.
+    fn gather(&self, close: &Option<(Instant, Option<Sender<()>>)>) {
         if self.completions.is_empty() && self.buf.is_empty() {
             return;
         }
@@ -189,19 +189,13 @@ impl Writer {
                 return;
             }
         }
+        // Sleep until the interval is over, then take everything that arrived (the caller
+        // drains the queue): no wake-up per arriving batch. The queue is bounded, and handles
+        // block when it is full, so nothing is lost while the writer sleeps.
         let until = self.last_commit_at + self.cfg.commit_interval;
-        while close.is_none() && self.buf.len() < MAX_BATCH_BYTES {
-            let now = Instant::now();
-            if now >= until {
-                return;
-            }
-            match self.rx.recv_timeout(until - now) {
-                Ok(m) => self.take(m, close),
-                Err(channel::RecvTimeoutError::Timeout) => return,
-                Err(channel::RecvTimeoutError::Disconnected) => {
-                    *close = Some(self.implicit_close());
-                }
-            }
+        let now = Instant::now();
+        if now < until && close.is_none() {
+            std::thread::sleep(until - now);
         }
     }
 

@@ -75,7 +75,15 @@ impl Daemon {
         let text = text.replacen("[server]\n", &format!("[server]\n{server_lines}\n"), 1);
         // Tests count every request as signed (or UNAVAILABLE on shutdown): no admission
         // shedding here; the engine tests cover admission.
-        let text = text.replace("max_queue_wait_ms = 100", "max_queue_wait_ms = 600000");
+        let default_wait = format!(
+            "max_queue_wait_ms = {}",
+            certnode_signer::config::DEFAULT_MAX_QUEUE_WAIT_MS
+        );
+        assert!(
+            text.contains(&default_wait),
+            "init --dev wrote {default_wait}"
+        );
+        let text = text.replace(&default_wait, "max_queue_wait_ms = 600000");
         let text = format!("{text}\n{tail}\n");
         std::fs::write(&cfg, text).unwrap();
         for (file, contents) in files {

@@ -505,8 +505,11 @@ fn pacing_waits_only_when_more_records_are_coming() {
     let pace = Duration::from_millis(300);
     let two_commits = |coming: bool| {
         let dir = tempfile::tempdir().unwrap();
+        // No checkpoints: the only commits are the start record's and the test's two.
         let c = AuditConfig {
             commit_interval: pace,
+            checkpoint_interval: Duration::from_secs(3600),
+            checkpoint_records: 1_000_000,
             ..cfg(dir.path())
         };
         let log = AuditLog::open(c, Box::new(SoftSigner::new(1))).unwrap();
