@@ -475,10 +475,15 @@ impl Worker {
             return Ok(*h);
         }
         let session = self.session.as_ref().ok_or_else(no_session)?;
+        // The login state is the token's, shared by every session of the process: another
+        // worker may log in (after a module re-initialization, say) while this one searches.
+        // Read it before and after, so a search made while logged out is never taken for a
+        // missing key.
+        let public_before = is_public(session)?;
         let Some(token_key) = objects::find_private(session, &version.id)? else {
             // Private objects are invisible while the token is logged out: say so, so that the
             // caller logs in again and retries, instead of reporting the key missing.
-            if is_public(session)? {
+            if public_before || is_public(session)? {
                 return Err(HsmError::Call {
                     function: cryptoki::context::Function::FindObjects,
                     rv: cryptoki::error::RvError::UserNotLoggedIn,
