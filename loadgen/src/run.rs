@@ -394,14 +394,18 @@ async fn one(
         batch,
         payloads,
     } = shape;
-    let payloads: Vec<Bytes> = (0..payloads.max(1))
-        .map(|_| {
-            (0..len)
-                .map(|_| rand::random::<u8>())
-                .collect::<Vec<u8>>()
-                .into()
-        })
-        .collect();
+    // One RNG fill per payload (not one call per byte): this runs for every request, on the
+    // cores the daemon under test also needs.
+    let payloads: Vec<Bytes> = {
+        let mut rng = rand::thread_rng(); // not held across an await (it is not Send)
+        (0..payloads.max(1))
+            .map(|_| {
+                let mut p = vec![0u8; len];
+                rand::Rng::fill(&mut rng, &mut p[..]);
+                Bytes::from(p)
+            })
+            .collect()
+    };
     // One result per payload (all or nothing for a transport error).
     let result: Result<Vec<ItemResult>, ClientError> = match (payloads.len(), batch) {
         (1, true) => client

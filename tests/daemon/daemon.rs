@@ -173,6 +173,19 @@ impl Daemon {
 
     /// The admin identity. Key generation (RSA-4096, with replication) takes seconds on a busy
     /// machine: a generous timeout, so that a slow host does not fail unrelated tests.
+    /// Whether the daemon refuses a client with this certificate and key: the handshake or its
+    /// first request fails (the TLS alert may only arrive with the first stream).
+    pub async fn refuses(&self, cert: PathBuf, key: PathBuf) -> bool {
+        let mut opts = self.options("client-app.toml");
+        opts.cert = cert;
+        opts.key = key;
+        opts.max_retries = 0;
+        match Client::connect(opts).await {
+            Ok(c) => c.list_keys().await.is_err(),
+            Err(_) => true,
+        }
+    }
+
     pub async fn admin(&self) -> Client {
         let mut opts = self.options("client.toml");
         opts.timeout = opts.timeout.max(std::time::Duration::from_secs(60));
