@@ -5,18 +5,14 @@ use std::sync::Arc;
 use certnode_signer::client::Status;
 use certnode_signer::{KeyType, Scheme};
 
-use crate::daemon::{random_bytes, unique, Daemon};
+use crate::daemon::{ec_key, random_bytes, unique, Daemon};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordinary_identity_cannot_administer_keys() {
     let d = Daemon::start("authz").await;
     let admin = d.admin().await;
     let app = d.app().await;
-    let name = unique("authz");
-    admin
-        .create_key(&name, KeyType::EcP256, vec![])
-        .await
-        .unwrap();
+    let name = ec_key(&admin, "authz").await;
     let before = admin.list_keys().await.unwrap();
 
     let denied = [

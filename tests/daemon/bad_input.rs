@@ -2,20 +2,16 @@
 
 use certnode_signer::client::Status;
 use certnode_signer::protocol::{self, Op};
-use certnode_signer::{KeyType, Scheme};
+use certnode_signer::Scheme;
 
-use crate::daemon::{random_bytes, unique, Daemon};
+use crate::daemon::{ec_key, random_bytes, Daemon};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_requests_get_the_right_status() {
     let d = Daemon::start("status").await;
     let admin = d.admin().await;
     let app = d.app().await;
-    let name = unique("status");
-    admin
-        .create_key(&name, KeyType::EcP256, vec![])
-        .await
-        .unwrap();
+    let name = ec_key(&admin, "status").await;
     let e = app
         .sign("no-such-key", Scheme::EcdsaSha256, random_bytes(32))
         .await
@@ -56,11 +52,7 @@ async fn wrong_requests_get_the_right_status() {
 async fn malformed_frames_never_crash_the_server() {
     let mut d = Daemon::start("garbage").await;
     let admin = d.admin().await;
-    let name = unique("garbage");
-    admin
-        .create_key(&name, KeyType::EcP256, vec![])
-        .await
-        .unwrap();
+    let name = ec_key(&admin, "garbage").await;
     let valid = {
         let mut f = vec![
             1u8,

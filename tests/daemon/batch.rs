@@ -9,10 +9,10 @@ use std::process::Command;
 
 use certnode_signer::client::{AnySignature, Client, ClientError, SignatureForm, Status};
 use certnode_signer::merkle::BatchBlob;
-use certnode_signer::{KeyType, Scheme};
+use certnode_signer::Scheme;
 use sha2::{Digest, Sha256};
 
-use crate::daemon::{random_bytes, unique, Daemon};
+use crate::daemon::{ec_key, random_bytes, Daemon};
 
 const CONCURRENT: usize = 64;
 const ROUNDS: usize = 4;
@@ -29,11 +29,7 @@ async fn start(name: &str) -> Daemon {
 }
 
 async fn key(admin: &Client, prefix: &str) -> (String, Vec<u8>) {
-    let name = unique(prefix);
-    admin
-        .create_key(&name, KeyType::EcP256, vec![])
-        .await
-        .unwrap();
+    let name = ec_key(admin, prefix).await;
     let spki = admin.public_key(&name, None).await.unwrap().spki_der;
     (name, spki.to_vec())
 }

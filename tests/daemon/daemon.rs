@@ -278,6 +278,17 @@ impl Drop for Daemon {
 }
 
 /// A unique key name for this test process.
+/// Creates an ECDSA P-256 key named `prefix` plus a unique suffix (placed by the daemon's
+/// defaults) and returns its name.
+pub async fn ec_key(admin: &Client, prefix: &str) -> String {
+    let name = unique(prefix);
+    admin
+        .create_key(&name, certnode_signer::KeyType::EcP256, vec![])
+        .await
+        .unwrap();
+    name
+}
+
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);

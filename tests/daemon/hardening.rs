@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use certnode_signer::client::Client;
 use certnode_signer::protocol::{self, Op};
-use certnode_signer::{KeyType, Scheme};
+use certnode_signer::Scheme;
 
-use crate::daemon::{random_bytes, unique, Daemon};
+use crate::daemon::{ec_key, random_bytes, Daemon};
 
 /// `/metrics` of the daemon, as text.
 async fn metrics(d: &Daemon) -> String {
@@ -42,11 +42,7 @@ async fn handshake_flood_gets_retry_and_refusals_while_a_client_keeps_signing() 
     )
     .await;
     let admin = d.admin().await;
-    let name = unique("flood");
-    admin
-        .create_key(&name, KeyType::EcP256, vec![])
-        .await
-        .unwrap();
+    let name = ec_key(&admin, "flood").await;
     admin.close();
     let app = d.app().await;
     app.sign(&name, Scheme::EcdsaSha256, random_bytes(32))
@@ -162,11 +158,7 @@ async fn a_client_holding_every_stream_silent_is_cut_by_the_read_timeout() {
     )
     .await;
     let admin = d.admin().await;
-    let name = unique("silent");
-    admin
-        .create_key(&name, KeyType::EcP256, vec![])
-        .await
-        .unwrap();
+    let name = ec_key(&admin, "silent").await;
     let app = d.app().await;
 
     let ep = d.raw_endpoint(&d.path("tls/client-app.pem"), &d.path("tls/client-app.key"));

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::process::Command;
 
 use bytes::Bytes;
-use certnode_signer::{KeyType, Scheme};
+use certnode_signer::Scheme;
 use sha2::{Digest, Sha256};
 
-use crate::daemon::{random_bytes, unique, Daemon};
+use crate::daemon::{ec_key, random_bytes, Daemon};
 use crate::verify::verify;
 
 const SIGNS: usize = 200;
@@ -85,11 +85,7 @@ async fn metrics_health_and_audit_of_a_running_daemon() {
     // Traffic: SIGNS signatures, one admin op, one denied admin op.
     let admin = d.admin().await;
     let app = d.app().await;
-    let name = unique("obs");
-    admin
-        .create_key(&name, KeyType::EcP256, vec![])
-        .await
-        .unwrap();
+    let name = ec_key(&admin, "obs").await;
     let spki = app.public_key(&name, None).await.unwrap().spki_der;
     let mut sent = HashMap::new();
     let mut tasks = Vec::new();

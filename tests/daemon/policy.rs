@@ -8,7 +8,7 @@ use certnode_signer::client::{Client, ClientError, Status};
 use certnode_signer::protocol::{self, Op, Request, RequestFrame, ResponseFrame};
 use certnode_signer::{KeyName, KeyType, Scheme};
 
-use crate::daemon::{random_bytes, unique, Daemon};
+use crate::daemon::{ec_key, random_bytes, unique, Daemon};
 
 const ADMIN: &str = "signerd://dev/admin";
 const APP: &str = "signerd://dev/app";
@@ -181,11 +181,7 @@ async fn raw_sign(conn: &quinn::Connection, key: &str) -> ResponseFrame {
 async fn sighup_reloads_the_policy_without_dropping_connections() {
     let d = start("policy-reload", &policy("")).await;
     let admin = d.admin().await;
-    let key = unique("reload");
-    admin
-        .create_key(&key, KeyType::EcP256, vec![])
-        .await
-        .unwrap();
+    let key = ec_key(&admin, "reload").await;
     let (_ep, conn) = d.raw_connect().await;
     assert_eq!(raw_sign(&conn, &key).await.status, Status::PermissionDenied);
 
@@ -220,11 +216,7 @@ async fn quota_exceeded_is_overloaded_with_retry_after_and_spares_others() {
     )
     .await;
     let admin = d.admin().await;
-    let key = unique("quota");
-    admin
-        .create_key(&key, KeyType::EcP256, vec![])
-        .await
-        .unwrap();
+    let key = ec_key(&admin, "quota").await;
     let app = Client::connect(no_retries(&d, "client-app.toml"))
         .await
         .unwrap();

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use certnode_signer::{KeyType, Scheme};
 
-use crate::daemon::{random_bytes, unique, Daemon};
+use crate::daemon::{ec_key, random_bytes, unique, Daemon};
 use crate::verify::verify;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,11 +38,7 @@ async fn every_key_type_and_scheme_over_quic() {
 async fn many_concurrent_requests_over_one_and_several_connections() {
     let d = Daemon::start("conc").await;
     let admin = d.admin().await;
-    let name = unique("conc");
-    admin
-        .create_key(&name, KeyType::EcP256, vec![])
-        .await
-        .unwrap();
+    let name = ec_key(&admin, "conc").await;
     let spki = admin.public_key(&name, None).await.unwrap().spki_der;
     // One connection, 2000 requests in flight together.
     let one = d.app().await;
@@ -107,11 +103,7 @@ async fn batch_signing_answers_each_item() {
 async fn client_reconnects_after_the_daemon_restarts() {
     let mut d = Daemon::start("restart").await;
     let admin = d.admin().await;
-    let name = unique("restart");
-    admin
-        .create_key(&name, KeyType::EcP256, vec![])
-        .await
-        .unwrap();
+    let name = ec_key(&admin, "restart").await;
     let app = d.app().await;
     app.sign(&name, Scheme::EcdsaSha256, random_bytes(32))
         .await
