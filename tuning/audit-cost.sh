@@ -7,22 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=tuning/out/audit-cost; mkdir -p "$OUT"
-DIR=$(mktemp -d /tmp/signerd-audit-cost.XXXXXX)
 PORT=${PORT:-7643}; ADMIN_PORT=${ADMIN_PORT:-7644}
 ROUNDS=${ROUNDS:-2}; D10K=${D10K:-20s}; STEP=${STEP:-5s}
-cargo build --release --workspace --bins
-BIN=${CARGO_TARGET_DIR:-target}/release
-"$BIN/signerd" init --dev "$DIR" --partitions 2 --port "$PORT" --admin-port "$ADMIN_PORT" >/dev/null 2>&1
+. tuning/lib.sh
+dev_setup audit-cost
 sed 's/^\[audit\]/[audit]\ndisabled = true/' "$DIR/signerd.toml" > "$DIR/signerd-noaudit.toml"
 KEY=bench-p256; C="$DIR/client-app.toml"
-PID=
-trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
-serve() {
-  "$BIN/signerd" serve --config "$1" 2>>"$OUT/signerd.log" & PID=$!
-  for _ in $(seq 1 100); do "$BIN/signerd" key list --client "$DIR/client.toml" >/dev/null 2>&1 && return; sleep 0.2; done
-  echo "daemon did not start" >&2; exit 1
-}
-stop() { kill -TERM "$PID"; wait "$PID" || true; }
 for r in $(seq 1 "$ROUNDS"); do
   for mode in audit noaudit; do
     cfg="$DIR/signerd.toml"; [ "$mode" = noaudit ] && cfg="$DIR/signerd-noaudit.toml"

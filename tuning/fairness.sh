@@ -10,12 +10,8 @@ cd "$(dirname "$0")/.."
 OUT=tuning/out/fairness; mkdir -p "$OUT"
 SECS=${SECS:-20}; ROUNDS=${ROUNDS:-2}; STEADY=${STEADY:-1000}; QUOTA=${QUOTA:-500}
 PORT=${PORT:-8043}; ADMIN_PORT=${ADMIN_PORT:-8044}
-cargo build --release --workspace --bins
-BIN=${CARGO_TARGET_DIR:-target}/release
-DIR=$(mktemp -d /tmp/signerd-fairness.XXXXXX)
-PID=
-trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
-"$BIN/signerd" init --dev "$DIR" --partitions 2 --port "$PORT" --admin-port "$ADMIN_PORT" >/dev/null 2>&1
+. tuning/lib.sh
+dev_setup fairness
 cat > "$DIR/policy.toml" <<TOML
 [[rule]]
 name = "admin-all"
@@ -38,8 +34,7 @@ rate = $QUOTA
 burst = $QUOTA
 TOML
 sed -i 's/^\[server\]/[server]\npolicy = "policy.toml"/' "$DIR/signerd.toml"
-"$BIN/signerd" serve --config "$DIR/signerd.toml" 2>"$OUT/signerd.log" & PID=$!
-for _ in $(seq 1 100); do "$BIN/signerd" key list --client "$DIR/client.toml" >/dev/null 2>&1 && break; sleep 0.2; done
+serve "$DIR/signerd.toml"
 "$BIN/signerd" key create fair-p256 --type ec-p256 --client "$DIR/client.toml" >/dev/null
 steady() { # NAME
   "$BIN/loadgen" run --client "$DIR/client.toml" --key fair-p256 --rate "$STEADY" --duration "${SECS}s" \

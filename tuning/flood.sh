@@ -10,14 +10,9 @@ cd "$(dirname "$0")/.."
 OUT=tuning/out/flood; mkdir -p "$OUT"
 SECS=${SECS:-15}; ROUNDS=${ROUNDS:-2}; RATE=${RATE:-2000}; FLOOD=${FLOOD:-1000}
 PORT=${PORT:-8143}; ADMIN_PORT=${ADMIN_PORT:-8144}
-cargo build --release --workspace --bins
-BIN=${CARGO_TARGET_DIR:-target}/release
-DIR=$(mktemp -d /tmp/signerd-flood.XXXXXX)
-PID=
-trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
-"$BIN/signerd" init --dev "$DIR" --partitions 2 --port "$PORT" --admin-port "$ADMIN_PORT" >/dev/null 2>&1
-"$BIN/signerd" serve --config "$DIR/signerd.toml" 2>"$OUT/signerd.log" & PID=$!
-for _ in $(seq 1 100); do "$BIN/signerd" key list --client "$DIR/client.toml" >/dev/null 2>&1 && break; sleep 0.2; done
+. tuning/lib.sh
+dev_setup flood
+serve "$DIR/signerd.toml"
 "$BIN/signerd" key create flood-p256 --type ec-p256 --client "$DIR/client.toml" >/dev/null
 incoming() { curl -s "127.0.0.1:$ADMIN_PORT/metrics" | grep '^signer_incoming_total' | tr '\n' ' '; echo; }
 measure() { # NAME

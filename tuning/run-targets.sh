@@ -8,19 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=tuning/out; mkdir -p "$OUT"
 PORT=${PORT:-7543}; ADMIN_PORT=${ADMIN_PORT:-7544}
-# A fresh dev set-up per run (2 SoftHSM2 tokens), removed at exit.
-DIR=$(mktemp -d /tmp/signerd-targets.XXXXXX)
 if [ -n "${QUICK:-}" ]; then D10K=5s; STEP=3s; OVER=5s; CEIL=3s; else D10K=60s; STEP=10s; OVER=20s; CEIL=10s; fi
-cargo build --release --workspace --bins
-BIN=${CARGO_TARGET_DIR:-target}/release
-"$BIN/signerd" init --dev "$DIR" --partitions 2 --port "$PORT" --admin-port "$ADMIN_PORT" >/dev/null
-"$BIN/signerd" serve --config "$DIR/signerd.toml" 2>"$OUT/signerd.log" &
-PID=$!
-trap 'kill $PID 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DIR"' EXIT
-for _ in $(seq 1 100); do
-  kill -0 "$PID" 2>/dev/null || { echo "signerd exited; see $OUT/signerd.log" >&2; exit 1; }
-  "$BIN/signerd" key list --client "$DIR/client.toml" >/dev/null 2>&1 && break; sleep 0.2
-done
+. tuning/lib.sh
+dev_setup targets
+serve "$DIR/signerd.toml"
 KEY=bench-p256
 "$BIN/signerd" key list --client "$DIR/client.toml" | grep -q "^$KEY " || \
   "$BIN/signerd" key create "$KEY" --type ec-p256 --client "$DIR/client.toml"

@@ -24,12 +24,8 @@ OUT=tuning/out/sweep; mkdir -p "$OUT"
 ROUNDS=${ROUNDS:-2}; SECS=${SECS:-10}; STEP=${STEP:-5s}; RATE=${RATE:-10000}
 VARIANTS=${VARIANTS:-"default workers2 rt2 drain8 queue256 streams256 commit0 conns4"}
 PORT=${PORT:-7943}; ADMIN_PORT=${ADMIN_PORT:-7944}
-cargo build --release --workspace --bins
-BIN=${CARGO_TARGET_DIR:-target}/release
-DIR=$(mktemp -d /tmp/signerd-sweep.XXXXXX)
-PID=
-trap 'kill $PID 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DIR"' EXIT
-"$BIN/signerd" init --dev "$DIR" --partitions 2 --port "$PORT" --admin-port "$ADMIN_PORT" >/dev/null 2>&1
+. tuning/lib.sh
+dev_setup sweep
 KEY=bench-p256; C="$DIR/client-app.toml"
 
 # variant_config NAME: writes $DIR/NAME.toml (the dev config with one setting changed).
@@ -58,13 +54,6 @@ elif name in edits:
 open(dst, "w").write(text)
 PY
 }
-
-serve() {
-  "$BIN/signerd" serve --config "$1" 2>>"$OUT/signerd.log" & PID=$!
-  for _ in $(seq 1 100); do "$BIN/signerd" key list --client "$DIR/client.toml" >/dev/null 2>&1 && return; sleep 0.2; done
-  echo "daemon did not start with $1" >&2; exit 1
-}
-stop() { kill -TERM "$PID"; wait "$PID" || true; PID=; }
 
 serve "$DIR/signerd.toml"
 "$BIN/signerd" key create "$KEY" --type ec-p256 --client "$DIR/client.toml" >/dev/null
