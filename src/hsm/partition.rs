@@ -70,6 +70,9 @@ pub struct Partition {
     hsm_calls: AtomicU64,
     session_rebuilds: AtomicU64,
     logins: AtomicU64,
+    /// Advanced each time a login is restored, so that workers told USER_NOT_LOGGED_IN at the
+    /// same moment log in again once, not once each.
+    login_epoch: AtomicU64,
 }
 
 impl fmt::Debug for Partition {
@@ -112,6 +115,7 @@ impl Partition {
             hsm_calls: AtomicU64::new(0),
             session_rebuilds: AtomicU64::new(0),
             logins: AtomicU64::new(0),
+            login_epoch: AtomicU64::new(0),
         };
         part.login()?;
         Ok(part)
@@ -123,9 +127,29 @@ impl Partition {
         Ok(self.module.ctx().open_rw_session(self.slot)?)
     }
 
-    /// Logs the token in again after `USER_NOT_LOGGED_IN` (HSM idle timeout, someone logged out).
-    /// Serialized; a login that another thread already restored is not repeated.
+    /// Logs the token in if it is logged out (at start, after a module re-initialization, when a
+    /// worker finds its session public). Serialized; a login another thread already restored is
+    /// not repeated.
     pub fn login(&self) -> HsmResult<()> {
+        self.restore_login(None)
+    }
+
+    /// The token answered a call with `USER_NOT_LOGGED_IN` while the login epoch was `seen`: logs
+    /// in again even though the session may still report a user session (the token's answer to
+    /// the call wins; an HSM idle timeout or a network HSM's failover can forget the login and
+    /// leave the session state as it was). Serialized, and skipped when another thread logged in
+    /// again since `seen`, so a burst of such answers costs one `C_Login`.
+    pub fn relogin(&self, seen: u64) -> HsmResult<()> {
+        self.restore_login(Some(seen))
+    }
+
+    /// The current login epoch, read before a call so that [`Partition::relogin`] can tell
+    /// whether the login was already restored since.
+    pub fn login_epoch(&self) -> u64 {
+        self.login_epoch.load(Ordering::SeqCst)
+    }
+
+    fn restore_login(&self, told_at: Option<u64>) -> HsmResult<()> {
         if self.pin_rejected.load(Ordering::Relaxed) {
             return Err(HsmError::Login(format!(
                 "partition {}: the token rejected our PIN earlier; not presenting it again. Fix \
@@ -134,6 +158,9 @@ impl Partition {
             )));
         }
         let mut anchor = self.anchor.lock();
+        if told_at.is_some_and(|seen| seen != self.login_epoch()) {
+            return Ok(()); // another worker logged in again after our call failed
+        }
         let usable = anchor
             .as_ref()
             .is_some_and(|s| s.get_session_info().is_ok());
@@ -145,21 +172,30 @@ impl Partition {
         let session = anchor.as_ref().ok_or_else(|| {
             HsmError::Unexpected("anchor session missing right after opening it".into())
         })?;
-        if let Ok(info) = session.get_session_info() {
-            if matches!(
-                info.session_state(),
-                SessionState::RwUser | SessionState::RoUser
-            ) {
-                return Ok(()); // another worker already restored the login
+        if told_at.is_none() {
+            if let Ok(info) = session.get_session_info() {
+                if matches!(
+                    info.session_state(),
+                    SessionState::RwUser | SessionState::RoUser
+                ) {
+                    return Ok(()); // another worker already restored the login
+                }
             }
         }
         match session.login(UserType::User, Some(&self.pin.auth_pin())) {
             Ok(()) => {
                 self.logins.fetch_add(1, Ordering::Relaxed);
+                self.login_epoch.fetch_add(1, Ordering::SeqCst);
                 tracing::info!(partition = %self.spec.name, token = %self.token_label, "logged in");
                 Ok(())
             }
-            Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                if told_at.is_some() {
+                    tracing::info!(partition = %self.spec.name, token = %self.token_label, "the token says we are still logged in; retrying");
+                }
+                self.login_epoch.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
             Err(e) => {
                 let err = HsmError::from(e);
                 match err.class() {

@@ -418,6 +418,7 @@ impl Worker {
             if self.session.is_none() {
                 self.open_session()?;
             }
+            let login_epoch = self.partition.login_epoch();
             let attempt = self
                 .key_handle(version)
                 .and_then(|h| {
@@ -443,7 +444,14 @@ impl Worker {
             repaired = true;
             match err.class() {
                 ErrorClass::SessionLost => self.rebuild_session(&err)?,
-                ErrorClass::NotLoggedIn => {} // the login is restored below
+                ErrorClass::NotLoggedIn => {
+                    // The token's answer wins over the session state, which may still say
+                    // "logged in" (and then `ensure_logged_in` below would not log in).
+                    tracing::warn!(partition = %self.partition.name(), "the token says we are logged out; logging in again");
+                    self.partition.relogin(login_epoch)?;
+                    // Session objects made while logged in (key copies) may be gone with it.
+                    self.handles.clear();
+                }
                 ErrorClass::StaleHandle => {
                     tracing::info!(partition = %self.partition.name(), "stale key handle; finding the key again by id");
                     self.handles.remove(&version.uid);

@@ -22,9 +22,6 @@
 //! Every test starts its own daemon (a child process) on its own dev directory, ports and
 //! SoftHSM2 tokens, so tests run in parallel. Directories stay in `target/tmp/faults-*-<pid>`
 //! for a post-mortem (`signerd.log`, `stats.json`, `audit/`) until a later run removes them.
-//!
-//! Tests marked `#[ignore = "BUG: ..."]` assert the behaviour SCENARIOS.md asks for and that the
-//! daemon does not show yet; `cargo test --test faults -- --ignored` runs them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -116,14 +116,10 @@ async fn s04_user_not_logged_in_is_retried_and_signed() {
 /// serialized `C_Login`, "logging in again" in the log) before it retries.
 ///
 /// The fault module answers USER_NOT_LOGGED_IN without logging SoftHSM2 out, so the session
-/// still reports a user session, and the worker (`ensure_logged_in`, and `Partition::login`
-/// behind it) trusts that and retries without logging in. The request is signed anyway (see the
-/// test above); but a token in that state is never repaired: with the rule left on (no
-/// `count`), every request fails UNAVAILABLE, no `C_Login` is ever made, and `/readyz` stays
-/// ready.
-
+/// still reports a user session: the worker must believe the token's answer, not the session
+/// state (SoftHSM2 then answers the `C_Login` with USER_ALREADY_LOGGED_IN, which counts as
+/// restored).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: an injected CKR_USER_NOT_LOGGED_IN is retried without any C_Login (worker::ensure_logged_in trusts C_GetSessionInfo, which still says RW_USER)"]
 async fn s04_user_not_logged_in_logs_in_again_once() {
     let d = Daemon::start_one_worker("s04-login").await;
     let (key, spki) = d.ec_key("s04l", &["p0"]).await;
