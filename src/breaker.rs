@@ -1525,7 +1525,7 @@ mod tests {
     fn flapping_under_half_failures() {
         let mut b = Breaker::new(BreakerConfig::default(), 42);
         let mut rng = 9u64;
-        let mut device = move || splitmix64(&mut rng) % 2 == 0;
+        let mut device = move || splitmix64(&mut rng).is_multiple_of(2);
         let t0 = origin();
         let mut reopen_periods = Vec::new();
         let mut opens = 0;

@@ -502,16 +502,20 @@ impl Drop for Inner {
 }
 
 /// Active files open in this process. Two writers on one file would break the chain; this
-/// stops a second `open` in the same process. (Across processes, deployment must ensure one
-/// daemon per audit path; see docs/AUDIT.md.)
+/// stops a second `open` in the same process, and the lock file (see [`OpenGuard`]) stops a
+/// second process.
 static OPEN_LOGS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-/// Registration of an open active file; removed when the writer thread ends.
+/// Registration of an open active file, and an exclusive lock on `<active>.lock` (which holds
+/// the owner's pid, for operators); both are released when the writer thread ends, or by the
+/// kernel if the process dies.
 #[derive(Debug)]
-pub(crate) struct OpenGuard(PathBuf);
+pub(crate) struct OpenGuard(PathBuf, #[allow(dead_code)] std::fs::File);
 
 impl OpenGuard {
     fn acquire(active: &std::path::Path) -> Result<OpenGuard, AuditError> {
+        use std::io::{Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
         let dir = segments::parent(active);
         let dir = std::fs::canonicalize(&dir).map_err(|e| AuditError::io(&dir, e))?;
         let key = dir.join(active.file_name().unwrap_or_default());
@@ -522,8 +526,43 @@ impl OpenGuard {
                 key.display()
             )));
         }
+        let mut lock_path = key.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let mut lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o640)
+            .open(&lock_path)
+            .map_err(|e| AuditError::io(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let owner = std::fs::read_to_string(&lock_path).unwrap_or_default();
+                let owner = owner.trim();
+                return Err(AuditError::Config(format!(
+                    "audit log {} is in use by another process{} (it holds {}): one daemon per \
+                     audit path, since two writers would break the hash chain",
+                    key.display(),
+                    if owner.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (pid {owner})")
+                    },
+                    lock_path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(AuditError::io(&lock_path, e)),
+        }
+        // The pid is a courtesy for the message above; failing to write it changes nothing.
+        let _ = lock
+            .set_len(0)
+            .and_then(|()| lock.rewind())
+            .and_then(|()| writeln!(lock, "{}", std::process::id()));
         open.push(key.clone());
-        Ok(OpenGuard(key))
+        Ok(OpenGuard(key, lock))
     }
 }
 

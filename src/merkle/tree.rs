@@ -326,13 +326,13 @@ pub fn root_from_path(
     let mut count = tree_size; // nodes in the current level, before padding
     for (level, sibling) in path.iter().enumerate() {
         let level_u8 = level as u8; // < MAX_DEPTH
-        if index % 2 == 0
+        if index.is_multiple_of(2)
             && index + 1 >= count
             && *sibling != empty_hash(tree_size, level_u8, index + 1)
         {
             return Err(TreeError::Padding { level });
         }
-        hash = if index % 2 == 0 {
+        hash = if index.is_multiple_of(2) {
             node_hash(tree_size, level_u8 + 1, index / 2, &hash, sibling)
         } else {
             node_hash(tree_size, level_u8 + 1, index / 2, sibling, &hash)

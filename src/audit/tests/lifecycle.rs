@@ -135,6 +135,41 @@ fn one_writer_per_file_and_dropping_the_last_handle_seals() {
     log.close();
 }
 
+/// Another process holding the lock file (here: another open file description, which `flock`
+/// treats the same way) keeps the log closed to us, with a message naming the holder; the log is
+/// not touched. Once released, the log opens.
+#[test]
+fn a_log_locked_by_another_process_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    AuditLog::open(c.clone(), Box::new(SoftSigner::new(1)))
+        .unwrap()
+        .close();
+    let before = std::fs::read(&c.path).unwrap();
+    let lock_path = dir.path().join("audit.log.lock");
+    let other = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    other.try_lock().unwrap();
+    std::fs::write(&lock_path, "4242\n").unwrap();
+
+    let err = AuditLog::open(c.clone(), Box::new(SoftSigner::new(1))).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("in use by another process (pid 4242)") && msg.contains("audit.log.lock"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(&c.path).unwrap(), before, "log untouched");
+
+    drop(other);
+    let log = AuditLog::open(c.clone(), Box::new(SoftSigner::new(1))).unwrap();
+    let pid = std::fs::read_to_string(&lock_path).unwrap();
+    assert_eq!(pid.trim(), std::process::id().to_string());
+    log.close();
+    assert!(verify(&c.path, None, false).unwrap().sealed);
+}
+
 #[test]
 fn restart_continues_the_chain() {
     let dir = tempfile::tempdir().unwrap();
