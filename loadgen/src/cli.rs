@@ -151,6 +151,10 @@ struct FindMaxArgs {
     /// Measured duration of each step.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     step_duration: Duration,
+    /// After the first failing step, this many bisection steps between the highest passing
+    /// rate and the failing one (each halves the gap; 0 reports the last passing step).
+    #[arg(long, default_value_t = 2)]
+    refine: u32,
 }
 
 #[derive(Debug, Args)]
@@ -358,10 +362,9 @@ async fn find_max(a: FindMaxArgs) -> Result<ExitCode, String> {
     let c = &a.common;
     let target = target(c).await?;
     let slo_ms = a.slo_p95.as_secs_f64() * 1000.0;
-    let mut rate = a.start;
     let mut results: Vec<RunResult> = Vec::new();
-    let mut best: Option<f64> = None;
-    while rate <= a.max_rate {
+    // Runs one step at `rate`, prints its line, keeps its result; true when it passed.
+    let mut step = async |rate: f64| -> Result<bool, String> {
         let p = Phase {
             load: Load::Rate(rate),
             duration: a.step_duration,
@@ -384,18 +387,88 @@ async fn find_max(a: FindMaxArgs) -> Result<ExitCode, String> {
             if pass { "PASS" } else { "FAIL" }
         );
         results.push(r);
-        if !pass {
-            break;
-        }
-        best = Some(rate);
-        rate *= a.factor.max(1.01);
+        Ok(pass)
+    };
+    let mut search = RateSearch::new(a.start, a.factor, a.max_rate, a.refine);
+    while let Some(rate) = search.next_rate() {
+        let pass = step(rate).await?;
+        search.record(rate, pass);
     }
+    let best = search.best();
+    // Steps in rate order (bisection steps were run after the failing one).
+    results.sort_by(|x, y| {
+        x.offered_rate
+            .partial_cmp(&y.offered_rate)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     match best {
         Some(b) => println!("highest passing rate: {b:.0}/s (SLO p95 <= {slo_ms:.0} ms)"),
         None => println!("no rate passed (SLO p95 <= {slo_ms:.0} ms); try a lower --start"),
     }
     outputs(c, &results, Some(best), Some(slo_ms))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The rates `find-max` tries: from `start`, up by `factor` until a step fails (or the next
+/// rate would pass `max`); then `refine` bisection steps between the highest passing rate and
+/// the lowest failing one, so that the answer is not up to a whole factor below the real
+/// maximum. Sans-IO: the caller runs each step and reports whether it passed.
+#[derive(Debug)]
+struct RateSearch {
+    next: Option<f64>,
+    factor: f64,
+    max: f64,
+    refine_left: u32,
+    best: Option<f64>,
+    failed: Option<f64>,
+}
+
+impl RateSearch {
+    fn new(start: f64, factor: f64, max: f64, refine: u32) -> RateSearch {
+        RateSearch {
+            next: (start > 0.0 && start <= max).then_some(start),
+            factor: factor.max(1.01),
+            max,
+            refine_left: refine,
+            best: None,
+            failed: None,
+        }
+    }
+
+    /// The next rate to try, or `None` when the search is over.
+    fn next_rate(&self) -> Option<f64> {
+        self.next
+    }
+
+    /// Records the outcome of the step at `rate` (the last [`RateSearch::next_rate`]).
+    fn record(&mut self, rate: f64, pass: bool) {
+        if pass {
+            self.best = Some(self.best.map_or(rate, |b| b.max(rate)));
+        } else {
+            self.failed = Some(self.failed.map_or(rate, |f| f.min(rate)));
+        }
+        self.next = if self.failed.is_none() {
+            let up = rate * self.factor;
+            (up <= self.max).then_some(up)
+        } else {
+            self.bisect()
+        };
+    }
+
+    fn bisect(&mut self) -> Option<f64> {
+        let (lo, hi) = (self.best?, self.failed?);
+        let mid = (lo + hi) / 2.0;
+        if self.refine_left == 0 || mid - lo < 0.01 * lo {
+            return None;
+        }
+        self.refine_left -= 1;
+        Some(mid)
+    }
+
+    /// The highest rate that passed.
+    fn best(&self) -> Option<f64> {
+        self.best
+    }
 }
 
 fn outputs(
@@ -511,6 +584,42 @@ async fn verify_all(target: &Target, r: &mut RunResult, kept: Vec<Kept>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs a search against a system whose capacity is `cap` (a step passes at or below it).
+    fn search(start: f64, factor: f64, max: f64, refine: u32, cap: f64) -> (Vec<f64>, Option<f64>) {
+        let mut s = RateSearch::new(start, factor, max, refine);
+        let mut tried = Vec::new();
+        while let Some(rate) = s.next_rate() {
+            tried.push(rate);
+            s.record(rate, rate <= cap);
+            assert!(tried.len() < 100, "runaway search: {tried:?}");
+        }
+        (tried, s.best())
+    }
+
+    #[test]
+    fn find_max_steps_up_then_bisects_between_pass_and_failure() {
+        let (tried, best) = search(1000.0, 2.0, 1e6, 2, 5000.0);
+        // 1000, 2000, 4000 pass; 8000 fails; 6000 fails; 5000 passes.
+        assert_eq!(tried, vec![1000.0, 2000.0, 4000.0, 8000.0, 6000.0, 5000.0]);
+        assert_eq!(best, Some(5000.0));
+        let (tried, best) = search(1000.0, 2.0, 1e6, 0, 5000.0);
+        assert_eq!(tried, vec![1000.0, 2000.0, 4000.0, 8000.0]);
+        assert_eq!(best, Some(4000.0));
+    }
+
+    #[test]
+    fn find_max_stops_at_max_rate_at_a_failing_start_and_at_1_percent_gaps() {
+        let (tried, best) = search(1000.0, 2.0, 5000.0, 2, 1e9);
+        assert_eq!((tried, best), (vec![1000.0, 2000.0, 4000.0], Some(4000.0)));
+        let (tried, best) = search(1000.0, 2.0, 1e6, 3, 10.0);
+        assert_eq!((tried, best), (vec![1000.0], None), "nothing to bisect");
+        // The gap closes below 1% of the rate: no more steps, whatever `refine` says.
+        let (tried, best) = search(1000.0, 1.02, 1e6, 10, 1015.0);
+        assert_eq!(tried, vec![1000.0, 1020.0, 1010.0]);
+        assert_eq!(best, Some(1010.0));
+        assert!(RateSearch::new(0.0, 2.0, 1e6, 2).next_rate().is_none());
+    }
 
     #[test]
     fn durations() {
