@@ -41,6 +41,19 @@ pub enum AuditError {
         /// What is wrong.
         reason: String,
     },
+    /// Another process holds the log's lock file: a second daemon on the same audit path.
+    /// Nothing was written. Retrying helps once the other daemon has stopped.
+    #[error(
+        "in use by another process{holder} holding {}: one daemon per audit path, since two \
+         writers would fork the hash chain",
+        lock.display()
+    )]
+    InUse {
+        /// The lock file (`<active file>.lock`).
+        lock: PathBuf,
+        /// " (pid N)" when the lock file names its owner, else empty.
+        holder: String,
+    },
     /// Bad configuration or an unusable checkpoint key (the operator's fault).
     #[error("audit config: {0}")]
     Config(String),

@@ -542,17 +542,14 @@ impl OpenGuard {
             Err(std::fs::TryLockError::WouldBlock) => {
                 let owner = std::fs::read_to_string(&lock_path).unwrap_or_default();
                 let owner = owner.trim();
-                return Err(AuditError::Config(format!(
-                    "audit log {} is in use by another process{} (it holds {}): one daemon per \
-                     audit path, since two writers would break the hash chain",
-                    key.display(),
-                    if owner.is_empty() {
+                return Err(AuditError::InUse {
+                    lock: lock_path,
+                    holder: if owner.is_empty() {
                         String::new()
                     } else {
                         format!(" (pid {owner})")
                     },
-                    lock_path.display()
-                )));
+                });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(AuditError::io(&lock_path, e)),
         }

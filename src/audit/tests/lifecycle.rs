@@ -155,6 +155,7 @@ fn a_log_locked_by_another_process_is_refused() {
     std::fs::write(&lock_path, "4242\n").unwrap();
 
     let err = AuditLog::open(c.clone(), Box::new(SoftSigner::new(1))).unwrap_err();
+    assert!(matches!(err, AuditError::InUse { .. }), "{err}");
     let msg = err.to_string();
     assert!(
         msg.contains("in use by another process (pid 4242)") && msg.contains("audit.log.lock"),
