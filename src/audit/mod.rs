@@ -510,7 +510,11 @@ static OPEN_LOGS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// the owner's pid, for operators); both are released when the writer thread ends, or by the
 /// kernel if the process dies.
 #[derive(Debug)]
-pub(crate) struct OpenGuard(PathBuf, #[allow(dead_code)] std::fs::File);
+pub(crate) struct OpenGuard {
+    key: PathBuf,
+    /// Held only for its `flock`, which closing the file releases.
+    _lock: std::fs::File,
+}
 
 impl OpenGuard {
     fn acquire(active: &std::path::Path) -> Result<OpenGuard, AuditError> {
@@ -559,13 +563,13 @@ impl OpenGuard {
             .and_then(|()| lock.rewind())
             .and_then(|()| writeln!(lock, "{}", std::process::id()));
         open.push(key.clone());
-        Ok(OpenGuard(key, lock))
+        Ok(OpenGuard { key, _lock: lock })
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        OPEN_LOGS.lock().retain(|p| *p != self.0);
+        OPEN_LOGS.lock().retain(|p| *p != self.key);
     }
 }
 
