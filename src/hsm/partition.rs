@@ -159,7 +159,11 @@ impl Partition {
         }
         let mut anchor = self.anchor.lock();
         if told_at.is_some_and(|seen| seen != self.login_epoch()) {
-            return Ok(()); // another worker logged in again after our call failed
+            tracing::debug!(partition = %self.spec.name, "the token said we were logged out; another worker has logged in again since");
+            return Ok(());
+        }
+        if told_at.is_some() {
+            tracing::warn!(partition = %self.spec.name, token = %self.token_label, "the token says we are logged out; logging in again");
         }
         let usable = anchor
             .as_ref()

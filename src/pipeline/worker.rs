@@ -446,8 +446,8 @@ impl Worker {
                 ErrorClass::SessionLost => self.rebuild_session(&err)?,
                 ErrorClass::NotLoggedIn => {
                     // The token's answer wins over the session state, which may still say
-                    // "logged in" (and then `ensure_logged_in` below would not log in).
-                    tracing::warn!(partition = %self.partition.name(), "the token says we are logged out; logging in again");
+                    // "logged in" (and then `ensure_logged_in` below would not log in). Logged
+                    // by the partition, which knows whether this worker is the one logging in.
                     self.partition.relogin(login_epoch)?;
                     // Session objects made while logged in (key copies) may be gone with it.
                     self.handles.clear();

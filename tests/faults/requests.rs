@@ -4,7 +4,7 @@
 //! once before the fault, so the fault hits a session that already holds the key's handle and
 //! the PKCS#11 calls of the recovery can be counted exactly.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use certnode_signer::client::Status;
@@ -141,6 +141,95 @@ async fn s04_user_not_logged_in_logs_in_again_once() {
         "one re-login; log:\n{log}"
     );
     assert_eq!(log.matches("logging in again").count(), 1, "{log}");
+}
+
+/// Scenario 4 with several workers on the partition: when every worker's call is answered
+/// USER_NOT_LOGGED_IN at once, the partition logs in again once, not once per worker (the login
+/// epoch read before each call makes the re-login single-flight), and every request is signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s04_logged_out_answers_to_every_worker_cost_one_login() {
+    const WORKERS: u64 = 4;
+    const SLOW: Duration = Duration::from_secs(2);
+    const LOGIN: Duration = Duration::from_millis(1500);
+    let mut d = Daemon::init("s04-many");
+    d.edit_config(|cfg| {
+        let provider = cfg["providers"]["softhsm"].as_table_mut().unwrap();
+        provider.insert("workers_per_partition".into(), (WORKERS as i64).into());
+        // The slow calls below must not count as hung.
+        let engine = cfg["engine"].as_table_mut().unwrap();
+        engine.insert("hang_timeout_ms".into(), 60_000.into());
+    });
+    d.serve().await;
+    let (key, spki) = d.ec_key("s04m", &["p0"]).await;
+    let app = d.app(Duration::from_secs(30)).await;
+    let sign = || {
+        let (app, key, spki) = (app.clone(), key.clone(), spki.clone());
+        tokio::spawn(async move { sign_ok(&app, &key, &spki, &random_digest()).await })
+    };
+    // Concurrent requests go to idle workers: every session of p0 opens and finds the key.
+    for t in (0..2 * WORKERS).map(|_| sign()).collect::<Vec<_>>() {
+        t.await.expect("warm-up sign");
+    }
+    // The next WORKERS `C_SignInit` calls on p0 each take SLOW, and then each one's `C_Sign` is
+    // told the token is logged out. The re-login's `C_Login` takes LOGIN, longer than the
+    // calls' starts are spread: every worker is told before the first retry could take one of
+    // the `count` firings meant for another worker's first call.
+    d.faults(&format!(
+        "[[rule]]\nname = \"slow\"\nkind = \"latency\"\nfunction = \"C_SignInit\"\n\
+         token = \"signerd-0\"\nfixed_ms = {}\ncount = {WORKERS}\n\n\
+         [[rule]]\nname = \"logout\"\nkind = \"error\"\nfunction = \"C_Sign\"\n\
+         token = \"signerd-0\"\nrv = \"CKR_USER_NOT_LOGGED_IN\"\ncount = {WORKERS}\n\n\
+         [[rule]]\nname = \"slow-login\"\nkind = \"latency\"\nfunction = \"C_Login\"\n\
+         token = \"signerd-0\"\nfixed_ms = {}\ncount = 1\n",
+        SLOW.as_millis(),
+        LOGIN.as_millis()
+    ))
+    .await;
+    let before = d.stats_now();
+
+    // One request at a time until it is inside its slow call, so that the next one goes to an
+    // idle worker.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 1..=WORKERS {
+        tasks.push(sign());
+        while d.stats_now().calls("C_SignInit") < before.calls("C_SignInit") + i {
+            assert!(
+                started.elapsed() < LOGIN,
+                "request {i} never reached the HSM"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let spread = started.elapsed();
+    assert!(
+        spread < LOGIN,
+        "the calls must start within {LOGIN:?} of each other, took {spread:?}"
+    );
+    for t in tasks {
+        t.await.expect("sign task");
+    }
+
+    let s = d
+        .stats_when("every worker was told it is logged out", |s| {
+            s.injected("logout") == WORKERS
+        })
+        .await;
+    let log = d.log();
+    assert_eq!(
+        s.calls("C_Login") - before.calls("C_Login"),
+        1,
+        "one re-login for {WORKERS} workers; log:\n{log}"
+    );
+    assert_eq!(log.matches("logging in again").count(), 1, "{log}");
+    assert_eq!(
+        s.calls("C_SignInit") - before.calls("C_SignInit"),
+        2 * WORKERS,
+        "each request retried once"
+    );
+    let m = d.metrics().await;
+    assert_eq!(m.healthy("p0"), 1.0);
+    assert_eq!(m.rebuilds("p0"), 0.0);
 }
 
 /// Scenario 7: `C_Sign` rejects one request's input (DATA_LEN_RANGE): that request fails

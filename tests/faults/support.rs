@@ -142,7 +142,10 @@ impl Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_signerd"));
         cmd.args(["serve", "--config"])
             .arg(self.path("signerd.toml"))
-            .env("SIGNERD_LOG", "info")
+            .env(
+                "SIGNERD_LOG",
+                std::env::var("SIGNERD_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null());
         cmd
     }
