@@ -93,6 +93,10 @@ pub struct ServerConfig {
     /// worker threads. Default: half the CPU cores, at least 1 (tuning/RESULTS.md).
     #[serde(default)]
     pub runtime_threads: Option<usize>,
+    /// Threads that check `Verify` requests in software, off the network runtime (a full queue,
+    /// 256 jobs per thread, answers OVERLOADED). Default: half the CPU cores, at least 1.
+    #[serde(default)]
+    pub verify_threads: Option<usize>,
     /// On SIGTERM/SIGINT, how long in-flight requests may take before they are answered
     /// UNAVAILABLE (ms). Default 10000.
     #[serde(default = "default_grace_ms")]
@@ -108,6 +112,14 @@ impl ServerConfig {
     /// Runtime threads to start.
     pub fn runtime_threads(&self) -> usize {
         self.runtime_threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            (cores / 2).max(1)
+        })
+    }
+
+    /// Verify threads to start.
+    pub fn verify_threads(&self) -> usize {
+        self.verify_threads.unwrap_or_else(|| {
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
             (cores / 2).max(1)
         })
@@ -159,6 +171,9 @@ impl ServerConfig {
         }
         if matches!(self.runtime_threads, Some(0) | Some(257..)) {
             return Err("server.runtime_threads must be between 1 and 256".into());
+        }
+        if matches!(self.verify_threads, Some(0) | Some(257..)) {
+            return Err("server.verify_threads must be between 1 and 256".into());
         }
         if self.default_deadline_ms == 0 || self.default_deadline_ms > self.max_deadline_ms {
             return Err("server.default_deadline_ms must be in 1..=max_deadline_ms".into());

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
 
 use super::batcher::{BatchReply, Batcher};
-use super::{authz, InflightGuard, State};
+use super::{authz, verify_pool, InflightGuard, State};
 use crate::audit::AuditEntry;
 use crate::config::batch::BatchMode;
 use crate::engine::{KeyInfo, SignRequest, VersionInfo};
@@ -234,26 +234,44 @@ async fn handle(
             scheme,
             payload,
             signature,
-        } => match Payload::new(scheme, payload) {
+        } => match Payload::new(scheme, payload)
+            .and_then(|payload| Ok((payload, engine.public_key(&key, version)?)))
+        {
             // Verification needs only the version's public key, which the registry holds (read
             // from the token at start): it is done in software, sparing the HSM (a network
-            // HSM's calls are its scarcest resource). A batch signature's inclusion proof is
-            // hashing; its root signature is checked the same way.
-            Ok(payload) => engine.public_key(&key, version).map(|pk| {
-                let valid = crate::merkle::verify(
-                    &pk.spki_der,
-                    scheme,
-                    &key,
-                    pk.version,
-                    payload.bytes(),
-                    &signature,
-                )
-                .is_ok();
-                ResponseBody::Verified {
-                    version: pk.version,
-                    valid,
-                }
-            }),
+            // HSM's calls are its scarcest resource), on the verify threads, not here on the
+            // network runtime. A batch signature's inclusion proof is hashing; its root
+            // signature is checked the same way.
+            Ok((payload, pk)) => {
+                let version = pk.version;
+                state
+                    .verify
+                    .run(move || {
+                        crate::merkle::verify(
+                            &pk.spki_der,
+                            scheme,
+                            &key,
+                            pk.version,
+                            payload.bytes(),
+                            &signature,
+                        )
+                        .is_ok()
+                    })
+                    .await
+                    .map(|valid| ResponseBody::Verified { version, valid })
+                    .map_err(|e| match e {
+                        verify_pool::PoolError::Full => EngineError::Overloaded {
+                            retry_after: verify_pool::RETRY_AFTER,
+                        },
+                        verify_pool::PoolError::Stopped => EngineError::Unavailable {
+                            reason: "signer is shutting down".into(),
+                            retry_after: DRAIN_RETRY_AFTER,
+                        },
+                        verify_pool::PoolError::Panicked => {
+                            EngineError::Internal("the verification failed unexpectedly".into())
+                        }
+                    })
+            }
             Err(e) => Err(e),
         },
         Request::GetPublicKey { key, version } => {

@@ -6,6 +6,7 @@ pub mod admission;
 mod authz;
 pub mod batcher;
 mod dispatch;
+mod verify_pool;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -103,6 +104,8 @@ pub(crate) struct State {
     idle: Notify,
     /// Connection admission (rates, caps); see [`admission`].
     admission: Arc<Mutex<Admission>>,
+    /// Where `Verify` requests are checked (off the network runtime).
+    pub(crate) verify: verify_pool::VerifyPool,
 }
 
 impl State {
@@ -167,6 +170,7 @@ impl Server {
             addr: cfg.listen,
             reason: e.to_string(),
         })?;
+        let verify_threads = cfg.verify_threads();
         let state = Arc::new(State {
             engine,
             cfg,
@@ -176,6 +180,8 @@ impl Server {
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
             admission: Arc::new(Mutex::new(Admission::new(limits, Instant::now()))),
+            verify: verify_pool::VerifyPool::start(verify_threads)
+                .map_err(|e| ServeError::Config(format!("starting the verify threads: {e}")))?,
         });
         Ok(Server {
             endpoint,

@@ -124,3 +124,73 @@ async fn client_reconnects_after_the_daemon_restarts() {
         .unwrap();
     assert_eq!(sig.version, 1);
 }
+
+/// Verify requests are checked on the verify threads: many at once, valid and tampered, each is
+/// answered with the right validity (or, if the verify queue is full, OVERLOADED with a
+/// retry-after), and signing goes on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_verifications_are_answered_correctly() {
+    let d = Daemon::start("verify-many").await;
+    let admin = d.admin().await;
+    let name = ec_key(&admin, "vm").await;
+    let app = d.app().await;
+    let digest = Bytes::from(random_bytes(32));
+    let good = app
+        .sign(&name, Scheme::EcdsaSha256, digest.clone())
+        .await
+        .unwrap()
+        .signature;
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let (c, n, d, sig) = (app.clone(), name.clone(), digest.clone(), good.clone());
+        tasks.push(tokio::spawn(async move {
+            let valid = i % 2 == 0;
+            let payload = if valid {
+                d
+            } else {
+                Bytes::from(random_bytes(32))
+            };
+            (
+                valid,
+                c.verify(&n, None, Scheme::EcdsaSha256, payload, sig).await,
+            )
+        }));
+    }
+    let signed = app
+        .sign(&name, Scheme::EcdsaSha256, digest.clone())
+        .await
+        .expect("signing goes on while verifications run");
+    let spki = app.public_key(&name, None).await.unwrap().spki_der;
+    verify(&spki, Scheme::EcdsaSha256, &digest, &signed.signature).unwrap();
+    let (mut said_valid, mut said_invalid) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (expected, Ok(answer)) => {
+                assert_eq!(answer, expected, "wrong validity");
+                if answer {
+                    said_valid += 1;
+                } else {
+                    said_invalid += 1;
+                }
+            }
+            (
+                _,
+                Err(certnode_signer::client::ClientError::Status {
+                    status,
+                    retry_after,
+                    ..
+                }),
+            ) => {
+                assert_eq!(status, certnode_signer::client::Status::Overloaded);
+                assert!(retry_after.is_some(), "OVERLOADED carries a retry-after");
+            }
+            (_, Err(e)) => panic!("verify: {e}"),
+        }
+    }
+    assert!(
+        said_valid > 0 && said_invalid > 0,
+        "{said_valid} valid, {said_invalid} invalid"
+    );
+    app.close();
+    admin.close();
+}
