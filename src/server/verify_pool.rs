@@ -3,7 +3,7 @@
 //! A `Verify` request is answered from the registry's public key, in software (the HSM is spared).
 //! A P-256 verification costs more CPU than a SoftHSM2 signature, and the network runtime has one
 //! thread per two cores: done there, every verification stalls every connection's QUIC traffic
-//! (measured: a flood of verifications raised the p50 of concurrent signing from 4.5 to 22 ms). So
+//! (measured: a flood of verifications raised the p50 of concurrent signing from 5.6 to 26 ms). So
 //! verifications run on a small pool of their own threads behind a bounded queue; when the queue
 //! is full the request is answered OVERLOADED at once instead of waiting without bound.
 //! (Running these threads at nice +10 as well was measured and not kept: no clear gain for
