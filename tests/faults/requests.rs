@@ -149,8 +149,8 @@ async fn s04_user_not_logged_in_logs_in_again_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s04_logged_out_answers_to_every_worker_cost_one_login() {
     const WORKERS: u64 = 4;
-    const SLOW: Duration = Duration::from_secs(2);
-    const LOGIN: Duration = Duration::from_millis(1500);
+    const SLOW: Duration = Duration::from_secs(4);
+    const LOGIN: Duration = Duration::from_secs(3);
     let mut d = Daemon::init("s04-many");
     d.edit_config(|cfg| {
         let provider = cfg["providers"]["softhsm"].as_table_mut().unwrap();
