@@ -437,6 +437,27 @@ mod tests {
     }
 
     #[test]
+    fn verifications_hold_a_slot_but_take_no_tokens() {
+        let l = limit(1.0, 1, Some(2));
+        let id: Arc<str> = Arc::from("v");
+        let t0 = Instant::now();
+        let table = Arc::new(Mutex::new(QuotaTable::default()));
+        let sign = QuotaTable::admit(&table, &id, l, 1, t0).unwrap();
+        assert!(matches!(
+            QuotaTable::admit(&table, &id, l, 1, t0),
+            Err(QuotaRefusal::Rate { .. })
+        ));
+        let verify = QuotaTable::admit(&table, &id, l, 0, t0).unwrap(); // no tokens needed
+        assert_eq!(table.lock().inflight("v"), 2);
+        assert!(matches!(
+            QuotaTable::admit(&table, &id, l, 0, t0),
+            Err(QuotaRefusal::Inflight { max: 2, .. })
+        ));
+        drop((sign, verify));
+        assert_eq!(table.lock().inflight("v"), 0);
+    }
+
+    #[test]
     fn table_is_bounded_and_evicts_idle_entries() {
         let l = limit(10.0, 1, None);
         let t0 = Instant::now();

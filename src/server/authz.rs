@@ -86,8 +86,9 @@ pub(super) fn may_list(state: &State, identity: &str, key: &KeyName) -> bool {
     }
 }
 
-/// Applies the caller's quota to a sign or sign_batch request. `Ok(Some(guard))` holds an
-/// in-flight slot until dropped; `Ok(None)`: no quota applies (or not a signing request).
+/// Applies the caller's quota to a sign, sign_batch or verify request (a verify takes a slot,
+/// no signatures). `Ok(Some(guard))` holds an in-flight slot until dropped; `Ok(None)`: no quota
+/// applies (or another op).
 /// Refusals are counted in `signer_overloaded_total{reason="quota"}`.
 pub(super) fn admit(
     state: &State,
@@ -100,6 +101,10 @@ pub(super) fn admit(
     let signatures = match request {
         Request::Sign { .. } => 1,
         Request::SignBatch { payloads, .. } => u32::try_from(payloads.len()).unwrap_or(u32::MAX),
+        // A verification takes no signatures from the rate, but holds one of the identity's
+        // in-flight slots while it waits for and runs on the verify threads: one identity's
+        // flood of them cannot fill the shared verify queue beyond its cap.
+        Request::Verify { .. } => 0,
         _ => return Ok(None),
     };
     match live.admit(identity, signatures, Instant::now()) {

@@ -147,7 +147,8 @@ async fn handle(
             }
         }
     }
-    // Quotas apply to signing requests, after authorization and before anything is queued.
+    // Quotas apply to signing and verify requests, after authorization and before anything is
+    // queued.
     let _quota = match authz::admit(state, identity, &req.request) {
         Ok(guard) => guard,
         Err(e) => return error_frame(&e),

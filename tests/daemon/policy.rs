@@ -210,7 +210,7 @@ async fn quota_exceeded_is_overloaded_with_retry_after_and_spares_others() {
         "policy-quota",
         &policy(&format!(
             "[[rule]]\neffect = \"allow\"\nidentities = [\"{APP}\"]\nkeys = [\"*\"]\n\
-             ops = [\"sign\", \"sign_batch\"]\n\n\
+             ops = [\"sign\", \"sign_batch\", \"verify\"]\n\n\
              [[quota]]\nidentities = [\"{APP}\"]\nrate = 1\nburst = 2\n"
         )),
     )
@@ -220,11 +220,14 @@ async fn quota_exceeded_is_overloaded_with_retry_after_and_spares_others() {
     let app = Client::connect(no_retries(&d, "client-app.toml"))
         .await
         .unwrap();
-    for _ in 0..2 {
-        app.sign(&key, Scheme::EcdsaSha256, random_bytes(32))
-            .await
-            .unwrap();
-    }
+    let digest = random_bytes(32);
+    let first = app
+        .sign(&key, Scheme::EcdsaSha256, digest.clone())
+        .await
+        .unwrap();
+    app.sign(&key, Scheme::EcdsaSha256, random_bytes(32))
+        .await
+        .unwrap();
     let err = app
         .sign(&key, Scheme::EcdsaSha256, random_bytes(32))
         .await
@@ -240,6 +243,11 @@ async fn quota_exceeded_is_overloaded_with_retry_after_and_spares_others() {
         ),
         other => panic!("expected OVERLOADED with retry-after, got {other:?}"),
     }
+    // A verification takes no signatures from the rate: it passes with the bucket empty.
+    assert!(app
+        .verify(&key, None, Scheme::EcdsaSha256, digest, first.signature)
+        .await
+        .expect("verify is not refused by the signature rate"));
     // A batch larger than the burst can never pass: a plain error, not OVERLOADED.
     let (status, message) = status_of(
         app.sign_batch(
