@@ -103,6 +103,13 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
 }
 
+/// The default of the thread counts that share the cores with the HSM workers: half the CPU
+/// cores, at least 1.
+fn half_the_cores() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores / 2).max(1)
+}
+
 impl ServerConfig {
     /// Read timeout as a duration.
     pub fn read_timeout(&self) -> Duration {
@@ -111,18 +118,12 @@ impl ServerConfig {
 
     /// Runtime threads to start.
     pub fn runtime_threads(&self) -> usize {
-        self.runtime_threads.unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-            (cores / 2).max(1)
-        })
+        self.runtime_threads.unwrap_or_else(half_the_cores)
     }
 
     /// Verify threads to start.
     pub fn verify_threads(&self) -> usize {
-        self.verify_threads.unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-            (cores / 2).max(1)
-        })
+        self.verify_threads.unwrap_or_else(half_the_cores)
     }
 
     /// Shutdown grace as a duration.

@@ -236,7 +236,7 @@ async fn handle(
             payload,
             signature,
         } => match Payload::new(scheme, payload)
-            .and_then(|payload| Ok((payload, engine.public_key(&key, version)?)))
+            .and_then(|payload| engine.public_key(&key, version).map(|pk| (payload, pk)))
         {
             // Verification needs only the version's public key, which the registry holds (read
             // from the token at start): it is done in software, sparing the HSM (a network

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use certnode_pkcs11_fault::Stats;
 use certnode_signer::client::Status;
 use certnode_signer::Scheme;
 
@@ -134,9 +135,15 @@ async fn s04_user_not_logged_in_logs_in_again_once() {
     let s = d
         .stats_when("the fault fired", |s| s.injected("logout") == 1)
         .await;
+    assert_one_relogin(&d, &before, &s);
+}
+
+/// Between the `before` and `after` stats: exactly one `C_Login`, and one "logging in again"
+/// line in the daemon's log.
+fn assert_one_relogin(d: &Daemon, before: &Stats, after: &Stats) {
     let log = d.log();
     assert_eq!(
-        s.calls("C_Login") - before.calls("C_Login"),
+        after.calls("C_Login") - before.calls("C_Login"),
         1,
         "one re-login; log:\n{log}"
     );
@@ -215,13 +222,7 @@ async fn s04_logged_out_answers_to_every_worker_cost_one_login() {
             s.injected("logout") == WORKERS
         })
         .await;
-    let log = d.log();
-    assert_eq!(
-        s.calls("C_Login") - before.calls("C_Login"),
-        1,
-        "one re-login for {WORKERS} workers; log:\n{log}"
-    );
-    assert_eq!(log.matches("logging in again").count(), 1, "{log}");
+    assert_one_relogin(&d, &before, &s);
     assert_eq!(
         s.calls("C_SignInit") - before.calls("C_SignInit"),
         2 * WORKERS,
