@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
 
 use crate::config::Config;
 use crate::hsm::{mechanism, objects, Module, Partition, PartitionSpec};
@@ -34,6 +35,100 @@ impl CeilingResult {
     }
 }
 
+/// The partitions that hold a key's signing version, opened from the daemon's config, with what
+/// is needed to sign with that version the way the engine does.
+#[derive(Debug)]
+pub struct Holders {
+    /// Opened partitions holding the version, in config order.
+    pub partitions: Vec<Arc<Partition>>,
+    /// The signing version (highest active) as found on the tokens.
+    pub key: objects::FoundKey,
+}
+
+impl Holders {
+    /// Opens every partition of `cfg`'s providers and finds the ones holding `key`'s signing
+    /// version.
+    pub fn open(cfg: &Config, key: &KeyName) -> Result<Holders, String> {
+        let mut partitions = Vec::new();
+        for (pname, p) in &cfg.providers {
+            let module = Module::load(&p.module, &p.env).map_err(|e| format!("{pname}: {e}"))?;
+            for part in &p.partitions {
+                let spec = PartitionSpec {
+                    name: part.name.clone(),
+                    provider: pname.clone(),
+                    selector: part.selector()?,
+                    session_key_copy: p.session_key_copy,
+                    replicate: p.replicate,
+                    workers: 1,
+                    min_inflight: 1,
+                    tier: 0,
+                };
+                let pin = Pin::load(&part.pin_source()?).map_err(|e| e.to_string())?;
+                let idx = partitions.len();
+                let partition = Partition::open(Arc::clone(&module), spec, pin, idx)
+                    .map_err(|e| format!("{}: {e}", part.name))?;
+                partitions.push(Arc::new(partition));
+            }
+        }
+        // Which partitions hold the key's signing version, and which version that is.
+        let mut holders = Vec::new();
+        let mut best: Option<objects::FoundKey> = None;
+        for p in &partitions {
+            let s = p.open_session().map_err(|e| e.to_string())?;
+            let found = objects::scan(&s).map_err(|e| e.to_string())?;
+            if let Some(k) = found
+                .into_iter()
+                .filter(|k| &k.name == key && k.can_sign)
+                .max_by_key(|k| k.version)
+            {
+                if best.as_ref().is_none_or(|b| k.version >= b.version) {
+                    best = Some(k);
+                }
+                holders.push(Arc::clone(p));
+            }
+        }
+        let found =
+            best.ok_or_else(|| format!("no active version of key {key} in any partition"))?;
+        let partitions = holders
+            .into_iter()
+            .filter(|p| {
+                p.open_session()
+                    .ok()
+                    .and_then(|s| objects::find_private(&s, &found.id).ok().flatten())
+                    .is_some()
+            })
+            .collect();
+        Ok(Holders {
+            partitions,
+            key: found,
+        })
+    }
+}
+
+/// A new session on `part` and the handle to sign `key` with in it: the token key object, or a
+/// session-object copy where the provider asks for one (as the engine's workers do).
+pub fn signing_session(
+    part: &Partition,
+    key: &objects::FoundKey,
+) -> Result<(Session, ObjectHandle), String> {
+    let label = objects::key_label(&key.name, key.version).into_bytes();
+    let s = part.open_session().map_err(|e| e.to_string())?;
+    let keys = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Token(true),
+            Attribute::Label(label),
+        ])
+        .map_err(|e| e.to_string())?;
+    let handle = *keys.first().ok_or("key vanished")?;
+    let handle = if part.spec().session_key_copy {
+        objects::session_copy(&s, handle).map_err(|e| e.to_string())?
+    } else {
+        handle
+    };
+    Ok((s, handle))
+}
+
 /// Runs the raw sign loop for `duration` on `threads` threads, spread round-robin over the
 /// partitions that hold the signing version of `key`.
 pub fn raw_sign_loop(
@@ -42,54 +137,10 @@ pub fn raw_sign_loop(
     threads: usize,
     duration: Duration,
 ) -> Result<CeilingResult, String> {
-    let mut partitions = Vec::new();
-    for (pname, p) in &cfg.providers {
-        let module = Module::load(&p.module, &p.env).map_err(|e| format!("{pname}: {e}"))?;
-        for part in &p.partitions {
-            let spec = PartitionSpec {
-                name: part.name.clone(),
-                provider: pname.clone(),
-                selector: part.selector()?,
-                session_key_copy: p.session_key_copy,
-                replicate: p.replicate,
-                workers: 1,
-                min_inflight: 1,
-                tier: 0,
-            };
-            let pin = Pin::load(&part.pin_source()?).map_err(|e| e.to_string())?;
-            let idx = partitions.len();
-            let partition = Partition::open(Arc::clone(&module), spec, pin, idx)
-                .map_err(|e| format!("{}: {e}", part.name))?;
-            partitions.push(Arc::new(partition));
-        }
-    }
-    // Which partitions hold the key's signing version, and which version that is.
-    let mut holders = Vec::new();
-    let mut best: Option<objects::FoundKey> = None;
-    for p in &partitions {
-        let s = p.open_session().map_err(|e| e.to_string())?;
-        let found = objects::scan(&s).map_err(|e| e.to_string())?;
-        if let Some(k) = found
-            .into_iter()
-            .filter(|k| &k.name == key && k.can_sign)
-            .max_by_key(|k| k.version)
-        {
-            if best.as_ref().is_none_or(|b| k.version >= b.version) {
-                best = Some(k);
-            }
-            holders.push(Arc::clone(p));
-        }
-    }
-    let found = best.ok_or_else(|| format!("no active version of key {key} in any partition"))?;
-    let holders: Vec<_> = holders
-        .into_iter()
-        .filter(|p| {
-            p.open_session()
-                .ok()
-                .and_then(|s| objects::find_private(&s, &found.id).ok().flatten())
-                .is_some()
-        })
-        .collect();
+    let Holders {
+        partitions: holders,
+        key: found,
+    } = Holders::open(cfg, key)?;
     if holders.is_empty() || threads == 0 {
         return Err("nothing to run: no partition or no thread".into());
     }
@@ -99,26 +150,10 @@ pub fn raw_sign_loop(
     let mut handles = Vec::new();
     for t in 0..threads {
         let part = Arc::clone(&holders[t % holders.len()]);
-        let label = objects::key_label(&found.name, found.version).into_bytes();
+        let found = found.clone();
         let (start, stop) = (Arc::clone(&start), Arc::clone(&stop));
         handles.push(std::thread::spawn(move || -> Result<u64, String> {
-            let prepared = (|| {
-                let s = part.open_session().map_err(|e| e.to_string())?;
-                let keys = s
-                    .find_objects(&[
-                        Attribute::Class(ObjectClass::PRIVATE_KEY),
-                        Attribute::Token(true),
-                        Attribute::Label(label),
-                    ])
-                    .map_err(|e| e.to_string())?;
-                let key = *keys.first().ok_or("key vanished")?;
-                let key = if part.spec().session_key_copy {
-                    objects::session_copy(&s, key).map_err(|e| e.to_string())?
-                } else {
-                    key
-                };
-                Ok::<_, String>((s, key))
-            })();
+            let prepared = signing_session(&part, &found);
             start.wait();
             let (session, handle) = prepared?;
             let digests = digest_pool(scheme, 1024);

@@ -336,7 +336,7 @@ fn admit(state: &Arc<State>, incoming: quinn::Incoming) {
 /// second one: at thousands of small requests per second, ACK-only packets are a large share of
 /// the UDP traffic and of the syscalls on both sides (draft-ietf-quic-ack-frequency, which quinn
 /// implements; peers without it ignore the request).
-pub(crate) fn ack_frequency() -> quinn::AckFrequencyConfig {
+pub fn ack_frequency() -> quinn::AckFrequencyConfig {
     let mut a = quinn::AckFrequencyConfig::default();
     a.ack_eliciting_threshold(VarInt::from_u32(8));
     a.max_ack_delay(Some(Duration::from_millis(2)));
