@@ -324,8 +324,10 @@ fn dev_config(module: &Path, conf: &Path, partitions: usize, ports: DevPorts) ->
          queue_depth = {}\n\
          # Most requests a worker takes per wake-up.\n\
          max_drain = {}\n\
-         # Requests predicted to wait longer than this in a queue are answered OVERLOADED at once.\n\
-         max_queue_wait_ms = {}\n\n\
+         # Requests predicted to wait longer than this in an overloaded queue are answered OVERLOADED\n\
+         # at once; burst_queue_wait_ms is the limit while the queue keeps up.\n\
+         max_queue_wait_ms = {}\n\
+         burst_queue_wait_ms = {}\n\n\
          [providers.softhsm]\n\
          module = \"{}\"\n\
          env = {{ SOFTHSM2_CONF = \"{}\" }}\n\
@@ -336,6 +338,7 @@ fn dev_config(module: &Path, conf: &Path, partitions: usize, ports: DevPorts) ->
         crate::config::DEFAULT_QUEUE_DEPTH,
         crate::config::DEFAULT_MAX_DRAIN,
         crate::config::DEFAULT_MAX_QUEUE_WAIT_MS,
+        crate::config::DEFAULT_BURST_QUEUE_WAIT_MS,
         module.display(),
         conf.display()
     );

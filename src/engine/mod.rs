@@ -152,7 +152,10 @@ struct Inner {
     /// The health probe and watchdog threads.
     service: Mutex<Vec<std::thread::JoinHandle<()>>>,
     crew: Arc<Crew>,
+    /// Queue-wait budget of a queue in sustained overload.
     max_queue_wait: Duration,
+    /// Queue-wait budget of a queue that keeps up (bursts).
+    burst_queue_wait: Duration,
 }
 
 impl Engine {
@@ -315,6 +318,7 @@ impl Engine {
                 service: Mutex::new(service),
                 crew,
                 max_queue_wait: Duration::from_millis(cfg.engine.max_queue_wait_ms),
+                burst_queue_wait: Duration::from_millis(cfg.engine.burst_queue_wait_ms),
             }),
         })
     }
@@ -448,19 +452,25 @@ impl Engine {
         // The shard's measured wait assumes every worker of its partition may call the HSM; the
         // adaptive limit may allow fewer.
         let slowdown = inner.crew.gates[inner.shards[shard].partition()].slowdown();
+        let budget = admission::budget(
+            inner.shards[shard].note_arrival(now, inner.max_queue_wait),
+            inner.burst_queue_wait,
+            inner.max_queue_wait,
+        );
         if let Err(retry_after) = admission::admit(
             inner.shards[shard]
                 .predicted_wait()
                 .saturating_mul(slowdown),
             remaining,
-            inner.max_queue_wait,
+            budget,
         ) {
-            let reason = if remaining < inner.max_queue_wait {
+            let reason = if remaining < budget {
                 OverloadReason::Deadline
             } else {
                 OverloadReason::QueueWait
             };
             inner.crew.metrics.overloaded(reason);
+            inner.shards[shard].note_shed();
             if let Some(t) = probe {
                 inner
                     .crew
@@ -491,6 +501,7 @@ impl Engine {
                         .release(inner.shards[shard].partition(), t);
                 }
                 inner.crew.metrics.overloaded(OverloadReason::QueueFull);
+                inner.shards[shard].note_shed();
                 Err(EngineError::Overloaded {
                     retry_after: OVERLOADED_RETRY_AFTER,
                 })

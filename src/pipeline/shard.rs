@@ -8,6 +8,7 @@ use crossbeam::queue::ArrayQueue;
 use crossbeam::sync::{Parker, Unparker};
 use tokio::sync::oneshot;
 
+use super::admission;
 use crate::engine::registry::VersionEntry;
 use crate::error::EngineError;
 use crate::keys::{Payload, Version};
@@ -74,6 +75,17 @@ pub struct Shard {
     generation: AtomicU64,
     /// When the current worker entered the HSM call (ns since [`epoch`]); 0 when not in one.
     busy_since: AtomicU64,
+    /// Requests routed here (admitted or shed) in the current pressure window.
+    arrived: AtomicU64,
+    /// Of those, answered OVERLOADED instead of queued.
+    shed: AtomicU64,
+    /// Jobs the worker finished in the current pressure window.
+    completed: AtomicU64,
+    /// Start of the current pressure window (ns since [`epoch`]).
+    window_start: AtomicU64,
+    /// Whether the last window judged this queue in sustained overload (see
+    /// [`super::admission::sustained_overload`]).
+    overloaded: AtomicBool,
 }
 
 /// The process-wide origin of the shard timestamps.
@@ -104,6 +116,11 @@ impl Shard {
             partition,
             generation: AtomicU64::new(0),
             busy_since: AtomicU64::new(0),
+            arrived: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            window_start: AtomicU64::new(0),
+            overloaded: AtomicBool::new(false),
         };
         (shard, parker)
     }
@@ -156,6 +173,51 @@ impl Shard {
         self.partition
     }
 
+    /// Counts a request routed to this shard at `now` (before admission decides about it) and
+    /// answers whether the shard is in sustained overload: jobs arriving faster than its worker
+    /// finishes them, leaving a predicted wait above `sustained_budget`, judged at the end of
+    /// each [`admission::PRESSURE_WINDOW`]. Whoever first
+    /// sees a window end closes it; the others read the last judgement.
+    pub fn note_arrival(&self, now: Instant, sustained_budget: std::time::Duration) -> bool {
+        self.arrived.fetch_add(1, Ordering::Relaxed);
+        let t = nanos_since_epoch(now);
+        let start = self.window_start.load(Ordering::Relaxed);
+        let window = u64::try_from(admission::PRESSURE_WINDOW.as_nanos()).unwrap_or(u64::MAX);
+        if t.saturating_sub(start) < window
+            || self
+                .window_start
+                .compare_exchange(start, t, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return self.overloaded.load(Ordering::Relaxed);
+        }
+        let window = admission::Window {
+            arrived: self.arrived.swap(0, Ordering::Relaxed),
+            shed: self.shed.swap(0, Ordering::Relaxed),
+            completed: self.completed.swap(0, Ordering::Relaxed),
+        };
+        let was = self.overloaded.load(Ordering::Relaxed);
+        let standing = self.predicted_wait() > sustained_budget;
+        let now_overloaded = admission::sustained_overload(was, window, standing);
+        if now_overloaded != was {
+            self.overloaded.store(now_overloaded, Ordering::Relaxed);
+            tracing::debug!(
+                partition = self.partition,
+                arrived = window.arrived,
+                shed = window.shed,
+                completed = window.completed,
+                overloaded = now_overloaded,
+                "queue pressure changed"
+            );
+        }
+        now_overloaded
+    }
+
+    /// Counts a request routed here by [`Shard::note_arrival`] that was then answered OVERLOADED.
+    pub fn note_shed(&self) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Jobs queued plus jobs the worker holds: what the router balances on.
     pub fn load(&self) -> usize {
         self.queue.len() + self.in_hand.load(Ordering::Relaxed)
@@ -165,6 +227,7 @@ impl Shard {
     /// first job is not counted: it pays one-time costs (finding the key, copying it into the
     /// session) that would make admission shed a burst right after start-up.
     pub fn record_service(&self, took: std::time::Duration) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
         if !self.warmed.swap(true, Ordering::Relaxed) {
             return;
         }
@@ -251,9 +314,62 @@ impl Shard {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::engine::registry::VersionEntry;
     use crate::keys::{KeyName, KeyType, Scheme};
     use std::time::Duration;
+
+    #[test]
+    fn pressure_follows_arrivals_against_completions_per_window() {
+        const BUDGET: Duration = Duration::from_millis(30);
+        let (shard, _parker) = Shard::new(256, 0);
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let later = |ms| t0 + Duration::from_millis(ms);
+        // The first arrival opens a window; nothing is judged from one request.
+        assert!(!shard.note_arrival(t0, BUDGET));
+        let mut answers = Vec::new();
+        for _ in 0..99 {
+            assert!(!shard.note_arrival(t0, BUDGET));
+            let (j, rx) = job();
+            shard.push(j).unwrap();
+            answers.push(rx);
+        }
+        for _ in 0..40 {
+            shard.record_service(Duration::from_millis(1));
+        }
+        // 100 arrivals against 40 completions once the window is over, and 99 jobs of ~1 ms
+        // still queued (well over the budget): overloaded, for the whole next window.
+        assert!(shard.note_arrival(later(600), BUDGET));
+        assert!(shard.note_arrival(later(700), BUDGET));
+        // The worker catches up: 50 finished against 2 arrivals (a trickle says nothing).
+        while shard.pop().is_some() {}
+        for _ in 0..50 {
+            shard.record_service(Duration::from_millis(1));
+        }
+        assert!(!shard.note_arrival(later(1_200), BUDGET));
+        // Fed twice as fast as it drains but with the queue empty (a stall already drained):
+        // not overloaded.
+        for _ in 0..99 {
+            shard.note_arrival(later(1_300), BUDGET);
+        }
+        for _ in 0..50 {
+            shard.record_service(Duration::from_millis(1));
+        }
+        assert!(!shard.note_arrival(later(1_800), BUDGET));
+        // Keeping pace, but 2% of arrivals had to be shed even so: overloaded...
+        for i in 0..99 {
+            shard.note_arrival(later(1_900), BUDGET);
+            if i < 2 {
+                shard.note_shed();
+            }
+            shard.record_service(Duration::from_millis(1));
+        }
+        assert!(shard.note_arrival(later(2_400), BUDGET));
+        // ... until a window sheds nothing and keeps pace.
+        for _ in 0..99 {
+            shard.note_arrival(later(2_500), BUDGET);
+            shard.record_service(Duration::from_millis(1));
+        }
+        assert!(!shard.note_arrival(later(3_000), BUDGET));
+    }
 
     fn job() -> (Job, oneshot::Receiver<Reply>) {
         let (tx, rx) = oneshot::channel();
