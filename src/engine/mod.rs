@@ -452,11 +452,8 @@ impl Engine {
         // The shard's measured wait assumes every worker of its partition may call the HSM; the
         // adaptive limit may allow fewer.
         let slowdown = inner.crew.gates[inner.shards[shard].partition()].slowdown();
-        let budget = admission::budget(
-            inner.shards[shard].note_arrival(now, inner.max_queue_wait),
-            inner.burst_queue_wait,
-            inner.max_queue_wait,
-        );
+        let overloaded = inner.shards[shard].note_arrival(now, inner.max_queue_wait);
+        let budget = admission::budget(overloaded, inner.burst_queue_wait, inner.max_queue_wait);
         if let Err(retry_after) = admission::admit(
             inner.shards[shard]
                 .predicted_wait()
@@ -466,8 +463,10 @@ impl Engine {
         ) {
             let reason = if remaining < budget {
                 OverloadReason::Deadline
-            } else {
+            } else if overloaded {
                 OverloadReason::QueueWait
+            } else {
+                OverloadReason::BurstWait
             };
             inner.crew.metrics.overloaded(reason);
             inner.shards[shard].note_shed();

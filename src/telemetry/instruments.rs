@@ -139,21 +139,26 @@ impl From<crate::error::Status> for StatusLabel {
 pub enum OverloadReason {
     /// `queue_full`: every eligible shard queue was full.
     QueueFull,
-    /// `queue_wait`: the expected queue wait exceeded the budget.
+    /// `queue_wait`: the expected queue wait exceeded the budget of a queue in sustained
+    /// overload (`engine.max_queue_wait_ms`).
     QueueWait,
     /// `deadline`: the request could not be served before its deadline.
     Deadline,
     /// `quota`: the caller's policy quota (rate or in-flight cap) was exceeded.
     Quota,
+    /// `burst_wait`: the expected queue wait exceeded the budget of a queue that keeps up
+    /// (`engine.burst_queue_wait_ms`): a burst too large to absorb.
+    BurstWait,
 }
 
 impl OverloadReason {
     /// Every reason, in label order.
-    pub const ALL: [OverloadReason; 4] = [
+    pub const ALL: [OverloadReason; 5] = [
         OverloadReason::QueueFull,
         OverloadReason::QueueWait,
         OverloadReason::Deadline,
         OverloadReason::Quota,
+        OverloadReason::BurstWait,
     ];
 
     /// The label value.

@@ -185,7 +185,13 @@ pub const STATUSES: &[&str] = &[
 ];
 
 /// `reason` label values of `signer_overloaded_total`, in [`OverloadReason`] order.
-pub const OVERLOAD_REASONS: &[&str] = &["queue_full", "queue_wait", "deadline", "quota"];
+pub const OVERLOAD_REASONS: &[&str] = &[
+    "queue_full",
+    "queue_wait",
+    "deadline",
+    "quota",
+    "burst_wait",
+];
 
 /// `outcome` label values of `signer_incoming_total`, in [`IncomingOutcome`] order: admitted,
 /// asked to Retry (address validation), refused at a cap, or dropped because the handshake did
