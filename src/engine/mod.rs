@@ -452,15 +452,12 @@ impl Engine {
         // The shard's measured wait assumes every worker of its partition may call the HSM; the
         // adaptive limit may allow fewer.
         let slowdown = inner.crew.gates[inner.shards[shard].partition()].slowdown();
-        let overloaded = inner.shards[shard].note_arrival(now, inner.max_queue_wait);
+        let predicted = inner.shards[shard]
+            .predicted_wait()
+            .saturating_mul(slowdown);
+        let overloaded = inner.shards[shard].note_arrival(now, predicted > inner.max_queue_wait);
         let budget = admission::budget(overloaded, inner.burst_queue_wait, inner.max_queue_wait);
-        if let Err(retry_after) = admission::admit(
-            inner.shards[shard]
-                .predicted_wait()
-                .saturating_mul(slowdown),
-            remaining,
-            budget,
-        ) {
+        if let Err(retry_after) = admission::admit(predicted, remaining, budget) {
             let reason = if remaining < budget {
                 OverloadReason::Deadline
             } else if overloaded {
@@ -469,7 +466,10 @@ impl Engine {
                 OverloadReason::BurstWait
             };
             inner.crew.metrics.overloaded(reason);
-            inner.shards[shard].note_shed();
+            if reason != OverloadReason::Deadline {
+                // A request that cannot wait even a short queue says nothing about overload.
+                inner.shards[shard].note_shed();
+            }
             if let Some(t) = probe {
                 inner
                     .crew

@@ -174,11 +174,11 @@ impl Shard {
     }
 
     /// Counts a request routed to this shard at `now` (before admission decides about it) and
-    /// answers whether the shard is in sustained overload: jobs arriving faster than its worker
-    /// finishes them, leaving a predicted wait above `sustained_budget`, judged at the end of
-    /// each [`admission::PRESSURE_WINDOW`]. Whoever first
-    /// sees a window end closes it; the others read the last judgement.
-    pub fn note_arrival(&self, now: Instant, sustained_budget: std::time::Duration) -> bool {
+    /// answers whether the shard is in sustained overload, judged at the end of each
+    /// [`admission::PRESSURE_WINDOW`] from the window's arrivals, sheds and completions and from
+    /// whether the queue is `standing` (its predicted wait above the sustained budget). Whoever
+    /// first sees a window end closes it; the others read the last judgement.
+    pub fn note_arrival(&self, now: Instant, standing: bool) -> bool {
         self.arrived.fetch_add(1, Ordering::Relaxed);
         let t = nanos_since_epoch(now);
         let start = self.window_start.load(Ordering::Relaxed);
@@ -197,7 +197,6 @@ impl Shard {
             completed: self.completed.swap(0, Ordering::Relaxed),
         };
         let was = self.overloaded.load(Ordering::Relaxed);
-        let standing = self.predicted_wait() > sustained_budget;
         let now_overloaded = admission::sustained_overload(was, window, standing);
         if now_overloaded != was {
             self.overloaded.store(now_overloaded, Ordering::Relaxed);
@@ -213,7 +212,8 @@ impl Shard {
         now_overloaded
     }
 
-    /// Counts a request routed here by [`Shard::note_arrival`] that was then answered OVERLOADED.
+    /// Counts a request routed here by [`Shard::note_arrival`] that was then answered OVERLOADED
+    /// because the queue was too long or full (not because of its own short deadline).
     pub fn note_shed(&self) {
         self.shed.fetch_add(1, Ordering::Relaxed);
     }
@@ -319,15 +319,14 @@ mod tests {
 
     #[test]
     fn pressure_follows_arrivals_against_completions_per_window() {
-        const BUDGET: Duration = Duration::from_millis(30);
         let (shard, _parker) = Shard::new(256, 0);
         let t0 = Instant::now() + Duration::from_secs(1);
         let later = |ms| t0 + Duration::from_millis(ms);
         // The first arrival opens a window; nothing is judged from one request.
-        assert!(!shard.note_arrival(t0, BUDGET));
+        assert!(!shard.note_arrival(t0, false));
         let mut answers = Vec::new();
         for _ in 0..99 {
-            assert!(!shard.note_arrival(t0, BUDGET));
+            assert!(!shard.note_arrival(t0, false));
             let (j, rx) = job();
             shard.push(j).unwrap();
             answers.push(rx);
@@ -336,39 +335,41 @@ mod tests {
             shard.record_service(Duration::from_millis(1));
         }
         // 100 arrivals against 40 completions once the window is over, and 99 jobs of ~1 ms
-        // still queued (well over the budget): overloaded, for the whole next window.
-        assert!(shard.note_arrival(later(600), BUDGET));
-        assert!(shard.note_arrival(later(700), BUDGET));
+        // still queued (a standing queue): overloaded, for the whole next window.
+        let standing = shard.predicted_wait() > Duration::from_millis(30);
+        assert!(standing, "{:?}", shard.predicted_wait());
+        assert!(shard.note_arrival(later(600), standing));
+        assert!(shard.note_arrival(later(700), false));
         // The worker catches up: 50 finished against 2 arrivals (a trickle says nothing).
         while shard.pop().is_some() {}
         for _ in 0..50 {
             shard.record_service(Duration::from_millis(1));
         }
-        assert!(!shard.note_arrival(later(1_200), BUDGET));
+        assert!(!shard.note_arrival(later(1_200), false));
         // Fed twice as fast as it drains but with the queue empty (a stall already drained):
         // not overloaded.
         for _ in 0..99 {
-            shard.note_arrival(later(1_300), BUDGET);
+            shard.note_arrival(later(1_300), false);
         }
         for _ in 0..50 {
             shard.record_service(Duration::from_millis(1));
         }
-        assert!(!shard.note_arrival(later(1_800), BUDGET));
+        assert!(!shard.note_arrival(later(1_800), false));
         // Keeping pace, but 2% of arrivals had to be shed even so: overloaded...
         for i in 0..99 {
-            shard.note_arrival(later(1_900), BUDGET);
+            shard.note_arrival(later(1_900), false);
             if i < 2 {
                 shard.note_shed();
             }
             shard.record_service(Duration::from_millis(1));
         }
-        assert!(shard.note_arrival(later(2_400), BUDGET));
+        assert!(shard.note_arrival(later(2_400), false));
         // ... until a window sheds nothing and keeps pace.
         for _ in 0..99 {
-            shard.note_arrival(later(2_500), BUDGET);
+            shard.note_arrival(later(2_500), false);
             shard.record_service(Duration::from_millis(1));
         }
-        assert!(!shard.note_arrival(later(3_000), BUDGET));
+        assert!(!shard.note_arrival(later(3_000), false));
     }
 
     fn job() -> (Job, oneshot::Receiver<Reply>) {
