@@ -632,6 +632,7 @@ impl Engine {
         let m = &inner.crew.metrics;
         for (i, s) in inner.shards.iter().enumerate() {
             m.set_queue_depth(i, s.queued());
+            m.set_queue_overloaded(i, s.overloaded());
         }
         for p in &inner.partitions {
             let load: usize = inner.shards_by_partition[p.index()]

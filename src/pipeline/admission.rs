@@ -50,7 +50,8 @@ const MIN_ARRIVALS: u64 = 32;
 pub struct Window {
     /// Requests routed to the queue, admitted or shed.
     pub arrived: u64,
-    /// Of those, answered OVERLOADED instead of queued.
+    /// Of those, answered OVERLOADED because the queue was too long or full (not for their own
+    /// short deadline).
     pub shed: u64,
     /// Jobs the queue's worker finished.
     pub completed: u64,

@@ -212,6 +212,11 @@ impl Shard {
         now_overloaded
     }
 
+    /// Whether the last closed pressure window judged this queue in sustained overload.
+    pub fn overloaded(&self) -> bool {
+        self.overloaded.load(Ordering::Relaxed)
+    }
+
     /// Counts a request routed here by [`Shard::note_arrival`] that was then answered OVERLOADED
     /// because the queue was too long or full (not because of its own short deadline).
     pub fn note_shed(&self) {
@@ -340,12 +345,14 @@ mod tests {
         assert!(standing, "{:?}", shard.predicted_wait());
         assert!(shard.note_arrival(later(600), standing));
         assert!(shard.note_arrival(later(700), false));
+        assert!(shard.overloaded());
         // The worker catches up: 50 finished against 2 arrivals (a trickle says nothing).
         while shard.pop().is_some() {}
         for _ in 0..50 {
             shard.record_service(Duration::from_millis(1));
         }
         assert!(!shard.note_arrival(later(1_200), false));
+        assert!(!shard.overloaded());
         // Fed twice as fast as it drains but with the queue empty (a stall already drained):
         // not overloaded.
         for _ in 0..99 {

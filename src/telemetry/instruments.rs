@@ -243,6 +243,7 @@ struct Inner {
     hsm_duration: Vec<Histogram>,
     batch_size: Histogram,
     queue_depth: Vec<Gauge>,
+    queue_overloaded: Vec<Gauge>,
     inflight: Vec<Gauge>,
     breaker_state: Vec<Gauge>,
     session_rebuilds: Vec<Counter>,
@@ -299,6 +300,9 @@ impl Metrics {
         let queue_depth = (0..shards)
             .map(|s| metrics::gauge!(names::QUEUE_DEPTH, "shard" => s.to_string()))
             .collect();
+        let queue_overloaded = (0..shards)
+            .map(|s| metrics::gauge!(names::QUEUE_OVERLOADED, "shard" => s.to_string()))
+            .collect();
         metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 
         let inner = Inner {
@@ -308,6 +312,7 @@ impl Metrics {
             hsm_duration,
             batch_size: metrics::histogram!(names::BATCH_SIZE),
             queue_depth,
+            queue_overloaded,
             inflight,
             breaker_state,
             session_rebuilds,
@@ -444,6 +449,13 @@ impl Metrics {
         }
     }
 
+    /// Whether shard `shard` is in sustained overload (`signer_queue_overloaded{shard}`).
+    pub fn set_queue_overloaded(&self, shard: usize, overloaded: bool) {
+        if let Some(g) = self.inner.queue_overloaded.get(shard) {
+            g.set(if overloaded { 1.0 } else { 0.0 });
+        }
+    }
+
     /// Jobs in flight on `partition` (`signer_inflight{partition}`).
     pub fn set_inflight(&self, partition: usize, n: usize) {
         if let Some(g) = self.inner.inflight.get(partition) {
@@ -520,6 +532,10 @@ fn describe() {
         "Jobs per batch a worker drained from its queue."
     );
     describe_gauge!(QUEUE_DEPTH, "Jobs waiting in a shard queue.");
+    describe_gauge!(
+        QUEUE_OVERLOADED,
+        "1 while a shard queue is in sustained overload (the tighter queue-wait budget applies)."
+    );
     describe_gauge!(
         INFLIGHT,
         "Jobs handed to a partition's workers and not yet answered."
@@ -606,6 +622,7 @@ mod tests {
         m.request(Op::Sign, StatusLabel::Ok, Duration::from_millis(1));
         m.hsm_call(7, Duration::from_millis(1));
         m.set_queue_depth(9, 3);
+        m.set_queue_overloaded(9, true);
         m.set_inflight(9, 3);
         m.set_breaker_state(9, BreakerState::Open);
         m.set_partition_healthy(9, true);

@@ -59,6 +59,9 @@ pub mod names {
     pub const BATCH_SIZE: &str = "signer_batch_size";
     /// Gauge `{shard}`: jobs waiting in a shard queue.
     pub const QUEUE_DEPTH: &str = "signer_queue_depth";
+    /// Gauge `{shard}`: 1 while a shard queue is in sustained overload (admission applies
+    /// `engine.max_queue_wait_ms` instead of the burst budget), else 0.
+    pub const QUEUE_OVERLOADED: &str = "signer_queue_overloaded";
     /// Gauge `{partition}`: jobs handed to a partition's workers and not yet answered.
     pub const INFLIGHT: &str = "signer_inflight";
     /// Gauge `{partition}`: circuit breaker state, 0 closed, 1 half-open, 2 open.
@@ -131,6 +134,7 @@ pub const METRICS: &[(&str, MetricKind, &[&str])] = &[
     ),
     (names::BATCH_SIZE, MetricKind::Histogram, &[]),
     (names::QUEUE_DEPTH, MetricKind::Gauge, &["shard"]),
+    (names::QUEUE_OVERLOADED, MetricKind::Gauge, &["shard"]),
     (names::INFLIGHT, MetricKind::Gauge, &["partition"]),
     (names::BREAKER_STATE, MetricKind::Gauge, &["partition"]),
     (

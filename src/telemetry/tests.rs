@@ -161,6 +161,11 @@ fn assert_all_series(text: &str, scrape: &Scrape) {
     }
     for shard in 0..SHARDS {
         gauge(scrape, names::QUEUE_DEPTH, &[("shard", &shard.to_string())]);
+        gauge(
+            scrape,
+            names::QUEUE_OVERLOADED,
+            &[("shard", &shard.to_string())],
+        );
     }
     for r in OVERLOAD_REASONS {
         counter(scrape, names::OVERLOADED_TOTAL, &[("reason", r)]);
@@ -248,6 +253,7 @@ async fn admin_listener_serves_metrics_and_health() {
     m.set_audit_totals(7, 2, 1, 1);
     m.set_audit_healthy(true);
     m.set_queue_depth(2, 17);
+    m.set_queue_overloaded(1, true);
     m.set_inflight(0, 4);
     m.set_inflight(1, 1);
     m.set_breaker_state(1, BreakerState::Open);
@@ -328,6 +334,8 @@ async fn admin_listener_serves_metrics_and_health() {
     assert_eq!(gauge(&s, names::AUDIT_HEALTHY, &[]), 1.0);
     assert_eq!(gauge(&s, names::QUEUE_DEPTH, &[("shard", "2")]), 17.0);
     assert_eq!(gauge(&s, names::QUEUE_DEPTH, &[("shard", "0")]), 0.0);
+    assert_eq!(gauge(&s, names::QUEUE_OVERLOADED, &[("shard", "1")]), 1.0);
+    assert_eq!(gauge(&s, names::QUEUE_OVERLOADED, &[("shard", "0")]), 0.0);
     assert_eq!(gauge(&s, names::INFLIGHT, &part("hsm-a")), 4.0);
     assert_eq!(gauge(&s, names::INFLIGHT, &part("hsm-b")), 1.0);
     assert_eq!(gauge(&s, names::BREAKER_STATE, &part("hsm-a")), 1.0);
