@@ -14,7 +14,8 @@
 //!
 //! It uses the daemon's TLS certificate and client CA from the config (clients still present
 //! their certificate; that costs only the handshake) and answers `Sign` for the key's signing
-//! version and default scheme, and `GetPublicKey` for that key; anything else is refused.
+//! version (no version, or that one) and default scheme, and `GetPublicKey` for that key;
+//! anything else is refused.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -151,10 +152,13 @@ async fn answer(request: Request, shared: &Shared) -> ResponseFrame {
     match request {
         Request::Sign {
             key: name,
+            version,
             scheme,
             payload,
-            ..
-        } if name == key.name && scheme == key.key_type.default_scheme() => {
+        } if name == key.name
+            && version.is_none_or(|v| v == key.version)
+            && scheme == key.key_type.default_scheme() =>
+        {
             let payload = match Payload::new(scheme, payload) {
                 Ok(p) => p,
                 Err(e) => return ResponseFrame::error(Status::InvalidArgument, 0, e.to_string()),

@@ -180,10 +180,11 @@ impl Shard {
     /// first sees a window end closes it; the others read the last judgement.
     pub fn note_arrival(&self, now: Instant, standing: bool) -> bool {
         self.arrived.fetch_add(1, Ordering::Relaxed);
+        // 500 ms in nanoseconds: far inside u64.
+        const WINDOW_NS: u64 = admission::PRESSURE_WINDOW.as_nanos() as u64;
         let t = nanos_since_epoch(now);
         let start = self.window_start.load(Ordering::Relaxed);
-        let window = u64::try_from(admission::PRESSURE_WINDOW.as_nanos()).unwrap_or(u64::MAX);
-        if t.saturating_sub(start) < window
+        if t.saturating_sub(start) < WINDOW_NS
             || self
                 .window_start
                 .compare_exchange(start, t, Ordering::AcqRel, Ordering::Relaxed)
