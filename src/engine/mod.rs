@@ -452,10 +452,17 @@ impl Engine {
         // The shard's measured wait assumes every worker of its partition may call the HSM; the
         // adaptive limit may allow fewer.
         let slowdown = inner.crew.gates[inner.shards[shard].partition()].slowdown();
-        let predicted = inner.shards[shard]
+        let per_call = inner.shards[shard]
             .predicted_wait()
             .saturating_mul(slowdown);
-        let overloaded = inner.shards[shard].note_arrival(now, predicted > inner.max_queue_wait);
+        let overloaded = inner.shards[shard].note_arrival(now, per_call > inner.max_queue_wait);
+        // In sustained overload the queue's measured drain rate counts too: on a saturated
+        // machine a job ahead costs more than its HSM call (admission::drain_per_job).
+        let predicted = if overloaded {
+            per_call.max(inner.shards[shard].drained_wait())
+        } else {
+            per_call
+        };
         let budget = admission::budget(overloaded, inner.burst_queue_wait, inner.max_queue_wait);
         if let Err(retry_after) = admission::admit(predicted, remaining, budget) {
             let reason = if remaining < budget {

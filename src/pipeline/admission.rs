@@ -79,6 +79,28 @@ pub fn sustained_overload(was: bool, window: Window, standing: bool) -> bool {
     }
 }
 
+/// Fewest completions in a window from which a drain rate is taken.
+const MIN_DRAINED: u64 = 16;
+
+/// The time per job at which a queue's worker got through its jobs over a window: the time it
+/// was not idle (`busy`: the window's length less the time it slept for want of work) over the
+/// jobs it finished, when it finished enough to tell.
+///
+/// This is what a job ahead in the queue really costs: the HSM call and everything between two
+/// calls (answering, waiting for the adaptive limit, CPU the worker did not get). On a saturated
+/// machine that can be twice the call time alone, which is what the per-call estimate measures;
+/// admission in sustained overload uses the larger of the two, so that the sustained budget
+/// bounds the real wait and not an estimate of it.
+pub fn drain_per_job(completed: u64, busy: Duration) -> Option<Duration> {
+    if completed < MIN_DRAINED {
+        return None;
+    }
+    let per_job = busy.as_nanos() / u128::from(completed);
+    Some(Duration::from_nanos(
+        u64::try_from(per_job).unwrap_or(u64::MAX),
+    ))
+}
+
 /// The queue-wait budget for a queue: `sustained` while it is overloaded, `burst` otherwise.
 pub fn budget(overloaded: bool, burst: Duration, sustained: Duration) -> Duration {
     if overloaded {
@@ -128,6 +150,20 @@ mod tests {
         assert!(sustained_overload(false, w(100, 0, 0), true));
         assert!(!sustained_overload(false, w(MIN_ARRIVALS - 1, 10, 0), true));
         assert!(!sustained_overload(true, w(3, 3, 0), true));
+    }
+
+    #[test]
+    fn the_drain_rate_is_busy_time_per_finished_job() {
+        let half = Duration::from_millis(500);
+        // 5,000 finished in a window the worker never idled in: 100 us per job.
+        assert_eq!(drain_per_job(5_000, half), Some(Duration::from_micros(100)));
+        // Too few jobs to tell (a trickle, or a worker stuck in one call).
+        assert_eq!(drain_per_job(MIN_DRAINED - 1, half), None);
+        assert_eq!(
+            drain_per_job(MIN_DRAINED, half),
+            Some(half / MIN_DRAINED as u32)
+        );
+        assert_eq!(drain_per_job(1_000, Duration::ZERO), Some(Duration::ZERO));
     }
 
     #[test]

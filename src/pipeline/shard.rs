@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
 use crossbeam::sync::{Parker, Unparker};
@@ -86,6 +86,11 @@ pub struct Shard {
     /// Whether the last window judged this queue in sustained overload (see
     /// [`super::admission::sustained_overload`]).
     overloaded: AtomicBool,
+    /// Time the worker slept for want of work in the current pressure window (ns).
+    idle_ns: AtomicU64,
+    /// The worker's busy time per finished job over the last window (ns; 0 when that window
+    /// says nothing), see [`admission::drain_per_job`].
+    drain_ns: AtomicU64,
 }
 
 /// The process-wide origin of the shard timestamps.
@@ -121,6 +126,8 @@ impl Shard {
             completed: AtomicU64::new(0),
             window_start: AtomicU64::new(0),
             overloaded: AtomicBool::new(false),
+            idle_ns: AtomicU64::new(0),
+            drain_ns: AtomicU64::new(0),
         };
         (shard, parker)
     }
@@ -146,10 +153,10 @@ impl Shard {
     }
 
     /// How long the current worker has been inside one HSM call, if it is in one.
-    pub fn stuck_for(&self, now: Instant) -> Option<std::time::Duration> {
+    pub fn stuck_for(&self, now: Instant) -> Option<Duration> {
         match self.busy_since.load(Ordering::Relaxed) {
             0 => None,
-            since => Some(std::time::Duration::from_nanos(
+            since => Some(Duration::from_nanos(
                 nanos_since_epoch(now).saturating_sub(since),
             )),
         }
@@ -197,6 +204,13 @@ impl Shard {
             shed: self.shed.swap(0, Ordering::Relaxed),
             completed: self.completed.swap(0, Ordering::Relaxed),
         };
+        let idle = self.idle_ns.swap(0, Ordering::Relaxed);
+        let busy = Duration::from_nanos(t.saturating_sub(start).saturating_sub(idle));
+        let drain = admission::drain_per_job(window.completed, busy);
+        self.drain_ns.store(
+            drain.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            Ordering::Relaxed,
+        );
         let was = self.overloaded.load(Ordering::Relaxed);
         let now_overloaded = admission::sustained_overload(was, window, standing);
         if now_overloaded != was {
@@ -232,7 +246,7 @@ impl Shard {
     /// Records how long one job took on this shard's worker (EWMA, weight 1/8). The worker's
     /// first job is not counted: it pays one-time costs (finding the key, copying it into the
     /// session) that would make admission shed a burst right after start-up.
-    pub fn record_service(&self, took: std::time::Duration) {
+    pub fn record_service(&self, took: Duration) {
         self.completed.fetch_add(1, Ordering::Relaxed);
         if !self.warmed.swap(true, Ordering::Relaxed) {
             return;
@@ -248,9 +262,24 @@ impl Shard {
     }
 
     /// How long a job queued now would wait before its worker starts it (0 until measured).
-    pub fn predicted_wait(&self) -> std::time::Duration {
+    pub fn predicted_wait(&self) -> Duration {
         let per_job = self.service_ns.load(Ordering::Relaxed);
-        std::time::Duration::from_nanos(per_job.saturating_mul(self.load() as u64))
+        Duration::from_nanos(per_job.saturating_mul(self.load() as u64))
+    }
+
+    /// Worker side: it slept `slept` for want of work.
+    pub fn note_idle(&self, slept: Duration) {
+        let ns = u64::try_from(slept.as_nanos()).unwrap_or(u64::MAX);
+        self.idle_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// How long a job queued now would wait at the worker's busy time per job over the last
+    /// pressure window (0 when that is unknown). Unlike
+    /// [`Shard::predicted_wait`] it includes everything that slows the worker between HSM calls:
+    /// answering, the adaptive limit, and the CPU it did not get while the machine was saturated.
+    pub fn drained_wait(&self) -> Duration {
+        let per_job = self.drain_ns.load(Ordering::Relaxed);
+        Duration::from_nanos(per_job.saturating_mul(self.load() as u64))
     }
 
     /// Jobs waiting in the queue.
@@ -321,7 +350,6 @@ impl Shard {
 mod tests {
     use super::*;
     use crate::keys::{KeyName, KeyType, Scheme};
-    use std::time::Duration;
 
     #[test]
     fn pressure_follows_arrivals_against_completions_per_window() {
@@ -378,6 +406,39 @@ mod tests {
             shard.record_service(Duration::from_millis(1));
         }
         assert!(!shard.note_arrival(later(3_000), false));
+    }
+
+    #[test]
+    fn drained_wait_is_busy_time_per_finished_job_times_the_load() {
+        let (shard, _parker) = Shard::new(256, 0);
+        let t0 = Instant::now() + Duration::from_secs(1);
+        assert_eq!(
+            shard.drained_wait(),
+            Duration::ZERO,
+            "unknown before a window closes"
+        );
+        shard.note_arrival(t0, false);
+        let mut answers = Vec::new();
+        for _ in 0..20 {
+            let (j, rx) = job();
+            shard.push(j).unwrap();
+            answers.push(rx);
+        }
+        // 40 jobs finished in a 500 ms window of which the worker slept 100 ms: 10 ms each,
+        // although each HSM call took 1 ms (the rest went elsewhere: a saturated machine).
+        for _ in 0..40 {
+            shard.record_service(Duration::from_millis(1));
+        }
+        shard.note_idle(Duration::from_millis(100));
+        shard.note_arrival(t0 + Duration::from_millis(500), false);
+        assert_eq!(shard.predicted_wait(), Duration::from_millis(20));
+        assert_eq!(shard.drained_wait(), Duration::from_millis(200));
+        // A window with too few jobs to tell says nothing.
+        for _ in 0..3 {
+            shard.record_service(Duration::from_millis(1));
+        }
+        shard.note_arrival(t0 + Duration::from_millis(1_000), false);
+        assert_eq!(shard.drained_wait(), Duration::ZERO);
     }
 
     fn job() -> (Job, oneshot::Receiver<Reply>) {

@@ -247,7 +247,9 @@ impl Worker {
                 continue;
             }
             if shard.prepare_sleep() {
+                let slept_from = Instant::now();
                 self.parker.park_timeout(IDLE_PARK);
+                shard.note_idle(slept_from.elapsed());
             }
             shard.woke();
             if self.shards[self.me].generation() != self.generation {
