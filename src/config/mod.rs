@@ -21,7 +21,7 @@ pub use server::ServerConfig;
 /// Default bounded queue capacity per worker shard.
 pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
 /// Default longest predicted queue wait before shedding (ms).
-pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 25;
+pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 30;
 /// Default `engine.burst_queue_wait_ms`.
 pub const DEFAULT_BURST_QUEUE_WAIT_MS: u64 = 100;
 /// Default time in one HSM call after which a worker counts as hung (ms).
@@ -86,7 +86,7 @@ pub struct EngineConfig {
     pub max_drain: usize,
     /// Longest a request may be predicted to wait in a queue in sustained overload (see
     /// `burst_queue_wait_ms` for the other case); beyond it (or beyond the request's own
-    /// deadline) it is answered OVERLOADED at once instead of queued (default 25 ms: under
+    /// deadline) it is answered OVERLOADED at once instead of queued (default 30 ms: under
     /// overload the time before admission — socket, runtime, client — and after it — HSM,
     /// audit commit, answer — also counts against the 100 ms p95 objective; measured in
     /// tuning/RESULTS.md). In sustained overload the predicted wait uses the worker's measured
