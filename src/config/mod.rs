@@ -96,8 +96,8 @@ pub struct EngineConfig {
     /// arrive faster than its worker finishes them (a burst, or a stall of the machine, that the
     /// worker drains by itself). `max_queue_wait_ms` applies once a queue is in sustained
     /// overload (it had to shed, or it is fed faster than it drains and longer than
-    /// `max_queue_wait_ms`; see tuning/CONTROL.md §4). Default 100 ms; raised to `max_queue_wait_ms` if lower, so setting it
-    /// equal turns the distinction off.
+    /// `max_queue_wait_ms`; see tuning/CONTROL.md §4). Default 100 ms; raised to
+    /// `max_queue_wait_ms` if lower, so setting it equal turns the distinction off.
     pub burst_queue_wait_ms: u64,
     /// A worker inside one HSM call for longer than this is quarantined: the partition leaves
     /// rotation, the worker's queue goes to a fresh worker with a new session, and the hung

@@ -101,9 +101,12 @@ fn epoch() -> Instant {
 
 fn nanos_since_epoch(t: Instant) -> u64 {
     // Never 0, so that 0 can mean "not busy".
-    u64::try_from(t.saturating_duration_since(epoch()).as_nanos())
-        .unwrap_or(u64::MAX)
-        .max(1)
+    nanos(t.saturating_duration_since(epoch())).max(1)
+}
+
+/// `d` in nanoseconds, saturating (u64 holds 584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Shard {
@@ -207,10 +210,8 @@ impl Shard {
         let idle = self.idle_ns.swap(0, Ordering::Relaxed);
         let busy = Duration::from_nanos(t.saturating_sub(start).saturating_sub(idle));
         let drain = admission::drain_per_job(window.completed, busy);
-        self.drain_ns.store(
-            drain.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
-            Ordering::Relaxed,
-        );
+        self.drain_ns
+            .store(drain.map_or(0, nanos), Ordering::Relaxed);
         let was = self.overloaded.load(Ordering::Relaxed);
         let now_overloaded = admission::sustained_overload(was, window, standing);
         if now_overloaded != was {
@@ -251,7 +252,7 @@ impl Shard {
         if !self.warmed.swap(true, Ordering::Relaxed) {
             return;
         }
-        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let sample = nanos(took);
         let old = self.service_ns.load(Ordering::Relaxed);
         let new = if old == 0 {
             sample
@@ -263,23 +264,24 @@ impl Shard {
 
     /// How long a job queued now would wait before its worker starts it (0 until measured).
     pub fn predicted_wait(&self) -> Duration {
-        let per_job = self.service_ns.load(Ordering::Relaxed);
-        Duration::from_nanos(per_job.saturating_mul(self.load() as u64))
+        self.wait_at(self.service_ns.load(Ordering::Relaxed))
     }
 
     /// Worker side: it slept `slept` for want of work.
     pub fn note_idle(&self, slept: Duration) {
-        let ns = u64::try_from(slept.as_nanos()).unwrap_or(u64::MAX);
-        self.idle_ns.fetch_add(ns, Ordering::Relaxed);
+        self.idle_ns.fetch_add(nanos(slept), Ordering::Relaxed);
     }
 
     /// How long a job queued now would wait at the worker's busy time per job over the last
-    /// pressure window (0 when that is unknown). Unlike
-    /// [`Shard::predicted_wait`] it includes everything that slows the worker between HSM calls:
+    /// pressure window (0 when that is unknown). Unlike [`Shard::predicted_wait`] it includes everything that slows the worker between HSM calls:
     /// answering, the adaptive limit, and the CPU it did not get while the machine was saturated.
     pub fn drained_wait(&self) -> Duration {
-        let per_job = self.drain_ns.load(Ordering::Relaxed);
-        Duration::from_nanos(per_job.saturating_mul(self.load() as u64))
+        self.wait_at(self.drain_ns.load(Ordering::Relaxed))
+    }
+
+    /// The wait behind the current load at `per_job_ns` per job.
+    fn wait_at(&self, per_job_ns: u64) -> Duration {
+        Duration::from_nanos(per_job_ns.saturating_mul(self.load() as u64))
     }
 
     /// Jobs waiting in the queue.
