@@ -80,6 +80,11 @@ struct Common {
     /// QUIC connections (each its own client); requests are spread over them.
     #[arg(long, default_value_t = 1)]
     connections: usize,
+    /// Coalesce concurrent single-payload sign requests into SignBatch requests of up to N
+    /// payloads, as the client library does with `coalesce = N` in its file (each payload still
+    /// gets its own signature and latency sample). Default: the client file's value (1: off).
+    #[arg(long, value_name = "N")]
+    coalesce: Option<usize>,
     /// Per-request timeout (sent as the request deadline). Requests are never retried.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
@@ -276,6 +281,16 @@ async fn target(c: &Common) -> Result<Target, String> {
     let mut opts = ClientOptions::from_file(&c.client).map_err(|e| e.to_string())?;
     opts.max_retries = 0;
     opts.timeout = c.timeout;
+    if let Some(n) = c.coalesce {
+        if !(1..=certnode_signer::protocol::MAX_BATCH).contains(&n) {
+            return Err(format!(
+                "--coalesce must be 1 to {}",
+                certnode_signer::protocol::MAX_BATCH
+            ));
+        }
+        opts.coalesce = n;
+    }
+    let coalesce = opts.coalesce;
     let mut clients = Vec::new();
     for _ in 0..c.connections.max(1) {
         clients.push(
@@ -298,6 +313,7 @@ async fn target(c: &Common) -> Result<Target, String> {
         scheme,
         payload_len: scheme.digest_len().unwrap_or(c.message_size),
         keep_signatures: c.verify,
+        coalesce,
         batch: c.batch,
         payloads: usize::from(c.payloads),
         max_inflight: c.max_inflight,

@@ -131,6 +131,8 @@ pub struct RunResult {
     pub concurrency: Option<usize>,
     /// QUIC connections used.
     pub connections: usize,
+    /// Most single sign requests the client coalesced into one SignBatch request (1: none).
+    pub coalesce: usize,
     /// Name of the key signed with.
     pub key: String,
     /// Signature scheme requested.
@@ -245,6 +247,9 @@ pub fn summary_table(r: &RunResult) -> String {
     let _ = writeln!(s, "{:<W$}{}", "mode", r.mode);
     let _ = writeln!(s, "{:<W$}{} ({})", "key", r.key, r.scheme);
     let _ = writeln!(s, "{:<W$}{}", "connections", r.connections);
+    if r.coalesce > 1 {
+        let _ = writeln!(s, "{:<W$}up to {} per request", "coalesce", r.coalesce);
+    }
     if let Some(c) = r.concurrency {
         let _ = writeln!(s, "{:<W$}{}", "concurrency", c);
     }
@@ -394,7 +399,8 @@ fn interval_json(i: &Interval) -> Value {
 
 /// The `--json` document of one run (DESIGN §7).
 ///
-/// Fields: `mode`, `offered_rate` (null for closed loop), `concurrency`, `connections`, `key`,
+/// Fields: `mode`, `offered_rate` (null for closed loop), `concurrency`, `connections`,
+/// `coalesce`, `key`,
 /// `scheme`, `duration_s`, `warmup_s`, `sent`, `ok`, `errors` (object status → count),
 /// `error_count`, `error_ratio`, `achieved_rate`, `latency_ms` (`p50`, `p90`, `p95`, `p99`,
 /// `p999`, `max`, `mean`), `latency_samples`, `latency_ok_ms` (the same, over OK answers only),
@@ -407,6 +413,7 @@ pub fn to_json(r: &RunResult) -> Value {
         "offered_rate": r.offered_rate,
         "concurrency": r.concurrency,
         "connections": r.connections,
+        "coalesce": r.coalesce,
         "key": r.key,
         "scheme": r.scheme,
         "duration_s": r.duration_s,
@@ -696,6 +703,7 @@ pub(crate) mod tests {
             offered_rate: Some(100.0),
             concurrency: None,
             connections: 4,
+            coalesce: 1,
             key: "bench-p256".to_owned(),
             scheme: "ecdsa-p256-sha256".to_owned(),
             duration_s: 10.0,
@@ -727,6 +735,7 @@ pub(crate) mod tests {
             offered_rate: None,
             concurrency: Some(8),
             connections: 1,
+            coalesce: 8,
             key: "k".to_owned(),
             scheme: "ed25519".to_owned(),
             duration_s: 0.0,

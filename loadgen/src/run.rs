@@ -55,6 +55,8 @@ pub struct Target {
     pub batch: bool,
     /// Payloads per request: 1 sends Sign requests, more send SignBatch requests of this many.
     pub payloads: usize,
+    /// The clients' `coalesce` (most single sign requests sharing one SignBatch request).
+    pub coalesce: usize,
 }
 
 /// A signature kept for verification.
@@ -198,6 +200,7 @@ pub async fn run_phase(
         offered_rate,
         concurrency,
         connections: target.clients.len(),
+        coalesce: target.coalesce,
         key: target.key.clone(),
         scheme: target.scheme.to_string(),
         duration_s: phase.duration.as_secs_f64(),

@@ -1,6 +1,8 @@
 //! The signerd client library: QUIC with mutual TLS, one connection per endpoint shared by every
 //! task, one stream per request, per-call timeouts sent as the request deadline, retries of
-//! retryable answers within a budget, and reconnection after a connection loss.
+//! retryable answers within a budget, and reconnection after a connection loss. With
+//! [`ClientOptions::coalesce`] above 1, concurrent sign calls for the same key share one
+//! SignBatch request (one stream) while each payload keeps its own signature and result.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), certnode_signer::client::ClientError> {
@@ -18,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+mod coalesce;
 mod options;
 
 use std::net::SocketAddr;
@@ -30,6 +33,7 @@ use parking_lot::Mutex;
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::time::Instant;
 
+use coalesce::Lane;
 pub use options::ClientOptions;
 
 pub use crate::error::Status;
@@ -178,17 +182,22 @@ fn batch_results<T>(
 ) -> Vec<Result<T, ClientError>> {
     items
         .into_iter()
-        .map(|item| match item {
-            BatchItem::Signed { version, signature } => signed(version, signature),
-            BatchItem::Failed {
-                status,
-                retry_after_ms,
-                message,
-            } => Err(status_error(status, retry_after_ms, message)),
-            #[allow(unreachable_patterns)]
-            _ => Err(ClientError::Protocol("unknown batch item".into())),
-        })
+        .map(|item| item_result(item).and_then(|(version, signature)| signed(version, signature)))
         .collect()
+}
+
+/// One item of a SignBatch answer: the version and signature, or the item's status.
+fn item_result(item: BatchItem) -> coalesce::ItemResult {
+    match item {
+        BatchItem::Signed { version, signature } => Ok((version, signature)),
+        BatchItem::Failed {
+            status,
+            retry_after_ms,
+            message,
+        } => Err(status_error(status, retry_after_ms, message)),
+        #[allow(unreachable_patterns)]
+        _ => Err(ClientError::Protocol("unknown batch item".into())),
+    }
 }
 
 /// A public key.
@@ -222,6 +231,7 @@ struct Inner {
     conns: Vec<Mutex<Option<quinn::Connection>>>,
     next: AtomicUsize,
     connect_lock: tokio::sync::Mutex<()>,
+    coalescer: coalesce::Coalescer,
 }
 
 impl Client {
@@ -266,6 +276,7 @@ impl Client {
                 conns,
                 next: AtomicUsize::new(0),
                 connect_lock: tokio::sync::Mutex::new(()),
+                coalescer: coalesce::Coalescer::default(),
             }),
         })
     }
@@ -288,16 +299,14 @@ impl Client {
         scheme: Scheme,
         payload: impl Into<Bytes>,
     ) -> Result<Signature, ClientError> {
-        let request = Request::Sign {
+        let lane = Lane {
             key: name(key)?,
             version,
             scheme,
-            payload: payload.into(),
+            flags: 0,
         };
-        match self.call(request).await? {
-            ResponseBody::Signed { version, signature } => plain(version, signature),
-            other => Err(unexpected(&other)),
-        }
+        let (version, signature) = self.sign_item(lane, payload.into()).await?;
+        plain(version, signature)
     }
 
     /// Signs like [`Client::sign`], but tells the server this client accepts a Merkle batch
@@ -310,21 +319,19 @@ impl Client {
         payload: impl Into<Bytes>,
     ) -> Result<AnySignature, ClientError> {
         let key = name(key)?;
-        let request = Request::Sign {
+        let lane = Lane {
             key: key.clone(),
             version: None,
             scheme,
-            payload: payload.into(),
+            flags: ACCEPT_BATCH_SIGNATURE,
         };
-        match self.call_flags(request, ACCEPT_BATCH_SIGNATURE).await? {
-            ResponseBody::Signed { version, signature } => Ok(AnySignature {
-                key,
-                version,
-                scheme,
-                signature,
-            }),
-            other => Err(unexpected(&other)),
-        }
+        let (version, signature) = self.sign_item(lane, payload.into()).await?;
+        Ok(AnySignature {
+            key,
+            version,
+            scheme,
+            signature,
+        })
     }
 
     /// Signs many payloads in one request (one stream), accepting batch signatures: for a key
@@ -512,6 +519,112 @@ impl Client {
         }
     }
 
+    /// Signs one payload of a lane: in a request of its own, or (with `coalesce` > 1) in one
+    /// SignBatch request with the concurrent calls of the same lane. Retries like any call.
+    async fn sign_item(&self, lane: Lane, payload: Bytes) -> coalesce::ItemResult {
+        let deadline = Instant::now() + self.inner.opts.timeout;
+        if self.inner.opts.coalesce <= 1 {
+            return self.sign_alone(&lane, payload, deadline, 0).await;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiter = coalesce::Waiter {
+            payload: payload.clone(),
+            tx,
+        };
+        if self.inner.coalescer.push(&lane, waiter) {
+            let client = self.clone();
+            let lane = lane.clone();
+            tokio::spawn(async move { client.flush(lane).await });
+        }
+        let first = rx.await.unwrap_or_else(|_| {
+            Err(ClientError::Transport(
+                "the coalesced request was dropped before it was answered".into(),
+            ))
+        });
+        // The shared request was sent once, without retries; a retryable failure of this item
+        // is retried on its own, within this call's timeout and retry budget.
+        match first {
+            Err(e) => match retry_wait(&e, Op::Sign, 0, &self.inner.opts, deadline) {
+                Some(wait) => {
+                    tokio::time::sleep(wait).await;
+                    self.sign_alone(&lane, payload, deadline, 1).await
+                }
+                None => Err(e),
+            },
+            ok => ok,
+        }
+    }
+
+    /// Sends what has gathered in the lane since its first call, after one yield that lets the
+    /// calls already runnable join, in SignBatch requests of at most `coalesce` payloads.
+    async fn flush(self, lane: Lane) {
+        tokio::task::yield_now().await;
+        let waiting = self.inner.coalescer.take(&lane);
+        let mut batches = coalesce::chunks(waiting, self.inner.opts.coalesce);
+        let last = batches.pop();
+        for batch in batches {
+            let (client, lane) = (self.clone(), lane.clone());
+            tokio::spawn(async move { client.send_coalesced(&lane, batch).await });
+        }
+        if let Some(batch) = last {
+            self.send_coalesced(&lane, batch).await;
+        }
+    }
+
+    /// One coalesced request, sent once (each waiter retries its own item if it may).
+    async fn send_coalesced(&self, lane: &Lane, batch: Vec<coalesce::Waiter>) {
+        let deadline = Instant::now() + self.inner.opts.timeout;
+        let (payloads, waiters): (Vec<Bytes>, Vec<_>) =
+            batch.into_iter().map(|w| (w.payload, w.tx)).unzip();
+        if let ([payload], [_]) = (&payloads[..], &waiters[..]) {
+            let result = self
+                .sign_alone(lane, payload.clone(), deadline, NO_RETRY)
+                .await;
+            if let Some(tx) = waiters.into_iter().next() {
+                let _ = tx.send(result);
+            }
+            return;
+        }
+        let request = Request::SignBatch {
+            key: lane.key.clone(),
+            version: lane.version,
+            scheme: lane.scheme,
+            payloads,
+        };
+        let items = match self
+            .call_until(request, lane.flags, deadline, NO_RETRY)
+            .await
+        {
+            Ok(ResponseBody::Batch(items)) => Ok(items),
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => Err(e),
+        };
+        coalesce::answer(waiters, items, item_result);
+    }
+
+    /// One Sign request for one payload, from retry attempt `attempt` on.
+    async fn sign_alone(
+        &self,
+        lane: &Lane,
+        payload: Bytes,
+        deadline: Instant,
+        attempt: u32,
+    ) -> coalesce::ItemResult {
+        let request = Request::Sign {
+            key: lane.key.clone(),
+            version: lane.version,
+            scheme: lane.scheme,
+            payload,
+        };
+        match self
+            .call_until(request, lane.flags, deadline, attempt)
+            .await?
+        {
+            ResponseBody::Signed { version, signature } => Ok((version, signature)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// One call: send, retry retryable answers within the retry budget and the timeout.
     /// Returns at most [`SERVER_ANSWER_GRACE`] after the timeout.
     async fn call(&self, request: Request) -> Result<ResponseBody, ClientError> {
@@ -519,15 +632,26 @@ impl Client {
     }
 
     async fn call_flags(&self, request: Request, flags: u16) -> Result<ResponseBody, ClientError> {
+        let deadline = Instant::now() + self.inner.opts.timeout;
+        self.call_until(request, flags, deadline, 0).await
+    }
+
+    /// A call that ends by `deadline` (plus the grace for the server's own answer), from retry
+    /// attempt `attempt` on ([`NO_RETRY`]: one attempt only).
+    async fn call_until(
+        &self,
+        request: Request,
+        flags: u16,
+        deadline: Instant,
+        mut attempt: u32,
+    ) -> Result<ResponseBody, ClientError> {
         let opts = &self.inner.opts;
         let op = request.op();
-        let deadline = Instant::now() + opts.timeout;
         let mut frame = RequestFrame {
             flags,
             deadline_ms: 0,
             request,
         };
-        let mut attempt = 0;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -551,29 +675,10 @@ impl Client {
                 },
                 Ok(Err(e)) => e,
             };
-            // Admin operations are retried only when the server said it did nothing.
-            let retryable = match &err {
-                ClientError::Status { status, .. } => {
-                    matches!(status, Status::Overloaded | Status::Unavailable)
-                }
-                ClientError::Connect(_) => true,
-                ClientError::Transport(_) => !op.is_admin(),
-                _ => false,
-            };
-            if !retryable || attempt >= opts.max_retries {
+            let Some(wait) = retry_wait(&err, op, attempt, opts, deadline) else {
                 return Err(err);
-            }
+            };
             attempt += 1;
-            let wait = match &err {
-                ClientError::Status {
-                    retry_after: Some(d),
-                    ..
-                } => *d,
-                _ => Duration::from_millis(20 * u64::from(attempt)),
-            };
-            if Instant::now() + wait >= deadline {
-                return Err(err);
-            }
             tokio::time::sleep(wait).await;
         }
     }
@@ -661,6 +766,40 @@ impl Client {
     }
 }
 
+/// `attempt` for a call that must not be retried.
+const NO_RETRY: u32 = u32::MAX;
+
+/// How long to wait before retrying a call that failed with `err` after `attempt` retries, or
+/// `None` if it is not retried: not retryable, the retry budget spent, or the wait would end past
+/// the deadline. Admin operations are retried only when the server said it did nothing.
+fn retry_wait(
+    err: &ClientError,
+    op: Op,
+    attempt: u32,
+    opts: &ClientOptions,
+    deadline: Instant,
+) -> Option<Duration> {
+    let retryable = match err {
+        ClientError::Status { status, .. } => {
+            matches!(status, Status::Overloaded | Status::Unavailable)
+        }
+        ClientError::Connect(_) => true,
+        ClientError::Transport(_) => !op.is_admin(),
+        _ => false,
+    };
+    if !retryable || attempt >= opts.max_retries {
+        return None;
+    }
+    let wait = match err {
+        ClientError::Status {
+            retry_after: Some(d),
+            ..
+        } => *d,
+        _ => Duration::from_millis(20 * u64::from(attempt + 1)),
+    };
+    (Instant::now() + wait < deadline).then_some(wait)
+}
+
 fn name(key: &str) -> Result<KeyName, ClientError> {
     KeyName::new(key).map_err(|e| ClientError::InvalidArgument(e.to_string()))
 }
@@ -679,4 +818,61 @@ fn status_error(status: Status, retry_after_ms: u32, message: String) -> ClientE
 
 fn unexpected(body: &ResponseBody) -> ClientError {
     ClientError::Protocol(format!("unexpected response body {body:?}"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn opts(max_retries: u32) -> ClientOptions {
+        ClientOptions {
+            endpoints: vec![],
+            server_name: "localhost".into(),
+            ca: "ca.pem".into(),
+            cert: "cert.pem".into(),
+            key: "key.pem".into(),
+            timeout: Duration::from_secs(5),
+            max_retries,
+            coalesce: 1,
+        }
+    }
+
+    fn status(status: Status, retry_after: Option<Duration>) -> ClientError {
+        ClientError::Status {
+            status,
+            message: String::new(),
+            retry_after,
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_follow_the_status_the_budget_and_the_deadline() {
+        let o = opts(2);
+        let later = Instant::now() + Duration::from_secs(5);
+        let busy = status(Status::Overloaded, Some(Duration::from_millis(7)));
+        // The server's retry-after is honoured; without one the wait grows per attempt.
+        assert_eq!(
+            retry_wait(&busy, Op::Sign, 0, &o, later),
+            Some(Duration::from_millis(7))
+        );
+        let gone = ClientError::Transport("reset".into());
+        assert_eq!(
+            retry_wait(&gone, Op::Sign, 1, &o, later),
+            Some(Duration::from_millis(40))
+        );
+        // Budget spent, one-attempt calls, and waits past the deadline are not retried.
+        assert_eq!(retry_wait(&busy, Op::Sign, 2, &o, later), None);
+        assert_eq!(retry_wait(&busy, Op::Sign, NO_RETRY, &o, later), None);
+        let soon = Instant::now() + Duration::from_millis(3);
+        assert_eq!(retry_wait(&busy, Op::Sign, 0, &o, soon), None);
+        // Errors that cannot succeed later are final; an admin op is not resent after a
+        // transport error (it may have been carried out), but is after a refusal to connect.
+        let bad = status(Status::InvalidArgument, None);
+        assert_eq!(retry_wait(&bad, Op::Sign, 0, &o, later), None);
+        assert_eq!(retry_wait(&gone, Op::CreateKey, 0, &o, later), None);
+        let refused = ClientError::Connect("refused".into());
+        assert!(retry_wait(&refused, Op::CreateKey, 0, &o, later).is_some());
+        assert_eq!(retry_wait(&busy, Op::Sign, 0, &opts(0), later), None);
+    }
 }

@@ -26,6 +26,13 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Retries of retryable answers per call (within the timeout). Default 2.
     pub max_retries: u32,
+    /// Most sign calls sent together as one SignBatch request (1 to `MAX_BATCH`). 1, the
+    /// default, sends every call as a request of its own. Above 1, calls for the same key,
+    /// version and scheme that are made while an earlier one waits to be sent share a request
+    /// (no timer: a call waits at most one yield to the runtime); each payload still gets its own
+    /// signature and result. It cuts the per-request CPU of both sides under concurrent load. The
+    /// identity needs the `sign_batch` op where a policy is configured.
+    pub coalesce: usize,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +48,8 @@ struct File {
     timeout_ms: u64,
     #[serde(default = "default_retries")]
     max_retries: u32,
+    #[serde(default = "default_coalesce")]
+    coalesce: usize,
 }
 
 impl ClientOptions {
@@ -59,6 +68,13 @@ impl ClientOptions {
         if f.timeout_ms == 0 {
             return Err(ClientError::Config("timeout_ms must be > 0".into()));
         }
+        if !(1..=crate::protocol::MAX_BATCH).contains(&f.coalesce) {
+            return Err(ClientError::Config(format!(
+                "{}: coalesce must be 1 to {} (1: no coalescing)",
+                path.display(),
+                crate::protocol::MAX_BATCH
+            )));
+        }
         Ok(ClientOptions {
             endpoints: f.endpoints,
             server_name: f.server_name,
@@ -67,6 +83,7 @@ impl ClientOptions {
             key: abs(f.key),
             timeout: Duration::from_millis(f.timeout_ms),
             max_retries: f.max_retries,
+            coalesce: f.coalesce,
         })
     }
 }
@@ -79,4 +96,43 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_retries() -> u32 {
     2
+}
+fn default_coalesce() -> usize {
+    1
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn read(extra: &str) -> Result<ClientOptions, ClientError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "endpoints = [\"127.0.0.1:7443\"]\nca = \"ca.pem\"\ncert = \"c.pem\"\n\
+                 key = \"c.key\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        ClientOptions::from_file(&path)
+    }
+
+    #[test]
+    fn coalesce_defaults_to_off_and_is_bounded_by_the_batch_limit() {
+        let o = read("").unwrap();
+        assert_eq!((o.coalesce, o.max_retries), (1, 2));
+        assert!(
+            o.ca.is_absolute(),
+            "relative paths resolve against the file"
+        );
+        assert_eq!(read("coalesce = 16").unwrap().coalesce, 16);
+        assert_eq!(read("coalesce = 1024").unwrap().coalesce, 1024);
+        for bad in ["coalesce = 0", "coalesce = 1025"] {
+            let e = read(bad).unwrap_err().to_string();
+            assert!(e.contains("coalesce must be 1 to 1024"), "{bad}: {e}");
+        }
+    }
 }

@@ -298,3 +298,21 @@ pub fn unique(prefix: &str) -> String {
 pub fn random_bytes(n: usize) -> Vec<u8> {
     (0..n).map(|_| rand::random::<u8>()).collect()
 }
+
+/// A counter's value from `/metrics` (0 when absent).
+pub fn metric(d: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let body = ureq::get(&format!("http://127.0.0.1:{}/metrics", d.admin_port))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map_or(0.0, |s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+}

@@ -8,7 +8,7 @@ use certnode_signer::client::{Client, ClientError, Status};
 use certnode_signer::protocol::{self, Op, Request, RequestFrame, ResponseFrame};
 use certnode_signer::{KeyName, KeyType, Scheme};
 
-use crate::daemon::{ec_key, random_bytes, unique, Daemon};
+use crate::daemon::{ec_key, metric, random_bytes, unique, Daemon};
 
 const ADMIN: &str = "signerd://dev/admin";
 const APP: &str = "signerd://dev/app";
@@ -43,24 +43,6 @@ fn audit_entries(d: &Daemon) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|r| r["kind"] == "entry")
         .collect()
-}
-
-/// A counter's value from `/metrics` (0 when absent).
-fn metric(d: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let body = ureq::get(&format!("http://127.0.0.1:{}/metrics", d.admin_port))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map_or(0.0, |s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
 }
 
 fn status_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (Status, String) {
