@@ -536,11 +536,15 @@ impl Client {
             let lane = lane.clone();
             tokio::spawn(async move { client.flush(lane).await });
         }
-        let first = rx.await.unwrap_or_else(|_| {
-            Err(ClientError::Transport(
+        // The shared request ends by its own deadline (it starts when the request is sent, one
+        // yield after this call); this call's own timeout holds even if the flush is starved.
+        let first = match tokio::time::timeout_at(deadline + SERVER_ANSWER_GRACE, rx).await {
+            Err(_) => Err(ClientError::Timeout),
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ClientError::Transport(
                 "the coalesced request was dropped before it was answered".into(),
-            ))
-        });
+            )),
+        };
         // The shared request was sent once, without retries; a retryable failure of this item
         // is retried on its own, within this call's timeout and retry budget.
         match first {
