@@ -273,8 +273,9 @@ impl Shard {
     }
 
     /// How long a job queued now would wait at the worker's busy time per job over the last
-    /// pressure window (0 when that is unknown). Unlike [`Shard::predicted_wait`] it includes everything that slows the worker between HSM calls:
-    /// answering, the adaptive limit, and the CPU it did not get while the machine was saturated.
+    /// pressure window (0 when that is unknown). Unlike [`Shard::predicted_wait`] it includes
+    /// everything that slows the worker between HSM calls: answering, the adaptive limit, and the
+    /// CPU it did not get while the machine was saturated.
     pub fn drained_wait(&self) -> Duration {
         self.wait_at(self.drain_ns.load(Ordering::Relaxed))
     }
