@@ -164,34 +164,38 @@ async fn full_queue_answers_overloaded_at_once() {
 
 #[test]
 fn wrong_pin_fails_once_with_a_clear_error() {
-    let f = support::fixture();
-    let dir = f
+    // Its own dev set-up, not the shared tokens: `signerd check` is another process, and
+    // SoftHSM2 rewrites a token's `token.object` in place (truncate, then write) on every
+    // C_Login, user or SO. A process that opens the token at that moment finds no token with
+    // that label (seen in CI: "no token matches signerd-0"). Tests here log in to the shared
+    // tokens and run `init --dev` on them again (SO logins) while this one runs.
+    let dir = support::fixture()
         .setup
         .dir
+        .parent()
+        .expect("the fixture lives in a directory")
         .join(format!("wrong-pin-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("pins")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let init = std::process::Command::new(env!("CARGO_BIN_EXE_signerd"))
+        .args(["init", "--dev"])
+        .arg(&dir)
+        .args(["--partitions", "1", "--port", "0", "--admin-port", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let bad_pin = dir.join("pins/p0.pin");
     std::fs::write(&bad_pin, "not-the-pin\n").unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&bad_pin, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let text = std::fs::read_to_string(&f.setup.config)
-        .unwrap()
-        .replace(
-            "pin_file = \"pins/p0.pin\"",
-            &format!("pin_file = \"{}\"", bad_pin.display()),
-        )
-        .replace(
-            "pin_file = \"pins/p1.pin\"",
-            &format!(
-                "pin_file = \"{}\"",
-                f.setup.dir.join("pins/p1.pin").display()
-            ),
-        );
     let cfg = dir.join("signerd.toml");
-    std::fs::write(&cfg, text).unwrap();
+    assert!(
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .contains("pin_file = \"pins/p0.pin\""),
+        "the dev config reads the PIN from pins/p0.pin"
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_signerd"))
         .args(["check", "--config"])
         .arg(&cfg)
