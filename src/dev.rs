@@ -314,6 +314,8 @@ fn dev_config(module: &Path, conf: &Path, partitions: usize, ports: DevPorts) ->
          # Hash-chained audit log (docs/AUDIT.md); rotated files sit next to it.\n\
          path = \"audit/audit.log\"\n\
          rotate_mib = 256\n\
+         # Warn (log, /readyz, signer_audit_disk_low) below this much free space; 0 never warns.\n\
+         min_free_mib = 4096\n\
          # A checkpoint signed in the HSM every N records or T milliseconds.\n\
          checkpoint_records = 10000\n\
          checkpoint_interval_ms = 1000\n\

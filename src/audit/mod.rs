@@ -5,6 +5,7 @@
 //! - [`AuditLog`] is the handle: [`AuditLog::commit`] (group commit from worker threads),
 //!   [`AuditLog::append`] (async, one record), [`AuditLog::close`] (final checkpoint + seal).
 //! - [`verify`] checks a log (all its segments) and names the first bad record.
+//! - [`DiskSpace`] watches the free space where the log lives.
 //!
 //! docs/AUDIT.md specifies the file format for independent verifiers.
 
@@ -24,6 +25,7 @@ mod parse;
 mod record;
 mod recover;
 mod segments;
+mod space;
 mod verify;
 mod writer;
 
@@ -32,6 +34,7 @@ mod tests;
 
 pub use error::{AuditError, BadRecord, VerifyFailure};
 pub use record::{sha256, CHECKPOINT_DOMAIN, FORMAT};
+pub use space::{available_bytes, DiskSpace};
 pub use verify::{verify, KeyReport, VerifyReport};
 
 /// Entry points into the log reader for the fuzz targets in `fuzz/`. Not a supported API: the

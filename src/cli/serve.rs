@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{CliError, EXIT_UNAVAILABLE, EXIT_USAGE};
-use certnode_signer::audit::{AuditConfig, AuditLog};
+use certnode_signer::audit::{AuditConfig, AuditLog, DiskSpace};
 use certnode_signer::config::{AdminConfig, Config, ServerConfig};
 use certnode_signer::engine::OpenError;
 use certnode_signer::hsm::ErrorClass;
@@ -37,6 +37,7 @@ pub fn run(path: &Path) -> Result<(), CliError> {
             return Err(e);
         }
     };
+    let disk = audit.as_ref().and_then(|_| audit_disk(&cfg));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(server_cfg.runtime_threads())
         .enable_all()
@@ -60,13 +61,22 @@ pub fn run(path: &Path) -> Result<(), CliError> {
             }),
         };
         let reloader = tokio::spawn(reload_on_sighup(policy));
+        let disk_watch = disk.clone().map(|d| tokio::spawn(watch_disk(d)));
         let server = Server::bind_with(engine.clone(), server_cfg, extras).map_err(|e| match e {
             ServeError::Bind { .. } => CliError::new(EXIT_UNAVAILABLE, e),
             _ => CliError::new(EXIT_USAGE, e),
         })?;
         let admin = match (&cfg.admin, prometheus) {
             (Some(admin_cfg), Some(handle)) => Some(
-                start_admin(admin_cfg, handle, &engine, audit.as_ref(), server.draining()).await?,
+                start_admin(
+                    admin_cfg,
+                    handle,
+                    &engine,
+                    audit.as_ref(),
+                    disk.clone(),
+                    server.draining(),
+                )
+                .await?,
             ),
             _ => None,
         };
@@ -83,6 +93,9 @@ pub fn run(path: &Path) -> Result<(), CliError> {
         );
         server.run(shutdown_signal()).await;
         reloader.abort();
+        if let Some(w) = disk_watch {
+            w.abort();
+        }
         if let Some(admin) = admin {
             admin.stop().await;
         }
@@ -128,6 +141,7 @@ async fn start_admin(
     handle: telemetry::PrometheusHandle,
     engine: &Engine,
     audit: Option<&AuditLog>,
+    disk: Option<Arc<DiskSpace>>,
     draining: tokio::sync::watch::Receiver<bool>,
 ) -> Result<AdminTasks, CliError> {
     let listener = telemetry::bind_admin(admin_cfg.listen)
@@ -136,6 +150,7 @@ async fn start_admin(
     let ready = {
         let engine = engine.clone();
         let audit = audit.cloned();
+        let disk = disk.clone();
         move || ReadyReport {
             keys_loaded: true, // the engine read every key from the tokens before serving
             partitions: engine
@@ -152,11 +167,17 @@ async fn start_admin(
                 .as_ref()
                 .filter(|a| !a.healthy())
                 .map(|_| "the audit log cannot be written; signing fails closed".to_owned()),
+            warnings: disk
+                .as_ref()
+                .and_then(|d| d.warning())
+                .into_iter()
+                .collect(),
         }
     };
     let sample = {
         let engine = engine.clone();
         let audit = audit.cloned();
+        let disk = disk.clone();
         move || {
             engine.sample_metrics();
             let m = engine.metrics();
@@ -167,6 +188,9 @@ async fn start_admin(
                     m.set_audit_healthy(a.healthy());
                 }
                 None => m.set_audit_healthy(false),
+            }
+            if let Some(d) = &disk {
+                m.set_audit_disk(d.free_bytes().unwrap_or(0), d.warning().is_some());
             }
         }
     };
@@ -234,6 +258,37 @@ fn open_audit(
         .map_err(|e| CliError::new(1, e))?;
     tracing::info!(path = %section.path.display(), key = %name, "audit log open");
     Ok((Some(log), Some(name)))
+}
+
+/// The watcher of the audit log's disk (`[audit] min_free_mib`), measured once now so that a
+/// daemon started on a nearly full disk says so at once.
+fn audit_disk(cfg: &Config) -> Option<Arc<DiskSpace>> {
+    let section = cfg.audit.as_ref().filter(|a| !a.disabled)?;
+    let dir = section
+        .path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let disk = Arc::new(DiskSpace::new(
+        dir.to_path_buf(),
+        section.min_free_mib.saturating_mul(1 << 20),
+    ));
+    disk.check();
+    Some(disk)
+}
+
+/// Measures the audit disk every [`DiskSpace::INTERVAL`] (off the runtime: `statvfs` can block
+/// on a stuck network filesystem) until aborted.
+async fn watch_disk(disk: Arc<DiskSpace>) {
+    let mut tick = tokio::time::interval(DiskSpace::INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate; audit_disk measured at start
+    loop {
+        tick.tick().await;
+        let d = disk.clone();
+        // One measurement at a time: a stuck one delays the next rather than piling up.
+        let _ = tokio::task::spawn_blocking(move || d.check()).await;
+    }
 }
 
 fn open_error(e: OpenError) -> CliError {

@@ -508,6 +508,28 @@ workers = 2
     }
 
     #[test]
+    fn audit_section_defaults_and_bounds() {
+        let cfg = Config::parse(&format!("[audit]\n{GOOD}"), Path::new("/etc/signerd")).unwrap();
+        let audit = cfg.audit.unwrap();
+        assert_eq!(audit.min_free_mib, 4096);
+        assert_eq!(audit.path, PathBuf::from("/etc/signerd/audit/audit.log"));
+        let text = format!("[audit]\nmin_free_mib = 0\n{GOOD}");
+        assert_eq!(
+            Config::parse(&text, Path::new("/"))
+                .unwrap()
+                .audit
+                .unwrap()
+                .min_free_mib,
+            0
+        );
+        let text = format!("[audit]\nmin_free_mib = 2000000000\n{GOOD}");
+        let err = Config::parse(&text, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("min_free_mib"), "{err}");
+    }
+
+    #[test]
     fn bad_server_section_is_rejected() {
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:1\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n\

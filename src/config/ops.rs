@@ -56,6 +56,10 @@ pub struct AuditSection {
     /// The HSM key (ECDSA P-256) that signs checkpoints; created at start if missing. Clients
     /// cannot sign, verify or administer with it; they may fetch its public key.
     pub key: String,
+    /// Warn (log, `/readyz` body, `signer_audit_disk_low`) when the log's filesystem has less
+    /// than this many MiB free (default 4096; 0 never warns). Signing fails closed once the
+    /// disk is full, and nothing prunes rotated segments.
+    pub min_free_mib: u64,
 }
 
 impl Default for AuditSection {
@@ -68,6 +72,7 @@ impl Default for AuditSection {
             checkpoint_interval_ms: 1000,
             commit_interval_us: 4000,
             key: DEFAULT_AUDIT_KEY.to_owned(),
+            min_free_mib: 4096,
         }
     }
 }
@@ -86,6 +91,9 @@ impl AuditSection {
             return Err("audit.commit_interval_us must be at most 100000 (100 ms)".into());
         }
         crate::keys::KeyName::new(&self.key).map_err(|e| format!("audit.key: {e}"))?;
+        if self.min_free_mib > 1 << 30 {
+            return Err("audit.min_free_mib must be at most 1073741824 (1 PiB)".into());
+        }
         Ok(())
     }
 }

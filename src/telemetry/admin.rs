@@ -353,6 +353,7 @@ mod tests {
             partitions: vec![PartitionHealth::unhealthy("p0", "token not present")],
             draining: false,
             blocked: None,
+            warnings: Vec::new(),
         });
 
         let r = st.respond(&Method::GET, "/livez");

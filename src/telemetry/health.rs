@@ -33,6 +33,9 @@ pub struct ReadyReport {
     /// Why signing is impossible whatever the partitions say (e.g. the audit log cannot be
     /// written, so signing fails closed). Empty when nothing blocks.
     pub blocked: Option<String>,
+    /// What operators should attend to although signing works (e.g. the audit disk is nearly
+    /// full). Rendered as `warning:` lines; never changes the status.
+    pub warnings: Vec<String>,
 }
 
 /// One partition's health, for `/readyz`.
@@ -76,8 +79,9 @@ impl ReadyReport {
     }
 
     /// The `/readyz` answer: HTTP status (200 or 503) and a plain-text body. The first line is
-    /// `ready`, `draining`, or `not ready: <why>` (`blocked`, keys, partitions); then one line per partition, `<name>: ok` or
-    /// `<name>: unhealthy: <reason>`. Names and reasons are flattened to one line each.
+    /// `ready`, `draining`, or `not ready: <why>` (`blocked`, keys, partitions); then one
+    /// `warning: <text>` line per warning; then one line per partition, `<name>: ok` or
+    /// `<name>: unhealthy: <reason>`. Names, reasons and warnings are flattened to one line each.
     pub fn render(&self) -> (u16, String) {
         let mut body = String::new();
         let code = if self.draining {
@@ -99,6 +103,9 @@ impl ReadyReport {
             body.push_str("ready\n");
             200
         };
+        for w in &self.warnings {
+            let _ = writeln!(body, "warning: {}", one_line(w));
+        }
         for p in &self.partitions {
             // Writing to a String cannot fail.
             let _ = if p.healthy {
@@ -136,6 +143,7 @@ mod tests {
             partitions: parts,
             draining,
             blocked: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -152,6 +160,26 @@ mod tests {
             "{body}"
         );
         assert!(body.contains("p0: ok"), "{body}");
+    }
+
+    #[test]
+    fn warnings_are_listed_and_do_not_change_the_status() {
+        let mut r = report(true, false, vec![PartitionHealth::healthy("p0")]);
+        r.warnings = vec!["audit disk low:\n12 MiB free".into()];
+        assert!(r.is_ready());
+        let (code, body) = r.render();
+        assert_eq!(code, 200);
+        assert_eq!(
+            body,
+            "ready\nwarning: audit disk low: 12 MiB free\np0: ok\n"
+        );
+        r.draining = true;
+        let (code, body) = r.render();
+        assert_eq!(code, 503);
+        assert_eq!(
+            body,
+            "draining\nwarning: audit disk low: 12 MiB free\np0: ok\n"
+        );
     }
 
     #[test]
@@ -239,6 +267,7 @@ mod tests {
             partitions: vec![PartitionHealth::healthy("p")],
             draining: false,
             blocked: None,
+            warnings: Vec::new(),
         };
         let dynsrc: std::sync::Arc<dyn Readiness> = std::sync::Arc::new(src);
         assert!(dynsrc.readiness().is_ready());

@@ -252,6 +252,8 @@ struct Inner {
     audit_fsyncs: Counter,
     audit_write_failures: Counter,
     audit_healthy: Gauge,
+    audit_disk_free: Gauge,
+    audit_disk_low: Gauge,
     audit_checkpoints: Counter,
     authz_denied: Vec<Counter>,
     overloaded: Vec<Counter>,
@@ -321,6 +323,8 @@ impl Metrics {
             audit_fsyncs: counter!(names::AUDIT_FSYNCS_TOTAL),
             audit_write_failures: counter!(names::AUDIT_WRITE_FAILURES_TOTAL),
             audit_healthy: metrics::gauge!(names::AUDIT_HEALTHY),
+            audit_disk_free: metrics::gauge!(names::AUDIT_DISK_FREE_BYTES),
+            audit_disk_low: metrics::gauge!(names::AUDIT_DISK_LOW),
             audit_checkpoints: counter!(names::AUDIT_CHECKPOINTS_TOTAL),
             authz_denied: OPS
                 .iter()
@@ -487,6 +491,13 @@ impl Metrics {
     /// Health of the audit log (`signer_audit_healthy`: 1 or 0).
     pub fn set_audit_healthy(&self, healthy: bool) {
         self.inner.audit_healthy.set(f64::from(u8::from(healthy)));
+    }
+
+    /// The audit disk (`signer_audit_disk_free_bytes`, `signer_audit_disk_low`: 1 or 0).
+    pub fn set_audit_disk(&self, free_bytes: u64, low: bool) {
+        // f64 holds byte counts exactly up to 8 PiB.
+        self.inner.audit_disk_free.set(free_bytes as f64);
+        self.inner.audit_disk_low.set(f64::from(u8::from(low)));
     }
 
     /// `signer_connections` += 1 (pair with [`Metrics::connection_closed`]).

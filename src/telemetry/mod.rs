@@ -78,6 +78,10 @@ pub mod names {
     pub const AUDIT_WRITE_FAILURES_TOTAL: &str = "signer_audit_write_failures_total";
     /// Gauge: 1 while the audit log accepts writes, else 0.
     pub const AUDIT_HEALTHY: &str = "signer_audit_healthy";
+    /// Gauge: bytes free on the audit log's filesystem (for an unprivileged writer).
+    pub const AUDIT_DISK_FREE_BYTES: &str = "signer_audit_disk_free_bytes";
+    /// Gauge: 1 while the audit disk is below `[audit] min_free_mib` or cannot be measured.
+    pub const AUDIT_DISK_LOW: &str = "signer_audit_disk_low";
     /// Counter: signed audit checkpoints written.
     pub const AUDIT_CHECKPOINTS_TOTAL: &str = "signer_audit_checkpoints_total";
     /// Counter `{op}`: requests refused by authorization.
@@ -147,6 +151,8 @@ pub const METRICS: &[(&str, MetricKind, &[&str])] = &[
     (names::AUDIT_FSYNCS_TOTAL, MetricKind::Counter, &[]),
     (names::AUDIT_WRITE_FAILURES_TOTAL, MetricKind::Counter, &[]),
     (names::AUDIT_HEALTHY, MetricKind::Gauge, &[]),
+    (names::AUDIT_DISK_FREE_BYTES, MetricKind::Gauge, &[]),
+    (names::AUDIT_DISK_LOW, MetricKind::Gauge, &[]),
     (names::AUDIT_CHECKPOINTS_TOTAL, MetricKind::Counter, &[]),
     (names::AUTHZ_DENIED_TOTAL, MetricKind::Counter, &["op"]),
     (names::PARTITION_HEALTHY, MetricKind::Gauge, &["partition"]),

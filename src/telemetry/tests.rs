@@ -25,6 +25,7 @@ fn readiness() -> (Arc<Mutex<ReadyReport>>, Arc<dyn Readiness>) {
         ],
         draining: false,
         blocked: None,
+        warnings: Vec::new(),
     }));
     let r = Arc::clone(&report);
     (report, Arc::new(move || r.lock().clone()))
@@ -252,6 +253,7 @@ async fn admin_listener_serves_metrics_and_health() {
     m.overloaded(OverloadReason::Deadline);
     m.set_audit_totals(7, 2, 1, 1);
     m.set_audit_healthy(true);
+    m.set_audit_disk(3 << 30, true);
     m.set_queue_depth(2, 17);
     m.set_queue_overloaded(1, true);
     m.set_inflight(0, 4);
@@ -332,6 +334,11 @@ async fn admin_listener_serves_metrics_and_health() {
     assert_eq!(counter(&s, names::AUDIT_WRITE_FAILURES_TOTAL, &[]), 1.0);
     assert_eq!(counter(&s, names::AUDIT_CHECKPOINTS_TOTAL, &[]), 1.0);
     assert_eq!(gauge(&s, names::AUDIT_HEALTHY, &[]), 1.0);
+    assert_eq!(
+        gauge(&s, names::AUDIT_DISK_FREE_BYTES, &[]),
+        3.0 * f64::from(1u32 << 30)
+    );
+    assert_eq!(gauge(&s, names::AUDIT_DISK_LOW, &[]), 1.0);
     assert_eq!(gauge(&s, names::QUEUE_DEPTH, &[("shard", "2")]), 17.0);
     assert_eq!(gauge(&s, names::QUEUE_DEPTH, &[("shard", "0")]), 0.0);
     assert_eq!(gauge(&s, names::QUEUE_OVERLOADED, &[("shard", "1")]), 1.0);

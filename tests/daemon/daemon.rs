@@ -299,7 +299,7 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     (0..n).map(|_| rand::random::<u8>()).collect()
 }
 
-/// A counter's value from `/metrics` (0 when absent).
+/// A counter's or gauge's value from `/metrics` (0 when absent).
 pub fn metric(d: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
     let body = ureq::get(&format!("http://127.0.0.1:{}/metrics", d.admin_port))
         .call()
@@ -312,7 +312,9 @@ pub fn metric(d: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
         .iter()
         .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .map_or(0.0, |s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
             _ => 0.0,
         })
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use certnode_signer::Scheme;
 use sha2::{Digest, Sha256};
 
-use crate::daemon::{ec_key, random_bytes, Daemon};
+use crate::daemon::{ec_key, metric, random_bytes, Daemon};
 use crate::verify::verify;
 
 const SIGNS: usize = 200;
@@ -81,6 +81,16 @@ async fn metrics_health_and_audit_of_a_running_daemon() {
         .unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("p0: ok") && body.contains("p1: ok"), "{body}");
+    // The audit disk was measured at start against the default floor of 4096 MiB (the warning
+    // itself has its own test below).
+    let free = value(&s, "signer_audit_disk_free_bytes", &[]).unwrap();
+    assert!(free > 0.0, "the audit disk was measured at start");
+    let low = free < 4096.0 * 1024.0 * 1024.0;
+    assert_eq!(
+        value(&s, "signer_audit_disk_low", &[]),
+        Some(f64::from(u8::from(low)))
+    );
+    assert_eq!(body.contains("warning: audit disk low"), low, "{body}");
 
     // Traffic: SIGNS signatures, one admin op, one denied admin op.
     let admin = d.admin().await;
@@ -218,4 +228,68 @@ async fn metrics_health_and_audit_of_a_running_daemon() {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// An audit disk below `[audit] min_free_mib` is a warning (log line, `/readyz` body, gauge),
+/// not an outage: `/readyz` stays 200 and signing goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_audit_disk_warns_but_keeps_signing() {
+    let mut d = Daemon::start("disk-low").await;
+    d.terminate();
+    let cfg = d.path("signerd.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        text.contains("min_free_mib = 4096\n"),
+        "init --dev writes the default"
+    );
+    // 1 PiB, the largest floor the config accepts: more than this disk has free.
+    let text = text.replace("min_free_mib = 4096\n", "min_free_mib = 1073741824\n");
+    std::fs::write(&cfg, text).unwrap();
+    d.spawn_serve().await;
+
+    let port = d.admin_port;
+    let (code, body) = tokio::task::spawn_blocking(move || get(port, "/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(
+        code, 200,
+        "a low disk does not make the daemon unready: {body}"
+    );
+    let warning = body
+        .lines()
+        .find(|l| l.starts_with("warning: audit disk low: "))
+        .unwrap_or_else(|| panic!("no disk warning in /readyz: {body}"));
+    assert!(warning.contains("min_free_mib = 1073741824"), "{warning}");
+    assert!(
+        warning.contains(&d.path("audit").display().to_string()),
+        "{warning}"
+    );
+    let d_ref = &d;
+    let (low, free) = tokio::task::block_in_place(|| {
+        (
+            metric(d_ref, "signer_audit_disk_low", &[]),
+            metric(d_ref, "signer_audit_disk_free_bytes", &[]),
+        )
+    });
+    assert_eq!(low, 1.0);
+    assert!(free > 0.0);
+    assert!(
+        d.log().contains("audit disk low"),
+        "the warning is logged at start: {}",
+        d.log()
+    );
+
+    let admin = d.admin().await;
+    let app = d.app().await;
+    let name = ec_key(&admin, "disk-low").await;
+    let spki = app.public_key(&name, None).await.unwrap().spki_der;
+    let digest = Bytes::from(random_bytes(32));
+    let sig = app
+        .sign(&name, Scheme::EcdsaSha256, digest.clone())
+        .await
+        .expect("signing goes on while the disk is low");
+    verify(&spki, Scheme::EcdsaSha256, &digest, &sig.signature).unwrap();
+    app.close();
+    admin.close();
+    assert!(d.terminate().success(), "{}", d.log());
 }
