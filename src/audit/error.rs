@@ -22,12 +22,17 @@ pub enum AuditError {
         source: Arc<std::io::Error>,
     },
     /// Writing or syncing this batch failed; its records are not durable. The log is now
-    /// unhealthy and refuses further records until the daemon restarts (see docs/AUDIT.md).
+    /// unhealthy and refuses further records: until there is room again if the disk was full,
+    /// else until the daemon restarts (see docs/AUDIT.md).
     #[error("audit write failed: {0}")]
     Write(String),
-    /// An earlier write failed, so the log no longer accepts records (fail closed). A restart
+    /// An earlier write failed, so the log does not accept records now (fail closed). After a
+    /// full disk it resumes by itself once there is room; after any other failure a restart
     /// recovers the file and continues the chain.
-    #[error("audit log is unhealthy after a write failure; restart required")]
+    #[error(
+        "audit log cannot be written after a write failure (a full disk resumes by itself once \
+         there is room; other failures need a restart)"
+    )]
     Unhealthy,
     /// The log was closed (daemon shutting down). Not retryable in this process.
     #[error("audit log is closed")]

@@ -139,6 +139,9 @@ pub struct AuditConfig {
     /// (default 4 ms), so under load records gather into fewer, larger `fdatasync`s (each costs
     /// a block-device round trip and, in a VM, exits). An idle log commits at once.
     pub commit_interval: Duration,
+    /// After a write failed because the disk was full, how often the writer tries to resume
+    /// (default 5 s). Other failures are final until restart.
+    pub resume_interval: Duration,
 }
 
 impl AuditConfig {
@@ -151,6 +154,7 @@ impl AuditConfig {
             checkpoint_interval: Duration::from_secs(1),
             queue: 4096,
             commit_interval: DEFAULT_COMMIT_INTERVAL,
+            resume_interval: Duration::from_secs(5),
         }
     }
 
@@ -171,6 +175,9 @@ impl AuditConfig {
         if self.queue == 0 {
             return bad("queue must be at least 1");
         }
+        if self.resume_interval.is_zero() {
+            return bad("resume_interval must be positive");
+        }
         Ok(())
     }
 }
@@ -190,8 +197,10 @@ pub struct AuditStats {
     pub batches: u64,
     /// Checkpoint records written.
     pub checkpoints: u64,
-    /// Failed writes or syncs (after the first the log is unhealthy).
+    /// Failed writes or syncs (each makes the log unhealthy; see [`AuditLog::healthy`]).
     pub write_failures: u64,
+    /// Times the log resumed after a full disk.
+    pub resumes: u64,
     /// Checkpoints that could not be signed (retried at the next interval).
     pub checkpoint_failures: u64,
     /// Bytes written.
@@ -245,6 +254,7 @@ pub(crate) struct Shared {
     batches: AtomicU64,
     checkpoints: AtomicU64,
     write_failures: AtomicU64,
+    resumes: AtomicU64,
     checkpoint_failures: AtomicU64,
     bytes: AtomicU64,
     rotations: AtomicU64,
@@ -253,6 +263,8 @@ pub(crate) struct Shared {
     more_coming: std::sync::OnceLock<MoreComing>,
     #[cfg(test)]
     fail_writes: AtomicBool,
+    #[cfg(test)]
+    disk_full: AtomicBool,
     #[cfg(test)]
     hold_writes: AtomicBool,
 }
@@ -281,6 +293,7 @@ impl AuditLog {
             batches: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
             write_failures: AtomicU64::new(0),
+            resumes: AtomicU64::new(0),
             checkpoint_failures: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             rotations: AtomicU64::new(0),
@@ -288,6 +301,8 @@ impl AuditLog {
             more_coming: std::sync::OnceLock::new(),
             #[cfg(test)]
             fail_writes: AtomicBool::new(false),
+            #[cfg(test)]
+            disk_full: AtomicBool::new(false),
             #[cfg(test)]
             hold_writes: AtomicBool::new(false),
         });
@@ -373,8 +388,12 @@ impl AuditLog {
         rx.await.unwrap_or(Err(AuditError::Closed))
     }
 
-    /// False once a write or sync failed (the log then fails closed until the daemon restarts:
-    /// after a failed fsync the page cache cannot be trusted) and after [`close`](Self::close).
+    /// False while the log cannot be written, and after [`close`](Self::close). A write that
+    /// found the disk full (ENOSPC, EDQUOT) is cut back off the file, and the writer tries
+    /// again every [`AuditConfig::resume_interval`]: once there is room it writes a `start`
+    /// record (`restart`, prior `unclean`) that marks the gap, and the log is healthy again.
+    /// Any other failure, a failed fsync above all (the page cache cannot be trusted after
+    /// one), fails closed until the daemon restarts.
     pub fn healthy(&self) -> bool {
         let s = &self.inner.shared;
         s.healthy.load(Ordering::SeqCst) && !s.closed.load(Ordering::SeqCst)
@@ -399,6 +418,7 @@ impl AuditLog {
             batches: s.batches.load(Ordering::Relaxed),
             checkpoints: s.checkpoints.load(Ordering::Relaxed),
             write_failures: s.write_failures.load(Ordering::Relaxed),
+            resumes: s.resumes.load(Ordering::Relaxed),
             checkpoint_failures: s.checkpoint_failures.load(Ordering::Relaxed),
             bytes: s.bytes.load(Ordering::Relaxed),
             rotations: s.rotations.load(Ordering::Relaxed),
@@ -424,6 +444,12 @@ impl AuditLog {
     #[cfg(test)]
     pub(crate) fn inject_write_failure(&self) {
         self.inner.shared.fail_writes.store(true, Ordering::SeqCst);
+    }
+
+    /// While set, writes fail with ENOSPC before writing anything, as on a full disk.
+    #[cfg(test)]
+    pub(crate) fn inject_disk_full(&self, full: bool) {
+        self.inner.shared.disk_full.store(full, Ordering::SeqCst);
     }
 
     /// While set, the writer waits before each write (as behind a slow disk), so batches queue.

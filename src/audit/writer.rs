@@ -23,6 +23,32 @@ use super::{AuditConfig, AuditEntry, AuditError, Completion, OpenGuard, Shared};
 /// Stop draining the queue into one batch past this many bytes.
 const MAX_BATCH_BYTES: usize = 4 << 20;
 
+/// Free space needed before a log that found its disk full resumes: room for several full
+/// batches, so that it does not flap between writable and full.
+const RESUME_HEADROOM: u64 = 4 * MAX_BATCH_BYTES as u64;
+
+/// A failed commit. `full`: `write` found the disk full (ENOSPC, EDQUOT), so nothing of this
+/// batch was acknowledged by `fsync`, and cutting the file back restores a known state. A
+/// failed `fsync` is never `full`: after one the page cache cannot be trusted.
+struct CommitError {
+    err: std::io::Error,
+    full: bool,
+}
+
+impl CommitError {
+    fn at_write(err: std::io::Error) -> Self {
+        let full = matches!(
+            err.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        );
+        CommitError { err, full }
+    }
+
+    fn at_sync(err: std::io::Error) -> Self {
+        CommitError { err, full: false }
+    }
+}
+
 /// Messages from the handles to the writer.
 pub(crate) enum Msg {
     Batch(Vec<AuditEntry>, Completion),
@@ -68,6 +94,10 @@ pub(crate) struct Writer {
     /// When the last `write` + `sync_data` started (commit pacing).
     last_commit_at: Instant,
     failed: bool,
+    /// Failed on a full disk: when to try to resume.
+    resume_at: Option<Instant>,
+    /// A resume attempt is writing (its failure is not news).
+    resuming: bool,
 }
 
 impl Writer {
@@ -114,6 +144,8 @@ impl Writer {
             last_request_at: Instant::now(),
             last_commit_at: Instant::now(),
             failed: false,
+            resume_at: None,
+            resuming: false,
         };
         let start = rec.start;
         let seq = w
@@ -171,6 +203,7 @@ impl Writer {
                 }
                 return;
             }
+            self.maybe_resume(Instant::now());
             self.maybe_rotate();
             self.maybe_checkpoint(Instant::now());
         }
@@ -291,11 +324,11 @@ impl Writer {
                 }
             }
             Err(e) => {
-                let reason = format!("{}: {e}", self.cfg.path.display());
-                self.fail(&reason);
-                // Best effort: cut what may have reached the file, so records whose callers
-                // were told "failed" do not show up after a restart.
-                let _ = self.file.set_len(self.active_len);
+                let reason = format!("{}: {}", self.cfg.path.display(), e.err);
+                // Cut what may have reached the file, so records whose callers were told
+                // "failed" do not show up later. Resuming needs this to have worked.
+                let cut = self.file.set_len(self.active_len).is_ok();
+                self.fail(&reason, e.full && cut);
                 for done in self.completions.drain(..) {
                     done.finish(Err(AuditError::Write(reason.clone())));
                 }
@@ -308,26 +341,87 @@ impl Writer {
         self.pending_last_plain = None;
     }
 
-    fn write_and_sync(&mut self) -> std::io::Result<()> {
+    fn write_and_sync(&mut self) -> Result<(), CommitError> {
         #[cfg(test)]
         while self.shared.hold_writes.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(1));
         }
         #[cfg(test)]
         if self.shared.fail_writes.load(Ordering::Relaxed) {
-            return Err(std::io::Error::other("injected write failure"));
+            return Err(CommitError::at_write(std::io::Error::other(
+                "injected write failure",
+            )));
         }
-        self.file.write_all(&self.buf)?;
-        self.file.sync_data()
+        #[cfg(test)]
+        if self.shared.disk_full.load(Ordering::Relaxed) {
+            return Err(CommitError::at_write(rustix::io::Errno::NOSPC.into()));
+        }
+        self.file
+            .write_all(&self.buf)
+            .map_err(CommitError::at_write)?;
+        self.file.sync_data().map_err(CommitError::at_sync)
     }
 
-    /// Fail closed: from now on every batch gets an error, until the process restarts.
-    fn fail(&mut self, reason: &str) {
+    /// Fail closed: every batch gets an error from now on. Until the process restarts, unless
+    /// `resumable` (a full disk, cut back cleanly): then [`Writer::maybe_resume`] tries again.
+    fn fail(&mut self, reason: &str, resumable: bool) {
         self.failed = true;
         self.pending = self.chain.clone();
         self.shared.healthy.store(false, Ordering::SeqCst);
         self.shared.write_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(%reason, "audit log write failed; signing fails closed until restart");
+        self.resume_at = resumable.then(|| Instant::now() + self.cfg.resume_interval);
+        if self.resuming && resumable {
+            tracing::debug!(%reason, "audit log: the disk is still full");
+        } else if resumable {
+            tracing::error!(
+                %reason,
+                retry_s = self.cfg.resume_interval.as_secs_f64(),
+                "audit log write failed: the disk is full; signing fails closed until there is \
+                 room (free space, archive rotated segments), then resumes by itself"
+            );
+        } else {
+            tracing::error!(%reason, "audit log write failed; signing fails closed until restart");
+        }
+    }
+
+    /// After a full disk: once `resume_interval` has passed and the disk has room again,
+    /// writes a `start` record (`restart`, prior unclean) that marks the gap and makes the log
+    /// healthy again. Every caller of the gap was answered with an error; none of their records
+    /// is in the log.
+    fn maybe_resume(&mut self, now: Instant) {
+        match self.resume_at {
+            Some(at) if self.failed && now >= at => {}
+            _ => return,
+        }
+        let room = super::space::available_bytes(&self.dir).is_ok_and(|b| b >= RESUME_HEADROOM);
+        if !room {
+            self.resume_at = Some(now + self.cfg.resume_interval);
+            return;
+        }
+        let start = StartInfo {
+            reason: StartReason::Restart,
+            prev_file: None,
+            prior_sealed: Some(false),
+            dropped: None,
+        };
+        let seq = self.pending.push(&mut self.buf, |f| {
+            start_fields(f, &start, SystemTime::now())
+        });
+        self.pending_last_plain = Some(seq);
+        self.failed = false;
+        self.resume_at = None;
+        self.resuming = true;
+        self.flush();
+        self.resuming = false;
+        if !self.failed {
+            self.shared.healthy.store(true, Ordering::SeqCst);
+            self.shared.resumes.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                path = %self.cfg.path.display(),
+                seq,
+                "audit log writable again: resumed with a restart record; signing resumes"
+            );
+        }
     }
 
     fn maybe_rotate(&mut self) {
@@ -336,7 +430,7 @@ impl Writer {
         }
         if let Err(e) = self.rotate() {
             let reason = format!("rotating {}: {e}", self.cfg.path.display());
-            self.fail(&reason);
+            self.fail(&reason, false);
         }
     }
 
@@ -385,11 +479,15 @@ impl Writer {
 
     /// How long to wait for work before looking at the checkpoint schedule again.
     fn idle_timeout(&self) -> Duration {
-        if self.needs_checkpoint() && !self.cp_in_flight {
-            (self.last_request_at + self.cfg.checkpoint_interval)
-                .saturating_duration_since(Instant::now())
+        let now = Instant::now();
+        let checkpoint = if self.needs_checkpoint() && !self.cp_in_flight {
+            (self.last_request_at + self.cfg.checkpoint_interval).saturating_duration_since(now)
         } else {
             self.cfg.checkpoint_interval
+        };
+        match self.resume_at {
+            Some(at) => checkpoint.min(at.saturating_duration_since(now)),
+            None => checkpoint,
         }
     }
 

@@ -310,7 +310,10 @@ fn a_file_that_is_not_an_audit_log_is_left_alone() {
 #[test]
 fn write_failure_fails_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
+    let c = AuditConfig {
+        resume_interval: Duration::from_millis(10),
+        ..cfg(dir.path())
+    };
     let path = c.path.clone();
     let log = AuditLog::open(c.clone(), Box::new(SoftSigner::new(1))).unwrap();
     fill(&log, 10, 5);
@@ -319,6 +322,10 @@ fn write_failure_fails_closed() {
     assert!(matches!(err, AuditError::Write(_)), "{err}");
     assert!(!log.healthy());
     assert_eq!(log.stats().write_failures, 1);
+    // Not a full disk: no resume, however long we wait.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!log.healthy());
+    assert_eq!(log.stats().resumes, 0);
     assert!(matches!(
         commit_wait(&log, vec![entry(3)]),
         Err(AuditError::Unhealthy)
@@ -331,6 +338,64 @@ fn write_failure_fails_closed() {
     log.close();
     let r = verify(&path, None, false).unwrap();
     assert_eq!((r.entries, r.unclean_restarts), (13, 1));
+}
+
+#[test]
+fn full_disk_fails_closed_then_resumes_with_a_restart_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = AuditConfig {
+        resume_interval: Duration::from_millis(20),
+        ..cfg(dir.path())
+    };
+    let path = c.path.clone();
+    let log = AuditLog::open(c, Box::new(SoftSigner::new(1))).unwrap();
+    fill(&log, 10, 5);
+    log.inject_disk_full(true);
+    let err = commit_wait(&log, vec![entry(100), entry(101)]).unwrap_err();
+    assert!(
+        matches!(err, AuditError::Write(ref m) if m.contains("space")),
+        "{err}"
+    );
+    assert!(!log.healthy());
+    // While the disk stays full, every commit is refused and resume attempts fail quietly.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(matches!(
+        commit_wait(&log, vec![entry(102)]),
+        Err(AuditError::Unhealthy)
+    ));
+    assert!(!log.healthy());
+    let failures = log.stats().write_failures;
+    assert!(failures >= 2, "resume attempts were made: {failures}");
+    assert_eq!(log.stats().resumes, 0);
+    // Room again: the writer resumes by itself within a few intervals.
+    log.inject_disk_full(false);
+    let until = Instant::now() + Duration::from_secs(5);
+    while !log.healthy() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(log.healthy(), "the log resumed");
+    assert_eq!(log.stats().resumes, 1);
+    fill(&log, 4, 2);
+    log.close();
+    // One chain: the refused records are not in it, the gap is a restart record.
+    let r = verify(&path, None, false).unwrap();
+    assert_eq!((r.entries, r.restarts, r.unclean_restarts), (14, 1, 1));
+    assert!(r.sealed);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let starts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"start\""))
+        .collect();
+    assert_eq!(starts.len(), 2, "genesis and the resume: {starts:?}");
+    assert!(
+        starts[1].contains("\"reason\":\"restart\""),
+        "{}",
+        starts[1]
+    );
+    assert!(
+        !text.contains(&to_hex(&sha256(&100u64.to_be_bytes()))),
+        "a refused record is not in the log"
+    );
 }
 
 #[test]
