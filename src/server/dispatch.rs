@@ -136,11 +136,15 @@ async fn handle(
             return deny(state, identity, op, subject, reason).await;
         }
     }
-    if op.is_admin() {
+    // Ops that write audit records are refused while the log cannot be written: before the
+    // HSM, so a full disk costs no signatures that would be thrown away. (A sign whose record
+    // fails later, in the writer, is refused there.) Not audited: there is nowhere to write.
+    if op.is_admin() || matches!(op, Op::Sign | Op::SignBatch) {
         if let Some(audit) = &state.extras.audit {
             if !audit.healthy() {
                 return error_frame(&EngineError::Unavailable {
-                    reason: "audit log cannot be written; administrative operations are refused"
+                    reason: "audit log cannot be written; signing and administrative operations \
+                             are refused until it can"
                         .into(),
                     retry_after: DRAIN_RETRY_AFTER,
                 });

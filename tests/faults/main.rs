@@ -29,6 +29,7 @@ mod support;
 #[path = "../../loadgen/src/verify.rs"]
 mod verify;
 
+mod audit;
 mod hang;
 mod load;
 mod partitions;
