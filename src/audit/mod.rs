@@ -5,6 +5,8 @@
 //! - [`AuditLog`] is the handle: [`AuditLog::commit`] (group commit from worker threads),
 //!   [`AuditLog::append`] (async, one record), [`AuditLog::close`] (final checkpoint + seal).
 //! - [`verify`] checks a log (all its segments) and names the first bad record.
+//! - [`archive`] moves older rotated segments to an archive directory; [`verify_with`] checks
+//!   the archive and the live log that continues from it.
 //! - [`DiskSpace`] watches the free space where the log lives.
 //!
 //! docs/AUDIT.md specifies the file format for independent verifiers.
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam::channel::{self, Sender, TrySendError};
 use parking_lot::Mutex;
 
+mod archive;
 mod checkpoint;
 mod error;
 mod parse;
@@ -32,10 +35,11 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use archive::{archive, ArchiveReport};
 pub use error::{AuditError, BadRecord, VerifyFailure};
 pub use record::{sha256, CHECKPOINT_DOMAIN, FORMAT};
 pub use space::{available_bytes, DiskSpace};
-pub use verify::{verify, KeyReport, VerifyReport};
+pub use verify::{verify, verify_with, Anchor, KeyReport, VerifyOptions, VerifyReport};
 
 /// Entry points into the log reader for the fuzz targets in `fuzz/`. Not a supported API: the
 /// names and shapes may change with the fuzz targets.

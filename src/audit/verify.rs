@@ -13,7 +13,9 @@ use p256::ecdsa::VerifyingKey;
 use super::checkpoint::{check_signature, verifying_key};
 use super::error::{BadRecord, VerifyFailure};
 use super::parse::{covers_seq_of, parse_line, Body, Checkpoint, Parsed};
-use super::record::{canonical_seal, checkpoint_digest, sha256, to_hex, GENESIS_PREV, MAX_LINE};
+use super::record::{
+    canonical_seal, checkpoint_digest, hash_from_hex, sha256, to_hex, GENESIS_PREV, MAX_LINE,
+};
 use super::segments::{file_name, Segments};
 use super::AuditError;
 
@@ -48,6 +50,60 @@ pub struct VerifyReport {
     pub dropped_bytes: u64,
     /// With `live`: bytes of an incomplete last line (a write in progress), not checked.
     pub in_progress_bytes: u64,
+    /// With an anchor: the seq the log continued from (its earlier records were archived).
+    pub anchored_at: Option<u64>,
+    /// With an anchor: checkpoints that cover a record before it (in the archive). Their
+    /// signatures verified; which record they cover is the archive's to prove.
+    pub covers_before_anchor: u64,
+}
+
+/// Where a log that was archived up to some record continues: that record's seq and hash, the
+/// head of the archive (as verifying the archive reports it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    /// Seq of the last archived record.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: [u8; 32],
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = String;
+
+    /// `SEQ:HASH`, the hash as 64 lower-case hex digits (what `audit verify` prints as the head).
+    fn from_str(s: &str) -> Result<Anchor, String> {
+        let (seq, hash) = s
+            .split_once(':')
+            .ok_or("an anchor is SEQ:HASH (the archive's head, as `audit verify` prints it)")?;
+        let seq = seq
+            .parse()
+            .map_err(|e| format!("anchor seq {seq:?}: {e}"))?;
+        let hash = hash_from_hex(hash).ok_or("anchor hash: 64 lower-case hex digits expected")?;
+        Ok(Anchor { seq, hash })
+    }
+}
+
+impl std::fmt::Display for Anchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, to_hex(&self.hash))
+    }
+}
+
+/// How [`verify_with`] reads a log.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions<'a> {
+    /// Every checkpoint must be signed by this key (a P-256 SubjectPublicKeyInfo DER); without
+    /// it, by one key, the one they carry.
+    pub trusted_spki: Option<&'a [u8]>,
+    /// The log may still be written to: an unsealed end (and an incomplete last line) is
+    /// reported, not failed.
+    pub live: bool,
+    /// The log's earlier records were archived up to this record: the first file must continue
+    /// from it (seq + 1, `prev` = its hash) instead of beginning at seq 0.
+    pub after: Option<Anchor>,
+    /// The files are an archive, the beginning of a longer log: no active file and no seal are
+    /// expected (the chain goes on in the live log). An incomplete line still fails.
+    pub prefix: bool,
 }
 
 /// The key that signed the checkpoints.
@@ -77,7 +133,21 @@ pub fn verify(
     trusted_spki: Option<&[u8]>,
     live: bool,
 ) -> Result<VerifyReport, AuditError> {
-    let trusted = match trusted_spki {
+    verify_with(
+        path,
+        &VerifyOptions {
+            trusted_spki,
+            live,
+            ..VerifyOptions::default()
+        },
+    )
+}
+
+/// [`verify`], also for a log whose beginning was archived ([`VerifyOptions::after`]) and for
+/// the archive itself ([`VerifyOptions::prefix`]).
+pub fn verify_with(path: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport, AuditError> {
+    let live = opts.live;
+    let trusted = match opts.trusted_spki {
         Some(spki) => {
             Some(verifying_key(spki).map_err(|e| AuditError::Config(format!("trusted key: {e}")))?)
         }
@@ -114,11 +184,16 @@ pub fn verify(
         key: None,
         report: VerifyReport {
             segments: files.clone(),
+            anchored_at: opts.after.map(|a| a.seq),
             ..VerifyReport::default()
         },
         prev: None,
         bad: None,
+        anchor: opts.after,
     };
+    if let Some(a) = opts.after {
+        v.hashes.insert(a.seq, a.hash);
+    }
     let active_missing = !segs.active.exists();
     for (i, f) in files.iter().enumerate() {
         let last_file = i + 1 == files.len();
@@ -158,7 +233,7 @@ pub fn verify(
         }
     }
     if v.bad.is_none() {
-        v.finish(&segs.active, active_missing, live);
+        v.finish(&segs.active, active_missing, live || opts.prefix);
     }
     let mut report = v.report;
     if let Some(p) = &v.prev {
@@ -237,11 +312,17 @@ struct Verifier {
     report: VerifyReport,
     prev: Option<Prev>,
     bad: Option<BadRecord>,
+    /// Where the log continues from, if its beginning was archived.
+    anchor: Option<Anchor>,
 }
 
 impl Verifier {
     fn expected(&self) -> u64 {
-        self.prev.as_ref().map_or(0, |p| p.seq.saturating_add(1))
+        match (&self.prev, &self.anchor) {
+            (Some(p), _) => p.seq.saturating_add(1),
+            (None, Some(a)) => a.seq.saturating_add(1),
+            (None, None) => 0,
+        }
     }
 
     fn fail_here(&mut self, file: &Path, line: u64, found: Option<u64>, reason: String) {
@@ -288,8 +369,15 @@ impl Verifier {
     fn check(&mut self, at: &Here<'_>, p: &Parsed, line: &[u8]) -> Result<(), String> {
         let expected = self.expected();
         if p.seq != expected {
-            return Err(if self.prev.is_none() {
-                format!("the log begins at seq {} instead of 0: earlier records or segments are missing", p.seq)
+            return Err(if let (None, Some(a)) = (&self.prev, &self.anchor) {
+                format!(
+                    "the log continues at seq {} instead of {expected} (after the anchor at seq \
+                     {}): records between the anchor and this file are missing, or the anchor \
+                     is not this log's",
+                    p.seq, a.seq
+                )
+            } else if self.prev.is_none() {
+                format!("the log begins at seq {} instead of 0: earlier records or segments are missing (if they were archived, verify with the archive's head as the anchor)", p.seq)
             } else if p.seq > expected {
                 format!(
                     "expected seq {expected}, found {}: records are missing",
@@ -302,11 +390,19 @@ impl Verifier {
                 )
             });
         }
-        match &self.prev {
-            None if p.prev != GENESIS_PREV => {
+        match (&self.prev, &self.anchor) {
+            (None, Some(a)) if p.prev != a.hash => {
+                return Err(format!(
+                    "`prev` is not the anchor's hash ({}): the record at seq {} was altered, or \
+                     the anchor is not this log's",
+                    to_hex(&a.hash),
+                    a.seq
+                ))
+            }
+            (None, None) if p.prev != GENESIS_PREV => {
                 return Err("the first record's `prev` must be 64 zeros".into())
             }
-            Some(prev) if p.prev != prev.hash => {
+            (Some(prev), _) if p.prev != prev.hash => {
                 self.bad = Some(BadRecord {
                     segment: prev.file.clone(),
                     line: prev.line,
@@ -358,7 +454,9 @@ impl Verifier {
                     return Err("`prev_file` in a start record that does not begin its file".into());
                 }
                 if let Some(sealed) = s.prior_sealed {
-                    if sealed != after_seal {
+                    // Right after an anchor, whether the archive ended with a seal is the
+                    // archive's to say.
+                    if self.prev.is_some() && sealed != after_seal {
                         return Err(format!(
                             "restart says the previous run ended {}, but it {}",
                             if sealed { "sealed" } else { "unclean" },
@@ -404,8 +502,12 @@ impl Verifier {
                 c.covers_seq
             ));
         }
+        let before_anchor = self.anchor.is_some_and(|a| c.covers_seq < a.seq);
         match self.hashes.get(&c.covers_seq) {
             Some(h) if *h == c.covers_hash => {}
+            // A record in the archive: its hash is not here. The signature is checked below;
+            // that the archive holds this hash at that seq is the archive's to prove.
+            None if before_anchor => self.report.covers_before_anchor += 1,
             _ => {
                 return Err(format!(
                     "checkpoint's covers_hash is not the hash of record {}",

@@ -132,6 +132,31 @@ enum AuditCommand {
         /// as not yet covered instead of failing the check for a missing seal.
         #[arg(long)]
         live: bool,
+        /// The log's older segments were archived (`signerd audit archive`): it continues from
+        /// this record, the archive's head as `audit verify --prefix` prints it (SEQ:HASH).
+        #[arg(long, value_name = "SEQ:HASH")]
+        after: Option<certnode_signer::audit::Anchor>,
+        /// FILE is in an archive, the beginning of a longer log: no active file and no seal
+        /// are expected.
+        #[arg(long, conflicts_with = "live")]
+        prefix: bool,
+    },
+    /// Move the older rotated segments of an audit log into an archive directory, so the disk
+    /// does not fill. Both parts are verified before anything moves and after; a segment
+    /// leaves only once it is durable in the archive. Safe while the daemon runs. Prints the
+    /// archive's head: the anchor the live log is verified from (`audit verify --after`).
+    Archive {
+        /// The active audit log file (or any of its segments).
+        file: PathBuf,
+        /// The archive directory (created if missing; later runs add to it).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Rotated segments to leave in place, newest first (at least 1).
+        #[arg(long, default_value_t = 1)]
+        keep: usize,
+        /// Pin the audit key (as for `verify`).
+        #[arg(long, value_name = "PEM")]
+        public_key: Option<PathBuf>,
     },
 }
 
@@ -160,9 +185,17 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             file,
             public_key,
             live,
-        }) => {
-            audit::verify_cmd(&file, public_key.as_deref(), live).map_err(|e| CliError::new(1, e))
-        }
+            after,
+            prefix,
+        }) => audit::verify_cmd(&file, public_key.as_deref(), live, after, prefix)
+            .map_err(|e| CliError::new(1, e)),
+        Command::Audit(AuditCommand::Archive {
+            file,
+            to,
+            keep,
+            public_key,
+        }) => audit::archive_cmd(&file, &to, keep, public_key.as_deref())
+            .map_err(|e| CliError::new(1, e)),
         Command::Sign {
             client,
             key,

@@ -12,6 +12,7 @@ use p256::pkcs8::EncodePublicKey;
 
 use super::*;
 
+mod archive;
 mod lifecycle;
 mod proptests;
 mod tamper;
