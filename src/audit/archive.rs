@@ -51,6 +51,13 @@ pub fn archive(
         .ok_or_else(|| AuditError::Config(format!("{} is not a file path", log.display())))?
         .to_owned();
     std::fs::create_dir_all(dest).map_err(|e| AuditError::io(dest, e))?;
+    let canonical = |p: &Path| std::fs::canonicalize(p).map_err(|e| AuditError::io(p, e));
+    if canonical(dest)? == canonical(&parent(&segs.active))? {
+        return Err(AuditError::Config(format!(
+            "the archive directory {} is the log's own directory",
+            dest.display()
+        )));
+    }
     let in_archive = dest.join(&base);
     let (_, anchor) = archive_head(&in_archive, trusted_spki)?;
     let live_opts = |after| VerifyOptions {

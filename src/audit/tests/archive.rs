@@ -137,6 +137,14 @@ fn archive_options_and_moves_are_safe() {
         archive(&c.path, &dest, 0, None),
         Err(AuditError::Config(_))
     ));
+    // Into its own directory (however spelled): refused, nothing touched.
+    let files = verify(&c.path, None, false).unwrap().segments;
+    let same = dir.path().join("archive/..");
+    assert!(matches!(
+        archive(&c.path, &same, 1, None),
+        Err(AuditError::Config(m)) if m.contains("own directory")
+    ));
+    assert_eq!(verify(&c.path, None, false).unwrap().segments, files);
     // keep larger than the rotated segments: nothing to move, the live log still verifies.
     let r = archive(&c.path, &dest, 1000, None).unwrap();
     assert!(r.moved.is_empty() && r.anchor.is_none() && r.archive.is_none());
