@@ -27,7 +27,7 @@ fn repo() -> PathBuf {
 
 /// `None` when the user opted out with `SIGNERD_SKIP_PYTHON=1`; panics when python3 or
 /// `cryptography` is missing otherwise.
-fn python_available() -> Option<()> {
+pub(crate) fn python_available() -> Option<()> {
     if std::env::var("SIGNERD_SKIP_PYTHON").as_deref() == Ok("1") {
         eprintln!("SIGNERD_SKIP_PYTHON=1: skipping the Python verifier");
         return None;
@@ -54,7 +54,7 @@ fn run_verifier(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn describe(out: &Output) -> String {
+pub(crate) fn describe(out: &Output) -> String {
     format!(
         "status {:?}\nstdout: {}\nstderr: {}",
         out.status.code(),

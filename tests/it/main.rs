@@ -5,6 +5,7 @@
 
 mod support;
 
+mod audit_tools;
 mod batch_python;
 mod errors;
 mod failover;
