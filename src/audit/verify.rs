@@ -242,7 +242,10 @@ pub fn verify_with(path: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport
         report.uncovered = if report.sealed {
             0
         } else {
-            (p.seq + 1).saturating_sub(report.covered_seq.map_or(0, |c| c + 1))
+            // Records of this log only: after an anchor, the archive's are not counted.
+            let from = report.covered_seq.map_or(0, |c| c + 1);
+            let from = from.max(opts.after.map_or(0, |a| a.seq + 1));
+            (p.seq + 1).saturating_sub(from)
         };
     }
     match v.bad {
