@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use p256::ecdsa::VerifyingKey;
@@ -153,8 +153,7 @@ pub fn verify_with(path: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport
         }
         None => None,
     };
-    let segs = Segments::find(path)?;
-    let files = segs.files();
+    let (segs, files, handles) = snapshot(path)?;
     if files.is_empty() {
         return Err(AuditError::io(
             &segs.active,
@@ -165,12 +164,10 @@ pub fn verify_with(path: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport
     // show pass 2 a checkpoint whose covered hash pass 1 did not know to keep.
     let mut covers = HashSet::new();
     let mut lengths = Vec::with_capacity(files.len());
-    for f in &files {
-        let len = std::fs::metadata(f)
-            .map_err(|e| AuditError::io(f, e))?
-            .len();
+    for (f, h) in files.iter().zip(&handles) {
+        let len = h.metadata().map_err(|e| AuditError::io(f, e))?.len();
         lengths.push(len);
-        for_each_line(f, len, |_, line, _| {
+        for_each_line(h, f, len, |_, line, _| {
             if let Some(c) = covers_seq_of(line) {
                 covers.insert(c);
             }
@@ -194,13 +191,13 @@ pub fn verify_with(path: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport
     if let Some(a) = opts.after {
         v.hashes.insert(a.seq, a.hash);
     }
-    let active_missing = !segs.active.exists();
+    let active_missing = files.last() != Some(&segs.active);
     for (i, f) in files.iter().enumerate() {
         let last_file = i + 1 == files.len();
         let prev_name = i.checked_sub(1).and_then(|j| file_name(&files[j]));
         let name_seq = segs.rotated.get(i).map(|(s, _)| *s);
         let mut lines = 0u64;
-        for_each_line(f, lengths[i], |no, line, complete| {
+        for_each_line(&handles[i], f, lengths[i], |no, line, complete| {
             lines = no;
             if !complete {
                 if last_file && live && !active_missing && line.len() <= MAX_LINE {
@@ -255,13 +252,17 @@ pub fn verify_with(path: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport
 }
 
 /// Calls `f(line_number, line_without_newline, complete)` for each line of the first `len`
-/// bytes; stops when `f` returns false. An incomplete line is one without a newline (at EOF) or an overlong one.
+/// bytes of `file` (opened from `path`, from its start); stops when `f` returns false. An
+/// incomplete line is one without a newline (at EOF) or an overlong one.
 fn for_each_line(
+    file: &File,
     path: &Path,
     len: u64,
     mut f: impl FnMut(u64, &[u8], bool) -> bool,
 ) -> Result<(), AuditError> {
-    let file = File::open(path).map_err(|e| AuditError::io(path, e))?;
+    let mut file = file.try_clone().map_err(|e| AuditError::io(path, e))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| AuditError::io(path, e))?;
     let mut r = BufReader::with_capacity(256 * 1024, file.take(len));
     let mut buf = Vec::new();
     let mut no = 0u64;
@@ -283,6 +284,37 @@ fn for_each_line(
             return Ok(());
         }
     }
+}
+
+/// The log's files in chain order, each opened: reading through these handles, a rotation (the
+/// active file renamed to a segment, a new active file) or an archive run (segments moved away)
+/// while the log is verified changes nothing. Lists again if the files changed between the
+/// listing and the opening.
+fn snapshot(path: &Path) -> Result<(Segments, Vec<PathBuf>, Vec<File>), AuditError> {
+    for _ in 0..10 {
+        let segs = Segments::find(path)?;
+        let files = segs.files();
+        let mut handles = Vec::with_capacity(files.len());
+        for f in &files {
+            match File::open(f) {
+                Ok(h) => handles.push(h),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => return Err(AuditError::io(f, e)),
+            }
+        }
+        let again = Segments::find(path)?;
+        if handles.len() == files.len()
+            && again.rotated == segs.rotated
+            && again.active.exists() == files.last().is_some_and(|l| *l == segs.active)
+        {
+            return Ok((segs, files, handles));
+        }
+    }
+    Err(AuditError::Config(format!(
+        "the files of {} kept changing while they were listed (rotation or archiving under \
+         way); try again",
+        path.display()
+    )))
 }
 
 /// Where a line is.

@@ -183,3 +183,26 @@ fn archive_options_and_moves_are_safe() {
         "a different file is never overwritten or removed"
     );
 }
+
+#[test]
+fn live_verification_is_consistent_while_the_log_rotates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, c) = rotating_log(dir.path(), 10);
+    let log2 = log.clone();
+    let writer = std::thread::spawn(move || fill(&log2, 600, 2));
+    let mut checks = 0;
+    while !writer.is_finished() {
+        let r = verify(&c.path, None, true);
+        assert!(r.is_ok(), "a rotation during verification: {r:?}");
+        checks += 1;
+    }
+    writer.join().unwrap();
+    log.close();
+    let r = verify(&c.path, None, false).unwrap();
+    assert_eq!(r.entries, 610);
+    assert!(
+        r.segments.len() > 20 && checks > 5,
+        "{} segments, {checks} checks",
+        r.segments.len()
+    );
+}
