@@ -15,7 +15,7 @@ pub mod batch;
 pub mod ops;
 pub mod server;
 
-pub use ops::{AdminConfig, AuditSection};
+pub use ops::{AdminConfig, AuditSection, BreakerSection};
 pub use server::ServerConfig;
 
 /// Default bounded queue capacity per worker shard.
@@ -72,6 +72,9 @@ pub struct Config {
     /// Merkle batch signatures (docs/BATCH.md): off for every key unless configured.
     #[serde(default)]
     pub batch: batch::BatchSection,
+    /// The per-partition circuit breakers (every partition alike).
+    #[serde(default)]
+    pub breaker: BreakerSection,
     /// PKCS#11 providers by name (one table each).
     pub providers: BTreeMap<String, ProviderConfig>,
 }
@@ -310,6 +313,7 @@ impl Config {
             s.validate().map_err(ConfigError::Invalid)?;
         }
         self.batch.validate().map_err(ConfigError::Invalid)?;
+        self.breaker.validate().map_err(ConfigError::Invalid)?;
         if let Some(a) = &self.audit {
             a.validate().map_err(ConfigError::Invalid)?;
         }
@@ -505,6 +509,35 @@ workers = 2
         assert_eq!(server.max_streams_per_connection, 4096);
         assert_eq!(server.key, PathBuf::from("/etc/signerd/tls/server.key"));
         assert_eq!(cfg.providers["primary"].partitions.len(), 2);
+    }
+
+    #[test]
+    fn breaker_section_parses_and_is_checked() {
+        let cfg = Config::parse(GOOD, Path::new("/")).unwrap();
+        assert_eq!(cfg.breaker.slow_call_ms, 1000);
+        let text = format!("[breaker]\nslow_call_ms = 5000\nprobe_timeout_ms = 8000\n{GOOD}");
+        let b = Config::parse(&text, Path::new("/"))
+            .unwrap()
+            .breaker
+            .to_config();
+        assert_eq!(b.slow_call, std::time::Duration::from_secs(5));
+        assert_eq!(b.probe_timeout, std::time::Duration::from_secs(8));
+        // A probe timeout shorter than a slow call is refused, with the config's field names.
+        let text = format!("[breaker]\nslow_call_ms = 5000\n{GOOD}");
+        let err = Config::parse(&text, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("breaker.probe_timeout_ms"), "{err}");
+        let text = format!("[breaker]\nfailure_rate = 1.5\n{GOOD}");
+        let err = Config::parse(&text, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("breaker.failure_rate"), "{err}");
+        let text = format!("[breaker]\nslow_call = 5\n{GOOD}");
+        assert!(
+            Config::parse(&text, Path::new("/")).is_err(),
+            "unknown field"
+        );
     }
 
     #[test]

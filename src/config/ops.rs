@@ -98,9 +98,116 @@ impl AuditSection {
     }
 }
 
+/// `[breaker]`: the per-partition circuit breaker (docs/CONFIG.md). Every field defaults to
+/// [`BreakerConfig::default`](crate::breaker::BreakerConfig); times in milliseconds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSection {
+    /// Open after this many failed calls in a row.
+    pub consecutive_failures: u32,
+    /// Open when at least this share of the window's calls failed, in (0, 1].
+    pub failure_rate: f64,
+    /// The failure-rate window.
+    pub window_ms: u64,
+    /// No failure rate below this many calls in the window.
+    pub min_calls: u32,
+    /// A successful call at least this slow counts as a failure. Raise it for HSMs whose
+    /// normal calls are slow (RSA-4096, a distant network HSM).
+    pub slow_call_ms: u64,
+    /// First open period; it doubles after each failed probe...
+    pub open_base_ms: u64,
+    /// ...up to this.
+    pub open_max_ms: u64,
+    /// Each open period is multiplied by a factor drawn from `1 ± jitter`, in [0, 0.9].
+    pub jitter: f64,
+    /// Most probes in flight at once while half-open.
+    pub half_open_probes: u32,
+    /// Probe successes that close the breaker.
+    pub probes_to_close: u32,
+    /// A probe not reported within this time counts as failed (at least `slow_call_ms`).
+    pub probe_timeout_ms: u64,
+}
+
+impl Default for BreakerSection {
+    fn default() -> Self {
+        let d = crate::breaker::BreakerConfig::default();
+        let ms = |t: std::time::Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+        BreakerSection {
+            consecutive_failures: d.consecutive_failures,
+            failure_rate: d.failure_rate,
+            window_ms: ms(d.window),
+            min_calls: d.min_calls,
+            slow_call_ms: ms(d.slow_call),
+            open_base_ms: ms(d.open_base),
+            open_max_ms: ms(d.open_max),
+            jitter: d.jitter,
+            half_open_probes: d.half_open_probes,
+            probes_to_close: d.probes_to_close,
+            probe_timeout_ms: ms(d.probe_timeout),
+        }
+    }
+}
+
+impl BreakerSection {
+    /// The breaker settings these stand for.
+    pub fn to_config(&self) -> crate::breaker::BreakerConfig {
+        let ms = std::time::Duration::from_millis;
+        crate::breaker::BreakerConfig {
+            consecutive_failures: self.consecutive_failures,
+            failure_rate: self.failure_rate,
+            window: ms(self.window_ms),
+            min_calls: self.min_calls,
+            slow_call: ms(self.slow_call_ms),
+            open_base: ms(self.open_base_ms),
+            open_max: ms(self.open_max_ms),
+            jitter: self.jitter,
+            half_open_probes: self.half_open_probes,
+            probes_to_close: self.probes_to_close,
+            probe_timeout: ms(self.probe_timeout_ms),
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<(), String> {
+        // The breaker's own checks name the fields as the breaker does; map them to the
+        // config's names (with `_ms` where the config has it).
+        self.to_config().validate().map_err(|e| {
+            let mut e = e;
+            for f in [
+                "window",
+                "slow_call",
+                "open_base",
+                "open_max",
+                "probe_timeout",
+            ] {
+                e = e.replace(&format!("breaker.{f} "), &format!("breaker.{f}_ms "));
+            }
+            e
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn breaker_section_defaults_to_the_breaker_defaults() {
+        let c = BreakerSection::default().to_config();
+        let d = crate::breaker::BreakerConfig::default();
+        assert_eq!(
+            (c.consecutive_failures, c.window, c.min_calls, c.slow_call),
+            (d.consecutive_failures, d.window, d.min_calls, d.slow_call)
+        );
+        assert_eq!(
+            (c.open_base, c.open_max, c.probe_timeout),
+            (d.open_base, d.open_max, d.probe_timeout)
+        );
+        assert_eq!(
+            (c.half_open_probes, c.probes_to_close),
+            (d.half_open_probes, d.probes_to_close)
+        );
+        assert!(BreakerSection::default().validate().is_ok());
+    }
 
     #[test]
     fn default_admin_listen_parses() {

@@ -231,8 +231,8 @@ impl Engine {
         let shards: Arc<[Shard]> = shards.into();
         let names: Vec<&str> = partitions.iter().map(|p| p.name()).collect();
         let metrics = Metrics::new(&names, shards.len());
-        let breakers = Breakers::new(&partitions, &crate::breaker::BreakerConfig::default())
-            .map_err(OpenError::Invalid)?;
+        let breakers =
+            Breakers::new(&partitions, &cfg.breaker.to_config()).map_err(OpenError::Invalid)?;
         let gates = partitions
             .iter()
             .map(|p| {

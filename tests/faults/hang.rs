@@ -10,7 +10,7 @@ use bytes::Bytes;
 use certnode_signer::client::Status;
 use certnode_signer::Scheme;
 
-use crate::support::{random_digest, sign_ok, status_of, Daemon};
+use crate::support::{random_digest, sign_ok, status_of, warm_up, Daemon};
 use crate::verify::verify;
 
 const REQUESTS: usize = 120;
@@ -152,4 +152,53 @@ async fn s09_slow_partition_gets_less_work() {
         p1 * 5.0 < p0,
         "the router sends a slow partition less work (p0 {p0}, p1 {p1})"
     );
+}
+
+/// `[breaker] slow_call_ms` reaches the breakers: with it at 100 ms, a partition whose every
+/// `C_Sign` takes 250 ms is opened as failing (calls under the 1 s default would not count),
+/// and the other partition takes the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_slow_call_opens_the_breaker_of_a_slow_partition() {
+    let mut d = Daemon::init("slowcall");
+    d.edit_config(|cfg| {
+        let mut breaker = toml::Table::new();
+        breaker.insert("slow_call_ms".into(), 100.into());
+        cfg.insert("breaker".into(), breaker.into());
+    });
+    d.serve().await;
+    let (key, spki) = d.ec_key("slowcall", &[]).await;
+    let app = d.app(Duration::from_secs(5)).await;
+    warm_up(&app, &key, &spki, 4).await;
+    let m = d.metrics().await;
+    assert_eq!(m.value("signer_breaker_state", &[("partition", "p1")]), 0.0);
+    d.faults(
+        "[[rule]]\nname = \"slow-1\"\nkind = \"latency\"\nfunction = \"C_Sign\"\ntoken = \"signerd-1\"\nfixed_ms = 250\n",
+    )
+    .await;
+    // Sequential requests: the router spreads them, so p1 gets some of them until its
+    // breaker opens after 5 slow calls in a row.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        sign_ok(&app, &key, &spki, &random_digest()).await;
+        if d.log().contains("breaker closed -> open") {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "p1's breaker never opened:\n{}",
+            d.log()
+        );
+    }
+    let m = d.metrics().await;
+    assert_ne!(
+        m.value("signer_breaker_state", &[("partition", "p1")]),
+        0.0,
+        "p1's breaker is not closed"
+    );
+    assert_eq!(m.value("signer_breaker_state", &[("partition", "p0")]), 0.0);
+    // Meanwhile every request is still signed, by p0.
+    for _ in 0..10 {
+        sign_ok(&app, &key, &spki, &random_digest()).await;
+    }
+    assert!(d.terminate().success(), "{}", d.log());
 }
