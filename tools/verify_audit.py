@@ -41,9 +41,28 @@ def files_of(path):
     return active, segs + ([active] if os.path.exists(active) else [])
 
 
+def snapshot(path):
+    """files_of, with every file opened while the listing holds still: reading through these
+    handles, a rotation or an archive run during the verification changes nothing."""
+    for _ in range(10):
+        active, files = files_of(path)
+        handles = []
+        try:
+            for f in files:
+                handles.append(open(f, "rb"))
+        except FileNotFoundError:
+            pass
+        if len(handles) == len(files) and files_of(path) == (active, files):
+            return active, list(zip(files, handles))
+        for h in handles:
+            h.close()
+    raise RuntimeError(f"the files of {path} kept changing while being listed; try again")
+
+
 def verify(path, pinned_pem=None, live=False, prefix=False, after=None):
     """None if the log verifies, else why not. Also returns the report as a dict."""
-    active, files = files_of(path)
+    active, opened = snapshot(path)
+    files = [f for f, _ in opened]
     report = {"records": 0, "checkpoints": 0, "head": None, "sealed": False}
     if not files:
         return f"{path}: no audit log here", report
@@ -51,22 +70,24 @@ def verify(path, pinned_pem=None, live=False, prefix=False, after=None):
         return f"the active file {active} is missing: the newest records are gone", report
     pinned = serialization.load_pem_public_key(pinned_pem) if pinned_pem else None
     # Pass 1: which seqs checkpoints cover, so pass 2 keeps only those hashes.
-    wanted = set()
-    for path_ in files:
-        with open(path_, "rb") as f:
-            for line in f:
-                m = COVERS.search(line)
-                if m:
-                    wanted.add(int(m.group(1)))
+    # The lengths seen here bound pass 2: a live log growing meanwhile cannot show pass 2 a
+    # checkpoint whose covered hash pass 1 did not know to keep.
+    wanted, lengths = set(), []
+    for _, h in opened:
+        for line in h:
+            m = COVERS.search(line)
+            if m:
+                wanted.add(int(m.group(1)))
+        lengths.append(h.tell())
     if after:
         seq, prev = after[0] + 1, after[1]
         kept = {after[0]: after[1]}
     else:
         seq, prev, kept = 0, bytes(32), {}
     last, key, covered = None, None, -1
-    for i, path_ in enumerate(files):
-        with open(path_, "rb") as f:
-            data = f.read()
+    for i, (path_, h) in enumerate(opened):
+        h.seek(0)
+        data = h.read(lengths[i])            # one file at a time
         lines = data.split(b"\n")
         if not data:
             if live and path_ == active:
