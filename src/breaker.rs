@@ -79,7 +79,8 @@ const MAX_PENDING: usize = 32;
 const MIN_RETRY_AFTER: Duration = Duration::from_millis(1);
 
 impl BreakerConfig {
-    /// Checks every field; the message names the first bad one.
+    /// Checks every field; the message names the first bad one as the config file spells it
+    /// (`[breaker]`, times in milliseconds), which is where users set them.
     pub fn validate(&self) -> Result<(), String> {
         let c = self;
         if c.consecutive_failures == 0 {
@@ -89,16 +90,16 @@ impl BreakerConfig {
             return Err("breaker.failure_rate must be in (0, 1]".into());
         }
         if c.window < Duration::from_millis(10) || c.window > MAX_PERIOD {
-            return Err("breaker.window must be between 10 ms and 1 h".into());
+            return Err("breaker.window_ms must be between 10 and 3600000 (1 h)".into());
         }
         if c.min_calls == 0 {
             return Err("breaker.min_calls must be >= 1".into());
         }
         if c.slow_call.is_zero() || c.slow_call > MAX_PERIOD {
-            return Err("breaker.slow_call must be between 1 ns and 1 h".into());
+            return Err("breaker.slow_call_ms must be between 1 and 3600000 (1 h)".into());
         }
         if c.open_base.is_zero() || c.open_base > c.open_max || c.open_max > MAX_PERIOD {
-            return Err("breaker: need 0 < open_base <= open_max <= 1 h".into());
+            return Err("breaker: need 0 < open_base_ms <= open_max_ms <= 3600000 (1 h)".into());
         }
         if !(0.0..=0.9).contains(&c.jitter) {
             return Err("breaker.jitter must be in [0, 0.9]".into());
@@ -112,7 +113,9 @@ impl BreakerConfig {
             return Err("breaker.probes_to_close must be >= 1".into());
         }
         if c.probe_timeout < c.slow_call || c.probe_timeout > MAX_PERIOD {
-            return Err("breaker.probe_timeout must be between slow_call and 1 h".into());
+            return Err(
+                "breaker.probe_timeout_ms must be between slow_call_ms and 3600000 (1 h)".into(),
+            );
         }
         Ok(())
     }

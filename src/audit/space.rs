@@ -41,8 +41,14 @@ pub struct DiskSpace {
 }
 
 impl DiskSpace {
-    /// How often `serve` measures.
+    /// How often [`DiskSpace::watch`] measures.
     pub const INTERVAL: Duration = Duration::from_secs(10);
+
+    /// A watcher of the filesystem holding the audit log at `log` (its active file); below
+    /// `min_free` bytes the space counts as low (0: never).
+    pub fn for_log(log: &Path, min_free: u64) -> Self {
+        DiskSpace::new(super::segments::parent(log), min_free)
+    }
 
     /// A watcher of `dir`'s filesystem; below `min_free` bytes the space counts as low (0: never).
     pub fn new(dir: PathBuf, min_free: u64) -> Self {
@@ -57,6 +63,21 @@ impl DiskSpace {
     /// async runtime) and logs a change.
     pub fn check(&self) {
         self.record(available_bytes(&self.dir), Instant::now());
+    }
+
+    /// Measures now, then every [`DiskSpace::INTERVAL`] on a thread of its own for the rest of
+    /// the process. A detached thread, not a runtime task: a `statvfs` stuck on a hung network
+    /// filesystem must not hold up the runtime's shutdown.
+    pub fn watch(self: &std::sync::Arc<Self>) -> std::io::Result<()> {
+        self.check();
+        let disk = std::sync::Arc::clone(self);
+        std::thread::Builder::new()
+            .name("audit-disk".into())
+            .spawn(move || loop {
+                std::thread::sleep(DiskSpace::INTERVAL);
+                disk.check();
+            })
+            .map(|_| ())
     }
 
     /// Free bytes at the last successful measurement.

@@ -37,7 +37,13 @@ pub fn run(path: &Path) -> Result<(), CliError> {
             return Err(e);
         }
     };
-    let disk = audit.as_ref().and_then(|_| audit_disk(&cfg));
+    let disk = match audit_disk(&cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            engine.shutdown();
+            return Err(e);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(server_cfg.runtime_threads())
         .enable_all()
@@ -61,7 +67,6 @@ pub fn run(path: &Path) -> Result<(), CliError> {
             }),
         };
         let reloader = tokio::spawn(reload_on_sighup(policy));
-        let disk_watch = disk.clone().map(|d| tokio::spawn(watch_disk(d)));
         let server = Server::bind_with(engine.clone(), server_cfg, extras).map_err(|e| match e {
             ServeError::Bind { .. } => CliError::new(EXIT_UNAVAILABLE, e),
             _ => CliError::new(EXIT_USAGE, e),
@@ -93,9 +98,6 @@ pub fn run(path: &Path) -> Result<(), CliError> {
         );
         server.run(shutdown_signal()).await;
         reloader.abort();
-        if let Some(w) = disk_watch {
-            w.abort();
-        }
         if let Some(admin) = admin {
             admin.stop().await;
         }
@@ -260,35 +262,19 @@ fn open_audit(
     Ok((Some(log), Some(name)))
 }
 
-/// The watcher of the audit log's disk (`[audit] min_free_mib`), measured once now so that a
-/// daemon started on a nearly full disk says so at once.
-fn audit_disk(cfg: &Config) -> Option<Arc<DiskSpace>> {
-    let section = cfg.audit.as_ref().filter(|a| !a.disabled)?;
-    let dir = section
-        .path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let disk = Arc::new(DiskSpace::new(
-        dir.to_path_buf(),
+/// The watcher of the audit log's disk (`[audit] min_free_mib`), measured once now, so that a
+/// daemon started on a nearly full disk says so at once, then every 10 s.
+fn audit_disk(cfg: &Config) -> Result<Option<Arc<DiskSpace>>, CliError> {
+    let Some(section) = cfg.audit.as_ref().filter(|a| !a.disabled) else {
+        return Ok(None);
+    };
+    let disk = Arc::new(DiskSpace::for_log(
+        &section.path,
         section.min_free_mib.saturating_mul(1 << 20),
     ));
-    disk.check();
-    Some(disk)
-}
-
-/// Measures the audit disk every [`DiskSpace::INTERVAL`] (off the runtime: `statvfs` can block
-/// on a stuck network filesystem) until aborted.
-async fn watch_disk(disk: Arc<DiskSpace>) {
-    let mut tick = tokio::time::interval(DiskSpace::INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate; audit_disk measured at start
-    loop {
-        tick.tick().await;
-        let d = disk.clone();
-        // One measurement at a time: a stuck one delays the next rather than piling up.
-        let _ = tokio::task::spawn_blocking(move || d.check()).await;
-    }
+    disk.watch()
+        .map_err(|e| CliError::new(1, format!("cannot start the audit disk watcher: {e}")))?;
+    Ok(Some(disk))
 }
 
 fn open_error(e: OpenError) -> CliError {

@@ -528,6 +528,11 @@ workers = 2
             .unwrap_err()
             .to_string();
         assert!(err.contains("breaker.probe_timeout_ms"), "{err}");
+        let text = format!("[breaker]\nopen_base_ms = 60000\n{GOOD}");
+        let err = Config::parse(&text, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("open_base_ms <= open_max_ms"), "{err}");
         let text = format!("[breaker]\nfailure_rate = 1.5\n{GOOD}");
         let err = Config::parse(&text, Path::new("/"))
             .unwrap_err()

@@ -168,21 +168,7 @@ impl BreakerSection {
     }
 
     pub(super) fn validate(&self) -> Result<(), String> {
-        // The breaker's own checks name the fields as the breaker does; map them to the
-        // config's names (with `_ms` where the config has it).
-        self.to_config().validate().map_err(|e| {
-            let mut e = e;
-            for f in [
-                "window",
-                "slow_call",
-                "open_base",
-                "open_max",
-                "probe_timeout",
-            ] {
-                e = e.replace(&format!("breaker.{f} "), &format!("breaker.{f}_ms "));
-            }
-            e
-        })
+        self.to_config().validate()
     }
 }
 
