@@ -5,7 +5,7 @@ Written from docs/BATCH.md alone; shares no code with the Rust implementation. N
 `cryptography` package (python3 -m pip install cryptography).
 
 Usage:
-  verify_batch.py vector tests/vectors/batch-v1.json
+  verify_batch.py vector crates/signer-proto/tests/vectors/batch-v1.json
       recompute every level, the root, every path and the signing input of the test vector,
       and verify every leaf's signature and text blob.
   verify_batch.py blob --public-key k.pem --message-file m --blob b.txt

@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use certnode_signer::audit::fuzzing::{parse_record_line, peek_covers_seq};
+use signerd::audit::fuzzing::{parse_record_line, peek_covers_seq};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use certnode_signer::audit::{fuzzing::recover_active, verify};
+use signerd::audit::{fuzzing::recover_active, verify};
 use libfuzzer_sys::fuzz_target;
 
 fn dir() -> &'static PathBuf {

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use certnode_signer::config::Config;
+use signerd::config::Config;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use certnode_signer::protocol::{decode_request, encode_request};
+use signer_proto::protocol::{decode_request, encode_request};
 use libfuzzer_sys::fuzz_target;
 
 fn check(frame: &[u8]) {
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     // As a whole frame (exercises the length prefix) ...
     check(data);
     // ... and as a body behind a correct prefix (reaches the fields quickly).
-    if data.len() <= certnode_signer::protocol::MAX_FRAME {
+    if data.len() <= signer_proto::protocol::MAX_FRAME {
         let mut framed = (data.len() as u32).to_be_bytes().to_vec();
         framed.extend_from_slice(data);
         check(&framed);

@@ -6,7 +6,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use certnode_signer::protocol::{decode_response, encode_response, Op, MAX_FRAME};
+use signer_proto::protocol::{decode_response, encode_response, Op, MAX_FRAME};
 use libfuzzer_sys::fuzz_target;
 
 fn check(op: Op, frame: &[u8]) {

@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use certnode_signer::hsm::uri::Pkcs11Uri;
+use signerd::hsm::uri::Pkcs11Uri;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,9 +4,9 @@
 
 #![no_main]
 
-use certnode_signer::policy::{Policy, Query};
-use certnode_signer::protocol::Op;
-use certnode_signer::Scheme;
+use signerd::policy::{Policy, Query};
+use signer_proto::protocol::Op;
+use signerd::Scheme;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

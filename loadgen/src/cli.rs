@@ -8,8 +8,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::report::{self, RunResult};
 use crate::run::{self, Kept, Load, Phase, Target};
-use certnode_signer::client::{Client, ClientOptions, SignatureForm};
-use certnode_signer::Scheme;
+use signer_client::{Client, ClientOptions, ClientOptionsBuilder, SignatureForm};
+use signerd::Scheme;
 
 /// Load generator for signerd.
 ///
@@ -82,7 +82,8 @@ struct Common {
     connections: usize,
     /// Coalesce concurrent single-payload sign requests into SignBatch requests of up to N
     /// payloads, as the client library does with `coalesce = N` in its file (each payload still
-    /// gets its own signature and latency sample). Default: the client file's value (1: off).
+    /// gets its own signature and latency sample). Default: the client file's value, else the
+    /// library's default (16); `--coalesce 1` sends every call as a request of its own.
     #[arg(long, value_name = "N")]
     coalesce: Option<usize>,
     /// Per-request timeout (sent as the request deadline). Requests are never retried.
@@ -248,13 +249,13 @@ where
 }
 
 fn ceiling(a: CeilingArgs) -> Result<ExitCode, String> {
-    let cfg = certnode_signer::config::Config::load(&a.config).map_err(|e| e.to_string())?;
-    let key = certnode_signer::KeyName::new(&a.key).map_err(|e| e.to_string())?;
+    let cfg = signerd::config::Config::load(&a.config).map_err(|e| e.to_string())?;
+    let key = signerd::KeyName::new(&a.key).map_err(|e| e.to_string())?;
     eprintln!(
         "raw PKCS#11 sign loop: {} threads, {:?}",
         a.threads, a.duration
     );
-    let r = certnode_signer::ceiling::raw_sign_loop(&cfg, &key, a.threads, a.duration)?;
+    let r = signerd::ceiling::raw_sign_loop(&cfg, &key, a.threads, a.duration)?;
     println!(
         "ceiling: {:.0} signatures/s ({} signatures in {:.2} s, {} threads on {})",
         r.rate(),
@@ -278,19 +279,23 @@ fn ceiling(a: CeilingArgs) -> Result<ExitCode, String> {
 }
 
 async fn target(c: &Common) -> Result<Target, String> {
-    let mut opts = ClientOptions::from_file(&c.client).map_err(|e| e.to_string())?;
-    opts.max_retries = 0;
-    opts.timeout = c.timeout;
+    let mut builder = ClientOptionsBuilder::from_file(&c.client)
+        .map_err(|e| e.to_string())?
+        .max_retries(0)
+        .timeout(c.timeout);
     if let Some(n) = c.coalesce {
-        if !(1..=certnode_signer::protocol::MAX_BATCH).contains(&n) {
+        if !(1..=signer_proto::protocol::MAX_BATCH).contains(&n) {
             return Err(format!(
                 "--coalesce must be 1 to {}",
-                certnode_signer::protocol::MAX_BATCH
+                signer_proto::protocol::MAX_BATCH
             ));
         }
-        opts.coalesce = n;
+        builder = builder.coalesce(n);
     }
-    let coalesce = opts.coalesce;
+    let opts = builder
+        .build()
+        .map_err(|e| format!("{}: {e}", c.client.display()))?;
+    let coalesce = opts.coalesce();
     let mut clients = Vec::new();
     for _ in 0..c.connections.max(1) {
         clients.push(
@@ -568,7 +573,7 @@ async fn verify_all(target: &Target, r: &mut RunResult, kept: Vec<Kept>) -> Resu
         keys.insert(v, pk.spki_der.to_vec());
     }
     let scheme = target.scheme;
-    let key = certnode_signer::KeyName::new(&target.key).map_err(|e| e.to_string())?;
+    let key = signerd::KeyName::new(&target.key).map_err(|e| e.to_string())?;
     let (verified, failures) = tokio::task::spawn_blocking(move || {
         use rayon::prelude::*;
         let failures = kept
@@ -581,7 +586,7 @@ async fn verify_all(target: &Target, r: &mut RunResult, kept: Vec<Kept>) -> Resu
                     }
                     // Batch: the inclusion proof and the root signature (docs/BATCH.md); the
                     // Python verifier in tools/ checks the same construction independently.
-                    SignatureForm::Batch(b) => certnode_signer::merkle::verify_batch(
+                    SignatureForm::Batch(b) => signer_proto::merkle::verify_batch(
                         spki, scheme, &key, k.version, &k.payload, b,
                     )
                     .is_err(),

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use certnode_signer::client::ClientOptions;
 use quinn::crypto::rustls::QuicClientConfig;
+use signer_client::ClientOptions;
 use tokio::time::Instant;
 
 /// What a flood did.
@@ -33,12 +33,10 @@ pub async fn flood(
     sockets: usize,
 ) -> Result<FloodResult, String> {
     let addr = *opts
-        .endpoints
+        .endpoints()
         .first()
         .ok_or("the client config has no endpoint")?;
-    let tls = certnode_signer::tls::client_config(&opts.ca, &opts.cert, &opts.key)
-        .map_err(|e| e.to_string())?;
-    let crypto = QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let crypto = QuicClientConfig::try_from(opts.tls_config()).map_err(|e| e.to_string())?;
     let config = quinn::ClientConfig::new(Arc::new(crypto));
     let bind: std::net::SocketAddr = if addr.is_ipv6() {
         "[::1]:0"
@@ -66,7 +64,7 @@ pub async fn flood(
         let due = start + interval.mul_f64(n as f64);
         tokio::time::sleep_until(due).await;
         let ep = endpoints[(n as usize) % endpoints.len()].clone();
-        let server_name = opts.server_name.clone();
+        let server_name = opts.server_name().to_owned();
         let (established, failed) = (Arc::clone(&established), Arc::clone(&failed));
         attempts.fetch_add(1, Ordering::Relaxed);
         tasks.push(tokio::spawn(async move {

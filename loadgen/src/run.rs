@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use certnode_signer::client::{Client, ClientError, SignatureForm};
-use certnode_signer::Scheme;
 use hdrhistogram::Histogram;
+use signer_client::{Client, ClientError, SignOptions, SignatureForm};
+use signerd::Scheme;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -436,31 +436,23 @@ async fn one(
             .collect()
     };
     // One result per payload (all or nothing for a transport error).
+    let options = SignOptions::new().accept_batch(batch);
     let result: Result<Vec<ItemResult>, ClientError> = match (payloads.len(), batch) {
         (1, true) => client
-            .sign_accepting_batch(key, scheme, payloads[0].clone())
+            .sign_with(key, scheme, payloads[0].clone(), options)
             .await
             .map(|s| vec![Ok((s.version, s.signature))]),
         (1, false) => client
             .sign(key, scheme, payloads[0].clone())
             .await
             .map(|s| vec![Ok((s.version, SignatureForm::Plain(s.signature)))]),
-        (_, true) => client
-            .sign_batch_accepting_batch(key, scheme, payloads.clone())
+        (_, _) => client
+            .sign_many(key, scheme, payloads.iter().cloned(), options)
             .await
             .map(|items| {
                 items
                     .into_iter()
                     .map(|r| r.map(|s| (s.version, s.signature)))
-                    .collect()
-            }),
-        (_, false) => client
-            .sign_batch(key, scheme, payloads.clone())
-            .await
-            .map(|items| {
-                items
-                    .into_iter()
-                    .map(|r| r.map(|s| (s.version, SignatureForm::Plain(s.signature))))
                     .collect()
             }),
     };
@@ -515,7 +507,7 @@ pub fn error_name(e: &ClientError) -> &'static str {
         ClientError::Timeout => "timeout",
         ClientError::Transport(_) => "transport",
         ClientError::Connect(_) => "connect",
-        ClientError::Protocol(_) => "protocol",
+        ClientError::Protocol { .. } => "protocol",
         _ => "client",
     }
 }

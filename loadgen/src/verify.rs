@@ -1,11 +1,11 @@
 //! Independent software verification (RustCrypto), sharing no code with the signer. Used by
 //! `loadgen --verify` and, through `#[path]`, by the signer's own test suites.
 
-use certnode_signer::Scheme;
 use ed25519_dalek::pkcs8::DecodePublicKey as _;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use rsa::{Pkcs1v15Sign, Pss, RsaPublicKey};
 use sha2::{Sha256, Sha384, Sha512};
+use signerd::Scheme;
 
 /// Verifies `sig` over `payload` (a digest, or the message for Ed25519) against the
 /// SubjectPublicKeyInfo `spki`.

@@ -1,0 +1,42 @@
+//! `signerd check --config FILE`: check the access policy (if any), log in everywhere, list
+//! keys, exit.
+
+use std::path::Path;
+
+use super::{CliError, EXIT_USAGE};
+use signerd::config::Config;
+use signerd::policy::Policy;
+use signerd::Engine;
+
+pub fn run(path: &Path) -> Result<(), CliError> {
+    let cfg = Config::load(path).map_err(|e| CliError::new(EXIT_USAGE, e))?;
+    // The access policy, if any, is checked before the HSM is touched.
+    if let Some(file) = cfg.server.as_ref().and_then(|s| s.policy.as_ref()) {
+        let policy = Policy::load(file).map_err(|e| CliError::new(EXIT_USAGE, e))?;
+        println!(
+            "policy: {} ({} rules, {} quotas)",
+            file.display(),
+            policy.rules().len(),
+            policy.quota_count()
+        );
+    }
+    let engine = Engine::open(&cfg).map_err(super::open_error)?;
+    println!("partitions: {}", engine.partition_names_all().join(", "));
+    let keys = engine.list();
+    println!("keys: {}", keys.len());
+    for k in keys {
+        for v in &k.versions {
+            let line = super::key_line(
+                &k.name,
+                v.version,
+                k.key_type,
+                v.state,
+                k.signing_version,
+                &v.partitions,
+            );
+            println!("  {line}");
+        }
+    }
+    engine.shutdown();
+    Ok(())
+}

@@ -1,0 +1,370 @@
+//! `signerd serve --config FILE`: the daemon.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{CliError, EXIT_UNAVAILABLE, EXIT_USAGE};
+use signerd::audit::{AuditConfig, AuditLog, DiskSpace};
+use signerd::config::{AdminConfig, Config, ServerConfig};
+use signerd::pipeline::audited::Audited;
+use signerd::policy::LivePolicy;
+use signerd::server::{Extras, ServeError, Server};
+use signerd::telemetry::{self, Admin, AdminLimits, PartitionHealth, ReadyReport};
+use signerd::{Engine, KeyName};
+
+pub fn run(path: &Path) -> Result<(), CliError> {
+    let cfg = Config::load(path).map_err(|e| CliError::new(EXIT_USAGE, e))?;
+    let server_cfg = cfg.server.clone().ok_or_else(|| {
+        CliError::new(
+            EXIT_USAGE,
+            format!("{}: no [server] table; serve needs one", path.display()),
+        )
+    })?;
+    // The recorder must exist before the engine registers its instruments.
+    let prometheus = match &cfg.admin {
+        Some(_) => Some(telemetry::install().map_err(|e| CliError::new(1, e))?),
+        None => None,
+    };
+    let policy = load_policy(&server_cfg)?;
+    let engine = Engine::open(&cfg).map_err(super::open_error)?;
+    let (audit, audit_key) = match open_audit(&cfg, &engine) {
+        Ok(a) => a,
+        Err(e) => {
+            engine.shutdown();
+            return Err(e);
+        }
+    };
+    let disk = match audit_disk(&cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            engine.shutdown();
+            return Err(e);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(server_cfg.runtime_threads())
+        .enable_all()
+        .thread_name("signerd-rt")
+        .build()
+        .map_err(|e| CliError::new(1, format!("cannot start the runtime: {e}")))?;
+    let result = runtime.block_on(async {
+        let partitions = engine.partition_names_all().join(", ");
+        let keys = engine.list().len();
+        let workers = engine.workers();
+        let extras = Extras {
+            audit: audit.clone(),
+            audit_key,
+            policy: policy.clone(),
+            batch: cfg.batch.enabled().then(|| {
+                signerd::server::batcher::Batcher::new(
+                    engine.clone(),
+                    audit.clone(),
+                    cfg.batch.clone(),
+                )
+            }),
+        };
+        let reloader = tokio::spawn(reload_on_sighup(policy));
+        let server = Server::bind_with(engine.clone(), server_cfg, extras).map_err(|e| match e {
+            ServeError::Bind { .. } => CliError::new(EXIT_UNAVAILABLE, e),
+            _ => CliError::new(EXIT_USAGE, e),
+        })?;
+        let admin = match (&cfg.admin, prometheus) {
+            (Some(admin_cfg), Some(handle)) => Some(
+                start_admin(
+                    admin_cfg,
+                    handle,
+                    &engine,
+                    audit.as_ref(),
+                    disk.clone(),
+                    server.draining(),
+                )
+                .await?,
+            ),
+            _ => None,
+        };
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            listen = %server.local_addr(),
+            admin = %cfg.admin.as_ref().map_or_else(|| "off".to_owned(), |a| a.listen.to_string()),
+            audit = %cfg.audit.as_ref().filter(|a| !a.disabled).map_or_else(|| "off".to_owned(), |a| a.path.display().to_string()),
+            alpn = "certnode-sign/1",
+            partitions = %partitions,
+            workers,
+            keys,
+            "signerd started"
+        );
+        server.run(shutdown_signal()).await;
+        reloader.abort();
+        if let Some(admin) = admin {
+            admin.stop().await;
+        }
+        Ok(())
+    });
+    if result.is_err() {
+        engine.shutdown();
+    }
+    // The engine has stopped (every answer given): close the log with a signed checkpoint.
+    if let Some(audit) = audit {
+        audit.close();
+        let stats = audit.stats();
+        tracing::info!(
+            records = stats.records,
+            fsyncs = stats.batches,
+            checkpoints = stats.checkpoints,
+            "audit log closed"
+        );
+    }
+    result
+}
+
+/// The running admin listener and its background tasks.
+struct AdminTasks {
+    server: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    upkeep: tokio::task::JoinHandle<()>,
+}
+
+impl AdminTasks {
+    /// Stops the listener (last, so that `/readyz` says "draining" during the drain).
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+        self.upkeep.abort();
+    }
+}
+
+/// Binds the admin listener (`/metrics`, `/livez`, `/readyz`) and starts it with the metrics
+/// upkeep task. Scrapes refresh the sampled gauges (queues, health, audit totals).
+async fn start_admin(
+    admin_cfg: &AdminConfig,
+    handle: telemetry::PrometheusHandle,
+    engine: &Engine,
+    audit: Option<&AuditLog>,
+    disk: Option<Arc<DiskSpace>>,
+    draining: tokio::sync::watch::Receiver<bool>,
+) -> Result<AdminTasks, CliError> {
+    let listener = telemetry::bind_admin(admin_cfg.listen)
+        .await
+        .map_err(|e| CliError::new(EXIT_UNAVAILABLE, format!("admin listener: {e}")))?;
+    let ready = {
+        let engine = engine.clone();
+        let audit = audit.cloned();
+        let disk = disk.clone();
+        move || ReadyReport {
+            keys_loaded: true, // the engine read every key from the tokens before serving
+            partitions: engine
+                .partition_health()
+                .into_iter()
+                .map(|(name, healthy, reason)| PartitionHealth {
+                    name,
+                    healthy,
+                    reason,
+                })
+                .collect(),
+            draining: *draining.borrow(),
+            blocked: audit
+                .as_ref()
+                .filter(|a| !a.healthy())
+                .map(|_| "the audit log cannot be written; signing fails closed".to_owned()),
+            warnings: disk
+                .as_ref()
+                .and_then(|d| d.warning())
+                .into_iter()
+                .collect(),
+        }
+    };
+    let sample = {
+        let engine = engine.clone();
+        let audit = audit.cloned();
+        let disk = disk.clone();
+        move || {
+            engine.sample_metrics();
+            let m = engine.metrics();
+            match &audit {
+                Some(a) => {
+                    let st = a.stats();
+                    m.set_audit_totals(st.records, st.batches, st.write_failures, st.checkpoints);
+                    m.set_audit_healthy(a.healthy());
+                }
+                None => m.set_audit_healthy(false),
+            }
+            if let Some(d) = &disk {
+                m.set_audit_disk(d.free_bytes().unwrap_or(0), d.warning().is_some());
+            }
+        }
+    };
+    let limits = AdminLimits {
+        max_connections: admin_cfg.max_connections,
+        ..AdminLimits::default()
+    };
+    let admin = Admin::new(handle.clone(), Arc::new(ready))
+        .limits(limits)
+        .on_scrape(sample);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(admin.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let upkeep = telemetry::spawn_upkeep(handle, telemetry::UPKEEP_INTERVAL);
+    Ok(AdminTasks {
+        server,
+        stop,
+        upkeep,
+    })
+}
+
+/// Opens the audit log (creating the audit key on first start) and routes every finished sign
+/// job through it. Without an `[audit]` table serve refuses to start; `disabled = true` runs
+/// without one, with a warning.
+fn open_audit(
+    cfg: &Config,
+    engine: &Engine,
+) -> Result<(Option<AuditLog>, Option<KeyName>), CliError> {
+    let Some(section) = &cfg.audit else {
+        return Err(CliError::new(
+            EXIT_USAGE,
+            "no [audit] table in the config: signerd records every signature in an audit log \
+             (see docs/AUDIT.md); add one, or set `[audit] disabled = true` to run without",
+        ));
+    };
+    if section.disabled {
+        tracing::warn!(
+            "the audit log is disabled ([audit] disabled = true): signatures are not recorded"
+        );
+        return Ok((None, None));
+    }
+    let name = KeyName::new(&section.key).map_err(|e| CliError::new(EXIT_USAGE, e))?;
+    let signer = engine
+        .audit_key_signer(&name)
+        .map_err(|e| CliError::new(EXIT_UNAVAILABLE, format!("audit key {name}: {e}")))?;
+    let audit_cfg = AuditConfig {
+        path: section.path.clone(),
+        rotate_bytes: section.rotate_mib.saturating_mul(1 << 20),
+        checkpoint_records: section.checkpoint_records,
+        checkpoint_interval: Duration::from_millis(section.checkpoint_interval_ms),
+        commit_interval: Duration::from_micros(section.commit_interval_us),
+        ..AuditConfig::new(section.path.clone())
+    };
+    let log = AuditLog::open(audit_cfg, Box::new(signer)).map_err(|e| {
+        CliError::new(
+            EXIT_UNAVAILABLE,
+            format!("audit log {}: {e}", section.path.display()),
+        )
+    })?;
+    log.set_more_coming(engine.busy_probe());
+    let completion = Audited::new(log.clone(), engine.partition_names_all());
+    engine
+        .set_completion(Arc::new(completion))
+        .map_err(|e| CliError::new(1, e))?;
+    tracing::info!(path = %section.path.display(), key = %name, "audit log open");
+    Ok((Some(log), Some(name)))
+}
+
+/// The watcher of the audit log's disk (`[audit] min_free_mib`), measured once now, so that a
+/// daemon started on a nearly full disk says so at once, then every 10 s.
+fn audit_disk(cfg: &Config) -> Result<Option<Arc<DiskSpace>>, CliError> {
+    let Some(section) = cfg.audit.as_ref().filter(|a| !a.disabled) else {
+        return Ok(None);
+    };
+    let disk = Arc::new(DiskSpace::for_log(
+        &section.path,
+        section.min_free_mib.saturating_mul(1 << 20),
+    ));
+    disk.watch()
+        .map_err(|e| CliError::new(1, format!("cannot start the audit disk watcher: {e}")))?;
+    Ok(Some(disk))
+}
+
+/// Loads `[server] policy`, or warns that the built-in rules apply.
+fn load_policy(server: &ServerConfig) -> Result<Option<Arc<LivePolicy>>, CliError> {
+    let Some(path) = &server.policy else {
+        tracing::warn!(
+            "no access policy configured: every authenticated client may use every key \
+             (admin ops: [server] admins only); set [server] policy to restrict keys, ops and \
+             rates per identity (see policy.example.toml)"
+        );
+        return Ok(None);
+    };
+    let live = LivePolicy::load(path).map_err(|e| CliError::new(EXIT_USAGE, e))?;
+    let policy = live.current();
+    tracing::info!(
+        path = %path.display(),
+        rules = policy.rules().len(),
+        quotas = policy.quota_count(),
+        destroy_approval = policy.approval().destroy_key,
+        "access policy loaded"
+    );
+    if !server.admins.is_empty() {
+        tracing::warn!(
+            "[server] admins is ignored because a policy is configured; grant admin ops \
+             (create_key, rotate_key, retire_key, destroy_key) in policy rules"
+        );
+    }
+    Ok(Some(Arc::new(live)))
+}
+
+/// Reloads the policy on every SIGHUP until aborted. An invalid file leaves the old policy in
+/// force; connections and requests in flight are not disturbed either way.
+async fn reload_on_sighup(policy: Option<Arc<LivePolicy>>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot watch SIGHUP ({e}); the policy cannot be reloaded");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            let Some(live) = &policy else {
+                tracing::info!("SIGHUP received; no policy is configured, nothing to reload");
+                continue;
+            };
+            let live = Arc::clone(live);
+            let path = live.path().display().to_string();
+            match tokio::task::spawn_blocking(move || live.reload()).await {
+                Ok(Ok(s)) => tracing::info!(
+                    path,
+                    rules = s.rules,
+                    quotas = s.quotas,
+                    "access policy reloaded"
+                ),
+                Ok(Err(e)) => tracing::error!(
+                    path,
+                    "policy reload rejected; the previous policy stays in force: {e}"
+                ),
+                Err(e) => tracing::error!(path, "policy reload failed: {e}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = policy;
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM ({e}); only SIGINT stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

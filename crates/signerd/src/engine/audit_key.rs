@@ -1,0 +1,152 @@
+//! The audit log's own HSM key: an ECDSA P-256 key that signs audit checkpoints and nothing
+//! else. It is an ordinary key in the tokens (so it replicates and survives restarts like any
+//! other), but the server refuses every client operation on it except reading its public key.
+//!
+//! Checkpoints are signed on a session of their own, outside the worker pipeline: the audit log
+//! sits behind the workers (a signature is released once its record is durable), so signing a
+//! checkpoint through them could wait on itself.
+
+use std::sync::Arc;
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::Session;
+
+use super::registry::VersionEntry;
+use super::Engine;
+use crate::error::EngineError;
+use crate::hsm::{mechanism, objects, HsmError, Partition};
+use signer_proto::keys::{KeyName, KeyType, Scheme, Version};
+
+/// Signs 32-byte checkpoint digests with the audit key, failing over between the partitions
+/// that hold it. Owned by one thread (it keeps one PKCS#11 session).
+pub struct AuditKeySigner {
+    partitions: Vec<Arc<Partition>>,
+    version: Arc<VersionEntry>,
+    /// Which of `version.partitions` to try first, and the session and key handle there.
+    current: usize,
+    open: Option<(Session, ObjectHandle)>,
+}
+
+impl std::fmt::Debug for AuditKeySigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditKeySigner")
+            .field("key", &self.version.name)
+            .field("version", &self.version.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditKeySigner {
+    /// Key name.
+    pub fn name(&self) -> &KeyName {
+        &self.version.name
+    }
+
+    /// Key version.
+    pub fn version(&self) -> Version {
+        self.version.version
+    }
+
+    /// SubjectPublicKeyInfo (DER) of the key.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.version.spki
+    }
+
+    /// ECDSA P-256 signature (ASN.1 DER) over `digest`, made in the HSM. Tries each partition
+    /// holding the key once.
+    pub fn sign_digest(&mut self, digest: &[u8; 32]) -> Result<Vec<u8>, String> {
+        let n = self.version.partitions.len();
+        let mut last = String::from("the audit key is on no partition");
+        for _ in 0..n {
+            match self.try_sign(digest) {
+                Ok(sig) => return Ok(sig),
+                Err(e) => {
+                    let p = self.version.partitions[self.current % n];
+                    last = format!("partition {}: {e}", self.partitions[p].name());
+                    tracing::warn!("audit checkpoint signing failed on {last}; trying the next");
+                    self.close();
+                    self.current = (self.current + 1) % n;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn try_sign(&mut self, digest: &[u8; 32]) -> Result<Vec<u8>, HsmError> {
+        if self.open.is_none() {
+            let p = self.version.partitions[self.current % self.version.partitions.len()];
+            let partition = &self.partitions[p];
+            let session = partition.open_session()?;
+            let key = objects::find_private(&session, &self.version.id)?.ok_or_else(|| {
+                HsmError::Unexpected(format!(
+                    "audit key {} v{} is not in partition {}",
+                    self.version.name,
+                    self.version.version,
+                    partition.name()
+                ))
+            })?;
+            self.open = Some((session, key));
+        }
+        let (session, key) = self
+            .open
+            .as_ref()
+            .ok_or_else(|| HsmError::Unexpected("audit session missing".into()))?;
+        let raw = session.sign(&Mechanism::Ecdsa, *key, digest)?;
+        mechanism::encode_signature(Scheme::EcdsaSha256, raw)
+    }
+
+    fn close(&mut self) {
+        if let Some((session, _)) = self.open.take() {
+            let _ = session.close();
+        }
+    }
+}
+
+impl Drop for AuditKeySigner {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Engine {
+    /// The signer for the audit key `name`, creating the key (ECDSA P-256, on every partition
+    /// when replication is on) if it does not exist yet. Refuses a key of another type.
+    pub fn audit_key_signer(&self, name: &KeyName) -> Result<AuditKeySigner, EngineError> {
+        if self.inner.registry.key(name).is_none() {
+            let v = self.create_key(name, KeyType::EcP256, None)?;
+            tracing::info!(key = %name, version = v.version, partitions = ?v.partitions, "created the audit key");
+        }
+        if let Some(key_type) = self.inner.registry.key(name).map(|k| k.key_type) {
+            if key_type != KeyType::EcP256 {
+                return Err(EngineError::FailedPrecondition(format!(
+                    "audit key {name} is a {key_type} key; it must be ec-p256"
+                )));
+            }
+        }
+        let version = self
+            .inner
+            .registry
+            .for_signing(name, None, Scheme::EcdsaSha256)?;
+        Ok(AuditKeySigner {
+            partitions: self.inner.partitions.clone(),
+            version,
+            current: 0,
+            open: None,
+        })
+    }
+}
+
+impl crate::audit::CheckpointSigner for AuditKeySigner {
+    fn sign(&mut self, digest: &[u8; 32]) -> Result<Vec<u8>, String> {
+        self.sign_digest(digest)
+    }
+
+    fn key(&self) -> crate::audit::CheckpointKey {
+        crate::audit::CheckpointKey {
+            name: self.version.name.to_string(),
+            version: self.version.version,
+            spki_der: self.version.spki.clone(),
+        }
+    }
+}

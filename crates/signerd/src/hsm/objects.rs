@@ -1,0 +1,412 @@
+//! Key objects in the token: generation, discovery, public-key export, replication by wrapping
+//! under the trusted KEK, retirement and destruction.
+//!
+//! All key metadata lives in the token: a key version is a private/public key pair with
+//! `CKA_LABEL = "signerd:{name}:v{version}"` and a random 16-byte `CKA_ID` shared by its copies on
+//! every partition; its type comes from `CKA_KEY_TYPE` and the curve or modulus; its state is
+//! `CKA_SIGN` on the private key (false = retired, enforced by the HSM itself).
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+
+use super::der::{self, OID_ED25519, OID_P256, OID_P384};
+use super::error::{ErrorClass, HsmError, HsmResult};
+use signer_proto::keys::{KeyName, KeyType, Version};
+
+/// Prefix of the labels of our key objects.
+pub const LABEL_PREFIX: &str = "signerd:";
+/// Label of the trusted key-encryption key used to replicate keys between partitions.
+pub const KEK_LABEL: &str = "signerd-kek";
+/// Length of key version ids (`CKA_ID`).
+pub const ID_LEN: usize = 16;
+
+/// A key version found in a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundKey {
+    /// Key name (from the label).
+    pub name: KeyName,
+    /// Version (from the label).
+    pub version: Version,
+    /// `CKA_ID`, shared by all copies of this version.
+    pub id: Vec<u8>,
+    /// Key type.
+    pub key_type: KeyType,
+    /// `CKA_SIGN` of the private key: false once retired.
+    pub can_sign: bool,
+    /// SubjectPublicKeyInfo DER from the public key object.
+    pub spki: Vec<u8>,
+}
+
+/// The label of a key version's objects.
+pub fn key_label(name: &KeyName, version: Version) -> String {
+    format!("{LABEL_PREFIX}{name}:v{version}")
+}
+
+/// Parses a label written by [`key_label`]; `None` for labels that are not ours.
+pub fn parse_label(label: &str) -> Option<(KeyName, Version)> {
+    let rest = label.strip_prefix(LABEL_PREFIX)?;
+    let (name, v) = rest.rsplit_once(":v")?;
+    let version: Version = v.parse().ok().filter(|v| *v >= 1)?;
+    Some((KeyName::new(name).ok()?, version))
+}
+
+/// Generates a key pair inside the token: private key sensitive and a token object.
+///
+/// With `for_replication` the private key starts extractable but only under trusted keys
+/// (`CKA_WRAP_WITH_TRUSTED`), because PKCS#11 refuses to wrap a key whose `CKA_EXTRACTABLE` is
+/// false; the caller copies it and then [`seal`]s it. Otherwise it is non-extractable from the
+/// start.
+pub fn generate(
+    session: &Session,
+    key_type: KeyType,
+    name: &KeyName,
+    version: Version,
+    id: &[u8],
+    for_replication: bool,
+) -> HsmResult<(ObjectHandle, ObjectHandle)> {
+    let label = key_label(name, version).into_bytes();
+    let mut public = vec![
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::Label(label.clone()),
+        Attribute::Id(id.to_vec()),
+    ];
+    let mut private = vec![
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(for_replication),
+        Attribute::Sign(true),
+        Attribute::Label(label),
+        Attribute::Id(id.to_vec()),
+    ];
+    if for_replication {
+        private.push(Attribute::WrapWithTrusted(true));
+    }
+    let mechanism = match key_type {
+        KeyType::EcP256 | KeyType::EcP384 | KeyType::Ed25519 => {
+            public.push(Attribute::EcParams(curve_oid(key_type).to_vec()));
+            if key_type == KeyType::Ed25519 {
+                Mechanism::EccEdwardsKeyPairGen
+            } else {
+                Mechanism::EccKeyPairGen
+            }
+        }
+        KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
+            let bits = u64::from(key_type.rsa_bits().unwrap_or(2048));
+            public.push(Attribute::ModulusBits(bits.into()));
+            public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+            Mechanism::RsaPkcsKeyPairGen
+        }
+    };
+    Ok(session.generate_key_pair(&mechanism, &public, &private)?)
+}
+
+/// Finds the token private key object of a key version by its id.
+pub fn find_private(session: &Session, id: &[u8]) -> HsmResult<Option<ObjectHandle>> {
+    find_one(session, ObjectClass::PRIVATE_KEY, id)
+}
+
+/// Finds the token public key object of a key version by its id.
+pub fn find_public(session: &Session, id: &[u8]) -> HsmResult<Option<ObjectHandle>> {
+    find_one(session, ObjectClass::PUBLIC_KEY, id)
+}
+
+/// Makes a session-object copy of a private key (stays in the token, sensitive, non-extractable).
+pub fn session_copy(session: &Session, key: ObjectHandle) -> HsmResult<ObjectHandle> {
+    Ok(session.copy_object(key, &[Attribute::Token(false)])?)
+}
+
+/// Lists every key version in the token, with its type, state and public key.
+pub fn scan(session: &Session) -> HsmResult<Vec<FoundKey>> {
+    let handles = session.find_objects(&[
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Token(true),
+    ])?;
+    let mut out = Vec::new();
+    for h in handles {
+        // Another process may destroy objects while we look: skip what vanished.
+        let attrs = match session.get_attributes(
+            h,
+            &[AttributeType::Label, AttributeType::Id, AttributeType::Sign],
+        ) {
+            Ok(a) => a,
+            Err(e) => match HsmError::from(e) {
+                e if e.class() == ErrorClass::StaleHandle => continue,
+                e => return Err(e),
+            },
+        };
+        let (mut label, mut id, mut can_sign) = (None, None, false);
+        for a in attrs {
+            match a {
+                Attribute::Label(l) => label = String::from_utf8(l).ok(),
+                Attribute::Id(i) => id = Some(i),
+                Attribute::Sign(s) => can_sign = s,
+                _ => {}
+            }
+        }
+        let (Some((name, version)), Some(id)) = (label.as_deref().and_then(parse_label), id) else {
+            continue;
+        };
+        let Some(public) = find_public(session, &id)? else {
+            tracing::warn!(key = %name, version, "private key without public key object; skipped");
+            continue;
+        };
+        let (key_type, spki) = match public_key(session, public) {
+            Ok(k) => k,
+            Err(e) if e.class() == ErrorClass::StaleHandle => continue,
+            Err(e) => return Err(e),
+        };
+        out.push(FoundKey {
+            name,
+            version,
+            id,
+            key_type,
+            can_sign,
+            spki,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads a public key object: its key type and SubjectPublicKeyInfo DER.
+pub fn public_key(session: &Session, public: ObjectHandle) -> HsmResult<(KeyType, Vec<u8>)> {
+    let attrs = session.get_attributes(
+        public,
+        &[
+            AttributeType::KeyType,
+            AttributeType::EcParams,
+            AttributeType::EcPoint,
+            AttributeType::Modulus,
+            AttributeType::PublicExponent,
+        ],
+    )?;
+    let mut kt = None;
+    let (mut params, mut point, mut modulus, mut exponent) = (None, None, None, None);
+    for a in attrs {
+        match a {
+            Attribute::KeyType(k) => kt = Some(k),
+            Attribute::EcParams(p) => params = Some(p),
+            Attribute::EcPoint(p) => point = Some(p),
+            Attribute::Modulus(m) => modulus = Some(m),
+            Attribute::PublicExponent(e) => exponent = Some(e),
+            _ => {}
+        }
+    }
+    let bad = |m: &str| HsmError::Unexpected(format!("public key object: {m}"));
+    let der_err = |e: der::DerError| bad(&e.to_string());
+    match (kt, params, point, modulus, exponent) {
+        (Some(k), Some(params), Some(point), _, _) if k == CkKeyType::EC => {
+            let key_type = if params == OID_P256 {
+                KeyType::EcP256
+            } else if params == OID_P384 {
+                KeyType::EcP384
+            } else {
+                return Err(bad("unsupported curve"));
+            };
+            Ok((key_type, der::spki_ec(&params, &point).map_err(der_err)?))
+        }
+        (Some(k), Some(_), Some(point), _, _) if k == CkKeyType::EC_EDWARDS => Ok((
+            KeyType::Ed25519,
+            der::spki_ed25519(&point).map_err(der_err)?,
+        )),
+        (Some(k), _, _, Some(n), Some(e)) if k == CkKeyType::RSA => {
+            let significant = n.iter().skip_while(|b| **b == 0).count();
+            let key_type = match significant * 8 {
+                2048 => KeyType::Rsa2048,
+                3072 => KeyType::Rsa3072,
+                4096 => KeyType::Rsa4096,
+                bits => return Err(bad(&format!("unsupported RSA size {bits}"))),
+            };
+            Ok((key_type, der::spki_rsa(&n, &e).map_err(der_err)?))
+        }
+        _ => Err(bad("unsupported key type or missing attributes")),
+    }
+}
+
+/// Finds the trusted key-encryption key established at `init`.
+pub fn find_kek(session: &Session) -> HsmResult<Option<ObjectHandle>> {
+    let found = session.find_objects(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Label(KEK_LABEL.as_bytes().to_vec()),
+    ])?;
+    Ok(found.first().copied())
+}
+
+/// Wraps a private key under the KEK (`CKM_AES_KEY_WRAP_PAD`). The result is ciphertext; the
+/// private key never exists in the clear outside the token.
+pub fn wrap_private(session: &Session, kek: ObjectHandle, key: ObjectHandle) -> HsmResult<Vec<u8>> {
+    Ok(session.wrap_key(&Mechanism::AesKeyWrapPad, kek, key)?)
+}
+
+/// Unwraps a private key into this token as a sensitive, non-extractable token object and creates
+/// the matching public key object from `source_public` (attributes read from the source token).
+#[allow(clippy::too_many_arguments)]
+pub fn unwrap_copy(
+    session: &Session,
+    kek: ObjectHandle,
+    wrapped: &[u8],
+    key_type: KeyType,
+    name: &KeyName,
+    version: Version,
+    id: &[u8],
+    source_public: Vec<Attribute>,
+) -> HsmResult<(ObjectHandle, ObjectHandle)> {
+    let label = key_label(name, version).into_bytes();
+    let ck_type = ck_key_type(key_type);
+    let template = [
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(ck_type),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::WrapWithTrusted(true),
+        Attribute::Label(label.clone()),
+        Attribute::Id(id.to_vec()),
+    ];
+    let private = session.unwrap_key(&Mechanism::AesKeyWrapPad, kek, wrapped, &template)?;
+    let mut public = vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(ck_type),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::Label(label),
+        Attribute::Id(id.to_vec()),
+    ];
+    public.extend(source_public);
+    match session.create_object(&public) {
+        Ok(h) => Ok((private, h)),
+        Err(e) => {
+            let _ = session.destroy_object(private);
+            Err(e.into())
+        }
+    }
+}
+
+/// The public-key attributes needed to recreate a public key object elsewhere.
+pub fn public_attributes(
+    session: &Session,
+    public: ObjectHandle,
+    key_type: KeyType,
+) -> HsmResult<Vec<Attribute>> {
+    let wanted: &[AttributeType] = match key_type {
+        KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
+            &[AttributeType::Modulus, AttributeType::PublicExponent]
+        }
+        _ => &[AttributeType::EcParams, AttributeType::EcPoint],
+    };
+    let attrs = session.get_attributes(public, wanted)?;
+    if attrs.len() != wanted.len() {
+        return Err(HsmError::Unexpected(
+            "public key object lacks key attributes".into(),
+        ));
+    }
+    Ok(attrs)
+}
+
+/// Makes a private key non-extractable for good (`CKA_EXTRACTABLE` can only go from true to
+/// false) and checks that the token says so.
+pub fn seal(session: &Session, private: ObjectHandle) -> HsmResult<()> {
+    session.update_attributes(private, &[Attribute::Extractable(false)])?;
+    let attrs = session.get_attributes(
+        private,
+        &[AttributeType::Extractable, AttributeType::Sensitive],
+    )?;
+    if attrs.contains(&Attribute::Extractable(false)) && attrs.contains(&Attribute::Sensitive(true))
+    {
+        Ok(())
+    } else {
+        Err(HsmError::Unexpected(format!(
+            "key did not seal: token reports {attrs:?}"
+        )))
+    }
+}
+
+/// Stops a private key from signing (`CKA_SIGN=false`); the HSM then refuses to sign with it.
+pub fn disable_signing(session: &Session, private: ObjectHandle) -> HsmResult<()> {
+    Ok(session.update_attributes(private, &[Attribute::Sign(false)])?)
+}
+
+/// Destroys every object (private, public) of a key version. Returns how many were destroyed.
+pub fn destroy_version(session: &Session, id: &[u8]) -> HsmResult<usize> {
+    let mut n = 0;
+    for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+        let handles =
+            session.find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())])?;
+        for h in handles {
+            session.destroy_object(h)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn find_one(session: &Session, class: ObjectClass, id: &[u8]) -> HsmResult<Option<ObjectHandle>> {
+    let found = session.find_objects(&[
+        Attribute::Class(class),
+        Attribute::Token(true),
+        Attribute::Id(id.to_vec()),
+    ])?;
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(Some(found[0])),
+        n => Err(HsmError::Unexpected(format!(
+            "{n} token objects share the key id {}; refusing to guess which to use",
+            hex(id)
+        ))),
+    }
+}
+
+fn curve_oid(key_type: KeyType) -> &'static [u8] {
+    match key_type {
+        KeyType::EcP384 => OID_P384,
+        KeyType::Ed25519 => OID_ED25519,
+        _ => OID_P256,
+    }
+}
+
+fn ck_key_type(key_type: KeyType) -> CkKeyType {
+    match key_type {
+        KeyType::EcP256 | KeyType::EcP384 => CkKeyType::EC,
+        KeyType::Ed25519 => CkKeyType::EC_EDWARDS,
+        KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => CkKeyType::RSA,
+    }
+}
+
+/// Lower-case hex, for ids in messages.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_round_trip() {
+        let name = KeyName::new("pay:ments").ok();
+        assert!(
+            name.is_none(),
+            "':' is not allowed in names, so labels are unambiguous"
+        );
+        let name = KeyName::new("payments-v2").unwrap();
+        let label = key_label(&name, 12);
+        assert_eq!(label, "signerd:payments-v2:v12");
+        assert_eq!(parse_label(&label), Some((name, 12)));
+        for other in [
+            "signerd:x",
+            "signerd:x:v0",
+            "signerd:x:vq",
+            "other:x:v1",
+            "signerd::v1",
+        ] {
+            assert_eq!(parse_label(other), None, "{other}");
+        }
+    }
+}

@@ -1,0 +1,873 @@
+//! One request stream: read one frame (bounded in size and time), decode, authorize, run,
+//! answer exactly once, finish.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use quinn::{RecvStream, SendStream, VarInt};
+
+use super::batcher::{BatchReply, Batcher};
+use super::{authz, verify_pool, InflightGuard, State};
+use crate::audit::AuditEntry;
+use crate::config::batch::BatchMode;
+use crate::engine::{KeyInfo, SignRequest, VersionInfo};
+use crate::error::{EngineError, Status};
+use crate::pipeline::Reply;
+use signer_proto::keys::{KeyName, Payload, Scheme, Version};
+use signer_proto::protocol::{
+    self, BatchItem, KeyListing, Op, Request, RequestFrame, ResponseBody, ResponseFrame,
+    SignatureForm, VersionListing,
+};
+
+/// Stream error code when the request could not be read (too large, too slow).
+const STREAM_REFUSED: u32 = 1;
+/// While draining, how long a stream waits for the peer to acknowledge its answer.
+const DRAIN_DELIVERY: Duration = Duration::from_secs(1);
+/// Retry hint while shutting down.
+const DRAIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+pub(super) async fn stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    state: Arc<State>,
+    identity: Arc<str>,
+    _inflight: InflightGuard,
+) {
+    let received = Instant::now();
+    let read = tokio::time::timeout(
+        state.cfg.read_timeout(),
+        recv.read_to_end(protocol::MAX_FRAME + 4),
+    )
+    .await;
+    let data = match read {
+        Ok(Ok(data)) => data,
+        Ok(Err(quinn::ReadToEndError::TooLong)) => {
+            let _ = recv.stop(VarInt::from_u32(STREAM_REFUSED));
+            let frame = error_frame(&EngineError::InvalidArgument(format!(
+                "request frame larger than {} bytes",
+                protocol::MAX_FRAME
+            )));
+            respond(&mut send, Op::Sign, &frame).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!("request stream failed: {e}");
+            let _ = send.reset(VarInt::from_u32(STREAM_REFUSED));
+            return;
+        }
+        Err(_) => {
+            let _ = recv.stop(VarInt::from_u32(STREAM_REFUSED));
+            let frame = error_frame(&EngineError::InvalidArgument(
+                "request not received within the read timeout".into(),
+            ));
+            respond(&mut send, Op::Sign, &frame).await;
+            return;
+        }
+    };
+    let (op, calls, frame) = match protocol::decode_request(&data) {
+        Ok(req) => {
+            let op = req.request.op();
+            let calls = Calls::of(&req);
+            (op, calls, handle(req, &state, &identity, received).await)
+        }
+        Err(e) => (
+            Op::Sign,
+            Calls::One(Op::Sign),
+            error_frame(&EngineError::InvalidArgument(format!(
+                "malformed request: {e}"
+            ))),
+        ),
+    };
+    respond(&mut send, op, &frame).await;
+    calls.meter(state.engine.metrics(), &frame, received.elapsed());
+    if state.is_draining() {
+        // The endpoint closes (discarding unsent data) once no request is in flight: while
+        // draining, a request counts as in flight until the peer has its answer.
+        let _ = tokio::time::timeout(DRAIN_DELIVERY, send.stopped()).await;
+    }
+}
+
+/// The calls a request stands for, as the policy, the metrics and the audit log count them: one
+/// call of its op, or, for a SignBatch with `COALESCED_CALLS`, one `sign` call per payload (the
+/// client coalesced independent calls; docs/PROTOCOL.md §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Calls {
+    One(Op),
+    CoalescedSigns(usize),
+}
+
+impl Calls {
+    fn of(req: &RequestFrame) -> Calls {
+        match &req.request {
+            Request::SignBatch { payloads, .. } if req.flags & protocol::COALESCED_CALLS != 0 => {
+                Calls::CoalescedSigns(payloads.len())
+            }
+            r => Calls::One(r.op()),
+        }
+    }
+
+    /// The op the access policy decides on.
+    fn policy_op(self) -> Op {
+        match self {
+            Calls::One(op) => op,
+            Calls::CoalescedSigns(_) => Op::Sign,
+        }
+    }
+
+    /// How many calls: denials are counted and audited once per call.
+    fn count(self) -> usize {
+        match self {
+            Calls::One(_) => 1,
+            Calls::CoalescedSigns(n) => n,
+        }
+    }
+
+    /// Counts the answer in `signer_requests_total` and the latency histogram: coalesced calls
+    /// one `sign` each, with its own item's status (or the whole answer's, if it failed whole).
+    fn meter(self, metrics: &crate::telemetry::Metrics, frame: &ResponseFrame, took: Duration) {
+        match (self, &frame.body) {
+            (Calls::One(op), _) => metrics.request(op, frame.status, took),
+            (Calls::CoalescedSigns(n), Some(ResponseBody::Batch(items))) => {
+                metrics.coalesced_calls(n);
+                for item in items {
+                    let status = match item {
+                        BatchItem::Signed { .. } => Status::Ok,
+                        BatchItem::Failed { status, .. } => *status,
+                        _ => Status::Internal,
+                    };
+                    metrics.request(Op::Sign, status, took);
+                }
+            }
+            (Calls::CoalescedSigns(n), _) => {
+                metrics.coalesced_calls(n);
+                for _ in 0..n {
+                    metrics.request(Op::Sign, frame.status, took);
+                }
+            }
+        }
+    }
+}
+
+async fn respond(send: &mut SendStream, op: Op, frame: &ResponseFrame) {
+    let mut buf = BytesMut::with_capacity(128);
+    let frame = match protocol::encode_response(op, frame, &mut buf) {
+        Ok(()) => buf.freeze(),
+        Err(e) => {
+            tracing::error!("encoding a response failed: {e}");
+            let mut buf = BytesMut::new();
+            let internal = error_frame(&EngineError::Internal("response encoding failed".into()));
+            if protocol::encode_response(op, &internal, &mut buf).is_err() {
+                let _ = send.reset(VarInt::from_u32(STREAM_REFUSED));
+                return;
+            }
+            buf.freeze()
+        }
+    };
+    // Handing over the encoded Bytes avoids a copy into a new buffer.
+    if send.write_chunk(frame).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+/// One decoded request: the pre-checks in order (docs/PROTOCOL.md §8, "Order of checks"), each
+/// of which may answer it, then the handler of its op family.
+async fn handle(
+    req: RequestFrame,
+    state: &Arc<State>,
+    identity: &Arc<str>,
+    received: Instant,
+) -> ResponseFrame {
+    let ctx = Ctx::new(state, identity, &req);
+    // Each pre-check answers the request (`Some`) or lets it through.
+    if let Some(refused) = ctx.refuse_while_draining() {
+        return refused;
+    }
+    if let Some(denied) = ctx.authorize(&req).await {
+        return denied;
+    }
+    if let Some(denied) = ctx.protect_audit_key().await {
+        return denied;
+    }
+    if let Some(refused) = ctx.require_audit_log() {
+        return refused;
+    }
+    // Quotas apply to signing and verify requests, after authorization and before anything is
+    // queued; the guard holds an in-flight slot until the answer.
+    let _quota = match authz::admit(state, identity, &req.request) {
+        Ok(guard) => guard,
+        Err(e) => return error_frame(&e),
+    };
+    let approval = match ctx.two_admin_approval(&req.request).await {
+        Ok(approval) => approval,
+        Err(answered) => return *answered,
+    };
+    let deadline = ctx.deadline(req.deadline_ms, received);
+    let accepts_batch = req.flags & protocol::ACCEPT_BATCH_SIGNATURE != 0;
+    let result = match req.request {
+        Request::Sign {
+            key,
+            version,
+            scheme,
+            payload,
+        } => sign_family(
+            &ctx,
+            &key,
+            version,
+            scheme,
+            vec![payload],
+            accepts_batch,
+            deadline,
+        )
+        .await
+        .and_then(|mut items| items.pop().unwrap_or_else(|| Err(no_item())))
+        .map(|(version, signature)| ResponseBody::Signed { version, signature }),
+        Request::SignBatch {
+            key,
+            version,
+            scheme,
+            payloads,
+        } => sign_family(
+            &ctx,
+            &key,
+            version,
+            scheme,
+            payloads,
+            accepts_batch,
+            deadline,
+        )
+        .await
+        .map(|items| ResponseBody::Batch(items.into_iter().map(batch_item).collect())),
+        Request::Verify {
+            key,
+            version,
+            scheme,
+            payload,
+            signature,
+        } => verify(state, key, version, scheme, payload, signature).await,
+        Request::GetPublicKey { key, version } => public_key(state, &key, version),
+        Request::ListKeys => Ok(list_keys(state, identity)),
+        admin => return ctx.admin(admin, approval).await,
+    };
+    match result {
+        Ok(body) => ok_frame(body),
+        Err(e) => error_frame(&e),
+    }
+}
+
+/// What every pre-check of one request needs.
+struct Ctx<'a> {
+    state: &'a Arc<State>,
+    identity: &'a Arc<str>,
+    calls: Calls,
+    /// The op the policy decides on (a coalesced SignBatch: `sign`).
+    op: Op,
+    subject: Option<KeyName>,
+    subject_version: Option<Version>,
+}
+
+/// How a two-admin approval check let an admin op through: its audit op text and note.
+struct Approval {
+    op: &'static str,
+    note: Option<String>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(state: &'a Arc<State>, identity: &'a Arc<str>, req: &RequestFrame) -> Ctx<'a> {
+        let calls = Calls::of(req);
+        let (subject, subject_version) = subject(&req.request);
+        Ctx {
+            state,
+            identity,
+            calls,
+            op: calls.policy_op(),
+            subject,
+            subject_version,
+        }
+    }
+
+    /// A draining daemon takes no new request.
+    fn refuse_while_draining(&self) -> Option<ResponseFrame> {
+        self.state.is_draining().then(|| {
+            error_frame(&EngineError::Unavailable {
+                reason: "signer is shutting down".into(),
+                retry_after: DRAIN_RETRY_AFTER,
+            })
+        })
+    }
+
+    /// The access policy, for the op the request stands for.
+    async fn authorize(&self, req: &RequestFrame) -> Option<ResponseFrame> {
+        let scheme = authz::scheme_of(&req.request);
+        match authz::authorize(
+            self.state,
+            self.identity,
+            self.op,
+            self.subject.as_ref(),
+            scheme,
+        ) {
+            Ok(()) => None,
+            Err(denial) => Some(self.deny(denial.message, denial.detail).await),
+        }
+    }
+
+    /// The audit log's own key serves only its public key, whatever the policy says.
+    async fn protect_audit_key(&self) -> Option<ResponseFrame> {
+        let (Some(reserved), Some(key)) = (&self.state.extras.audit_key, &self.subject) else {
+            return None;
+        };
+        if reserved != key || self.op == Op::GetPublicKey {
+            return None;
+        }
+        tracing::warn!(identity = &**self.identity, op = self.op.as_str(), key = %key, "operation on the audit key denied");
+        let reason =
+            format!("key {key} is reserved for the audit log; only its public key can be read");
+        Some(self.deny(reason.clone(), reason).await)
+    }
+
+    /// Ops that write audit records are refused while the log cannot be written: before the
+    /// HSM, so a full disk costs no signatures that would be thrown away. (A sign whose record
+    /// fails later, in the writer, is refused there.) Not audited: there is nowhere to write.
+    fn require_audit_log(&self) -> Option<ResponseFrame> {
+        let writes_records = self.op.is_admin() || matches!(self.op, Op::Sign | Op::SignBatch);
+        match &self.state.extras.audit {
+            Some(audit) if writes_records && !audit.healthy() => {
+                Some(error_frame(&EngineError::Unavailable {
+                    reason: "audit log cannot be written; signing and administrative operations \
+                             are refused until it can"
+                        .into(),
+                    retry_after: DRAIN_RETRY_AFTER,
+                }))
+            }
+            _ => None,
+        }
+    }
+
+    /// Two-admin approval: a destroy_key may only be recorded as pending here.
+    async fn two_admin_approval(&self, request: &Request) -> Result<Approval, Box<ResponseFrame>> {
+        let mut approval = Approval {
+            op: self.op.as_str(),
+            note: None,
+        };
+        let Request::DestroyKey { key, version } = request else {
+            return Ok(approval);
+        };
+        match authz::destroy_gate(self.state, key, *version, self.identity) {
+            authz::DestroyGate::Proceed => Ok(approval),
+            authz::DestroyGate::Approved { requester } => {
+                approval.op = "destroy_key.approve";
+                approval.note = Some(format!("approves the request of {requester:?}"));
+                Ok(approval)
+            }
+            authz::DestroyGate::Pending { message } => Err(Box::new(
+                pending(
+                    self.state,
+                    self.identity,
+                    self.subject.clone(),
+                    self.subject_version,
+                    message,
+                )
+                .await,
+            )),
+            authz::DestroyGate::Refused(e) => Err(Box::new(error_frame(&e))),
+        }
+    }
+
+    /// The request's deadline: its own budget, or the default, capped.
+    fn deadline(&self, deadline_ms: u32, received: Instant) -> Instant {
+        let budget = match deadline_ms {
+            0 => self.state.cfg.default_deadline_ms,
+            ms => ms.min(self.state.cfg.max_deadline_ms),
+        };
+        received + Duration::from_millis(u64::from(budget))
+    }
+
+    /// Answers PERMISSION_DENIED, audited and counted once per call the request stands for.
+    async fn deny(&self, message: String, detail: String) -> ResponseFrame {
+        deny_with(
+            self.state,
+            self.identity,
+            self.op,
+            self.subject.clone(),
+            self.calls.count(),
+            message,
+            detail,
+        )
+        .await
+    }
+
+    /// The admin ops: run off the runtime, then audited (an op that ran but could not be
+    /// audited is answered INTERNAL, saying so).
+    async fn admin(&self, request: Request, approval: Approval) -> ResponseFrame {
+        let result = admin_op(self.state, self.identity, request).await;
+        let audited = audit_admin(
+            self.state,
+            self.identity,
+            (approval.op, approval.note),
+            self.subject.clone(),
+            self.subject_version,
+            &result,
+        )
+        .await;
+        if let Err(e) = audited {
+            tracing::error!(
+                op = self.op.as_str(),
+                "administrative operation done but not audited: {e}"
+            );
+            return error_frame(&EngineError::Internal(format!(
+                "{} was carried out, but its audit record could not be written: {e}",
+                self.op.as_str()
+            )));
+        }
+        match result {
+            Ok(body) => ok_frame(body),
+            Err(e) => error_frame(&e),
+        }
+    }
+}
+
+/// Sign and SignBatch: every payload queued first (so they sign in parallel, or share one
+/// tree), then the answers collected in order. Whether they go to the Merkle batcher or straight
+/// to the engine is decided here, once, by [`Signer::for_key`].
+async fn sign_family(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    version: Option<Version>,
+    scheme: Scheme,
+    payloads: Vec<Bytes>,
+    accepts_batch: bool,
+    deadline: Instant,
+) -> Result<Vec<Result<(Version, SignatureForm), EngineError>>, EngineError> {
+    let signer = Signer::for_key(ctx.state, key, accepts_batch)?;
+    let pending: Vec<_> = payloads
+        .into_iter()
+        .map(|p| signer.submit(ctx.identity, key, version, scheme, p, deadline))
+        .collect();
+    let mut items = Vec::with_capacity(pending.len());
+    for p in pending {
+        items.push(match p {
+            Ok(p) => p.wait(ctx.state, deadline).await,
+            Err(e) => Err(e),
+        });
+    }
+    Ok(items)
+}
+
+fn batch_item(r: Result<(Version, SignatureForm), EngineError>) -> BatchItem {
+    match r {
+        Ok((version, signature)) => BatchItem::Signed { version, signature },
+        Err(e) => BatchItem::Failed {
+            status: e.status(),
+            retry_after_ms: e.retry_after_ms(),
+            message: e.to_string(),
+        },
+    }
+}
+
+fn no_item() -> EngineError {
+    EngineError::Internal("a sign request produced no answer".into())
+}
+
+/// Verification needs only the version's public key, which the registry holds (read from the
+/// token at start): it is done in software, sparing the HSM (a network HSM's calls are its
+/// scarcest resource), on the verify threads, not here on the network runtime. A batch
+/// signature's inclusion proof is hashing; its root signature is checked the same way.
+async fn verify(
+    state: &State,
+    key: KeyName,
+    version: Option<Version>,
+    scheme: Scheme,
+    payload: Bytes,
+    signature: SignatureForm,
+) -> Result<ResponseBody, EngineError> {
+    let payload = Payload::new(scheme, payload)?;
+    let pk = state.engine.public_key(&key, version)?;
+    let version = pk.version;
+    state
+        .verify
+        .run(move || {
+            signer_proto::merkle::verify(
+                &pk.spki_der,
+                scheme,
+                &key,
+                pk.version,
+                payload.bytes(),
+                &signature,
+            )
+            .is_ok()
+        })
+        .await
+        .map(|valid| ResponseBody::Verified { version, valid })
+        .map_err(|e| match e {
+            verify_pool::PoolError::Full => EngineError::Overloaded {
+                retry_after: verify_pool::RETRY_AFTER,
+            },
+            verify_pool::PoolError::Stopped => EngineError::Unavailable {
+                reason: "signer is shutting down".into(),
+                retry_after: DRAIN_RETRY_AFTER,
+            },
+            verify_pool::PoolError::Panicked => {
+                EngineError::Internal("the verification failed unexpectedly".into())
+            }
+        })
+}
+
+fn public_key(
+    state: &State,
+    key: &KeyName,
+    version: Option<Version>,
+) -> Result<ResponseBody, EngineError> {
+    state
+        .engine
+        .public_key(key, version)
+        .map(|pk| ResponseBody::PublicKey {
+            version: pk.version,
+            key_type: pk.key_type,
+            spki_der: Bytes::from(pk.spki_der),
+        })
+}
+
+/// Every key the caller may see.
+fn list_keys(state: &State, identity: &Arc<str>) -> ResponseBody {
+    ResponseBody::Keys(
+        state
+            .engine
+            .list()
+            .into_iter()
+            .filter(|k| authz::may_list(state, identity, &k.name))
+            .map(listing)
+            .collect(),
+    )
+}
+
+/// Runs one admin op off the network runtime (they call the HSM and may take seconds).
+async fn admin_op(
+    state: &State,
+    identity: &Arc<str>,
+    request: Request,
+) -> Result<ResponseBody, EngineError> {
+    let engine = state.engine.clone();
+    let who = Arc::clone(identity);
+    blocking(move || match request {
+        Request::CreateKey {
+            key,
+            key_type,
+            placement,
+        } => {
+            let placement = (!placement.is_empty()).then_some(placement);
+            let v = engine.create_key(&key, key_type, placement.as_deref())?;
+            tracing::info!(identity = %who, key = %key, %key_type, "key created");
+            Ok(ResponseBody::KeyVersion(version_listing(v)))
+        }
+        Request::RotateKey { key } => Ok(ResponseBody::KeyVersion(version_listing(
+            engine.rotate_key(&key)?,
+        ))),
+        Request::RetireKey { key, version } => Ok(ResponseBody::KeyVersion(version_listing(
+            engine.retire_key(&key, version)?,
+        ))),
+        Request::DestroyKey { key, version } => engine
+            .destroy_key(&key, version)
+            .map(|()| ResponseBody::Destroyed),
+        other => Err(EngineError::Internal(format!(
+            "{} is not an administrative operation",
+            other.op()
+        ))),
+    })
+    .await
+}
+
+/// The key (and version) a request names, for authorization and the audit log.
+fn subject(request: &Request) -> (Option<KeyName>, Option<Version>) {
+    match request {
+        Request::Sign { key, version, .. }
+        | Request::SignBatch { key, version, .. }
+        | Request::Verify { key, version, .. }
+        | Request::GetPublicKey { key, version } => (Some(key.clone()), *version),
+        Request::RetireKey { key, version } | Request::DestroyKey { key, version } => {
+            (Some(key.clone()), Some(*version))
+        }
+        Request::CreateKey { key, .. } | Request::RotateKey { key } => (Some(key.clone()), None),
+        Request::ListKeys => (None, None),
+    }
+}
+
+/// An audit entry for a request answered here; `op` is the record's op text.
+fn audit_entry(
+    identity: &Arc<str>,
+    op: &'static str,
+    key: Option<KeyName>,
+    version: Option<Version>,
+    status: Status,
+    detail: Option<String>,
+) -> AuditEntry {
+    AuditEntry {
+        time: SystemTime::now(),
+        identity: Arc::clone(identity),
+        op,
+        key: key.map(|k| k.shared()),
+        version,
+        payload_sha256: None,
+        status: status.as_str(),
+        partition: None,
+        detail,
+    }
+}
+
+/// Answers PERMISSION_DENIED, after recording the denial in the audit log.
+/// Answers PERMISSION_DENIED with `message`, after recording the denial (with `detail`) in the
+/// audit log and counting it in `signer_authz_denied_total`.
+#[allow(clippy::too_many_arguments)]
+async fn deny_with(
+    state: &State,
+    identity: &Arc<str>,
+    op: Op,
+    key: Option<KeyName>,
+    calls: usize,
+    message: String,
+    detail: String,
+) -> ResponseFrame {
+    for _ in 0..calls {
+        state.engine.metrics().authz_denied(op);
+    }
+    if let Some(audit) = &state.extras.audit {
+        let entries = (0..calls)
+            .map(|_| {
+                audit_entry(
+                    identity,
+                    op.as_str(),
+                    key.clone(),
+                    None,
+                    Status::PermissionDenied,
+                    Some(detail.clone()),
+                )
+            })
+            .collect();
+        if let Err(e) = audit.append_all(entries).await {
+            tracing::error!("authorization failure not audited: {e}");
+        }
+    }
+    status_frame(Status::PermissionDenied, message)
+}
+
+/// Answers a destroy_key recorded as pending approval, after auditing it as
+/// `destroy_key.request`. If the record cannot be written the pending entry stands but the
+/// caller is told it failed (an approval needs the audit log healthy again anyway: admin ops are
+/// refused while it is not).
+async fn pending(
+    state: &State,
+    identity: &Arc<str>,
+    key: Option<KeyName>,
+    version: Option<Version>,
+    message: String,
+) -> ResponseFrame {
+    tracing::info!(identity = &**identity, "{message}");
+    if let Some(audit) = &state.extras.audit {
+        let entry = audit_entry(
+            identity,
+            "destroy_key.request",
+            key,
+            version,
+            authz::PENDING_STATUS,
+            Some(message.clone()),
+        );
+        if let Err(e) = audit.append(entry).await {
+            tracing::error!("destroy_key request not audited: {e}");
+            return error_frame(&EngineError::Internal(format!(
+                "destroy_key request could not be audited: {e}"
+            )));
+        }
+    }
+    status_frame(authz::PENDING_STATUS, message)
+}
+
+/// Records an administrative operation (done or failed) and waits until the record is durable.
+/// `(op, note)`: the record's op text (e.g. `destroy_key.approve`) and a note kept as its
+/// detail when the operation succeeded.
+async fn audit_admin(
+    state: &State,
+    identity: &Arc<str>,
+    (op, note): (&'static str, Option<String>),
+    key: Option<KeyName>,
+    version: Option<Version>,
+    result: &Result<ResponseBody, EngineError>,
+) -> Result<(), crate::audit::AuditError> {
+    let Some(audit) = &state.extras.audit else {
+        return Ok(());
+    };
+    let (status, detail, version) = match result {
+        Ok(ResponseBody::KeyVersion(v)) => (Status::Ok, note, Some(v.version)),
+        Ok(_) => (Status::Ok, note, version),
+        Err(e) => (e.status(), Some(e.to_string()), version),
+    };
+    audit
+        .append(audit_entry(identity, op, key, version, status, detail))
+        .await
+}
+
+/// Records a connection refused for want of a usable client identity.
+pub(super) async fn audit_auth_failure(state: &State, reason: &str) {
+    if let Some(audit) = &state.extras.audit {
+        let entry = AuditEntry {
+            time: SystemTime::now(),
+            identity: Arc::from("-"),
+            op: "auth",
+            key: None,
+            version: None,
+            payload_sha256: None,
+            status: Status::Unauthenticated.as_str(),
+            partition: None,
+            detail: Some(reason.to_owned()),
+        };
+        if let Err(e) = audit.append(entry).await {
+            tracing::error!("authentication failure not audited: {e}");
+        }
+    }
+}
+
+/// Where the payloads of a sign request go: straight to the engine (a plain signature each),
+/// or to the Merkle batcher (leaves of the next tree).
+enum Signer<'a> {
+    Plain(&'a crate::Engine),
+    Batch(&'a Arc<Batcher>),
+}
+
+impl<'a> Signer<'a> {
+    /// The batcher for a batch-enabled key and a client that accepts batch signatures, the
+    /// engine for a plain signature, and an error for a key that requires batch signatures
+    /// asked by a client that does not accept them. The one place plain-vs-batch is decided.
+    fn for_key(state: &'a State, key: &KeyName, accepts_batch: bool) -> Result<Self, EngineError> {
+        let Some(b) = &state.extras.batch else {
+            return Ok(Signer::Plain(&state.engine));
+        };
+        match (b.mode(key), accepts_batch) {
+            (BatchMode::Off, _) | (BatchMode::Allowed, false) => Ok(Signer::Plain(&state.engine)),
+            (BatchMode::Allowed | BatchMode::Required, true) => Ok(Signer::Batch(b)),
+            (BatchMode::Required, false) => Err(EngineError::FailedPrecondition(format!(
+                "key {key} signs only in batches: send the request with ACCEPT_BATCH_SIGNATURE \
+                 (docs/BATCH.md)"
+            ))),
+        }
+    }
+
+    /// Checks one payload against its scheme (once: the batcher and the engine take the
+    /// checked [`Payload`]) and queues it. A payload that does not fit fails here, alone.
+    fn submit(
+        &self,
+        identity: &Arc<str>,
+        key: &KeyName,
+        version: Option<Version>,
+        scheme: Scheme,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> Result<Pending, EngineError> {
+        let payload = Payload::new(scheme, payload)?;
+        match self {
+            Signer::Batch(b) => b
+                .submit(key, version, payload, deadline, identity)
+                .map(Pending::Batch),
+            Signer::Plain(engine) => engine
+                .submit(SignRequest {
+                    key: key.clone(),
+                    version,
+                    payload,
+                    deadline,
+                    identity: Arc::clone(identity),
+                })
+                .map(Pending::Plain),
+        }
+    }
+}
+
+/// A queued sign: a plain engine job, or a leaf of the next batch tree.
+enum Pending {
+    Plain(tokio::sync::oneshot::Receiver<Reply>),
+    Batch(tokio::sync::oneshot::Receiver<BatchReply>),
+}
+
+impl Pending {
+    async fn wait(
+        self,
+        state: &State,
+        deadline: Instant,
+    ) -> Result<(Version, SignatureForm), EngineError> {
+        match self {
+            Pending::Plain(rx) => await_reply(state, rx, deadline)
+                .await
+                .map(|s| (s.version, SignatureForm::Plain(Bytes::from(s.signature)))),
+            Pending::Batch(rx) => await_reply(state, rx, deadline)
+                .await
+                .map(|(v, sig)| (v, SignatureForm::Batch(sig))),
+        }
+    }
+}
+
+/// Waits for the worker's answer; answers DEADLINE_EXCEEDED a little after the deadline if the
+/// HSM has not answered (a hung call), and UNAVAILABLE when the shutdown grace period ends.
+async fn await_reply<T>(
+    state: &State,
+    rx: tokio::sync::oneshot::Receiver<Result<T, EngineError>>,
+    deadline: Instant,
+) -> Result<T, EngineError> {
+    let mut expired = state.expired.subscribe();
+    let late = tokio::time::Instant::from_std(deadline + Duration::from_millis(50));
+    tokio::select! {
+        r = rx => r.unwrap_or_else(|_| Err(EngineError::Internal("worker dropped the request".into()))),
+        () = tokio::time::sleep_until(late) => Err(EngineError::DeadlineExceeded),
+        _ = expired.wait_for(|e| *e) => Err(EngineError::Unavailable {
+            reason: "signer shut down before this request was signed".into(),
+            retry_after: DRAIN_RETRY_AFTER,
+        }),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(EngineError::Internal(format!("admin task failed: {e}"))))
+}
+
+fn ok_frame(body: ResponseBody) -> ResponseFrame {
+    ResponseFrame {
+        status: Status::Ok,
+        retry_after_ms: 0,
+        message: String::new(),
+        body: Some(body),
+    }
+}
+
+fn error_frame(e: &EngineError) -> ResponseFrame {
+    ResponseFrame {
+        status: e.status(),
+        retry_after_ms: e.retry_after_ms(),
+        message: e.to_string(),
+        body: None,
+    }
+}
+
+fn status_frame(status: Status, message: String) -> ResponseFrame {
+    ResponseFrame {
+        status,
+        retry_after_ms: 0,
+        message,
+        body: None,
+    }
+}
+
+fn listing(k: KeyInfo) -> KeyListing {
+    KeyListing {
+        name: k.name,
+        key_type: k.key_type,
+        signing_version: k.signing_version,
+        versions: k.versions.into_iter().map(version_listing).collect(),
+    }
+}
+
+fn version_listing(v: VersionInfo) -> VersionListing {
+    VersionListing {
+        version: v.version,
+        state: v.state,
+        partitions: v.partitions,
+    }
+}

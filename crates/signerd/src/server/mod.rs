@@ -1,0 +1,420 @@
+//! The QUIC front end: a quinn endpoint with mutual TLS, one task per connection and per request
+//! stream, and a graceful drain on shutdown. HSM work never runs here: requests are queued into
+//! the engine and awaited; admin operations run on the blocking pool.
+
+pub mod admission;
+mod authz;
+pub mod batcher;
+mod dispatch;
+mod verify_pool;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use tokio::sync::{watch, Notify};
+
+use crate::audit::AuditLog;
+use crate::config::ServerConfig;
+use crate::policy::LivePolicy;
+use crate::telemetry::IncomingOutcome;
+use crate::tls;
+use crate::Engine;
+use signer_proto::keys::KeyName;
+
+use admission::{Admission, Decision, Limits, Slot};
+
+/// QUIC application error code sent when the server closes a connection for shutdown.
+pub const CLOSE_SHUTDOWN: u32 = 0;
+/// QUIC application error code for a connection whose certificate names no usable identity.
+pub const CLOSE_NO_IDENTITY: u32 = 1;
+/// QUIC application error code for connections over the limit.
+pub const CLOSE_TOO_MANY: u32 = 2;
+
+/// Most connection attempts quinn holds for the accept loop's decision, per allowed handshake
+/// (quinn's default is 65536 in all). Attempts beyond it are refused by quinn itself.
+const INCOMING_PER_HANDSHAKE: usize = 4;
+/// Bytes quinn buffers for one connection attempt awaiting a decision (quinn's default: 10 MiB).
+/// A client's first flight (the ClientHello with a certificate-less key share) fits easily.
+const INCOMING_BUFFER: u64 = 64 * 1024;
+/// Bytes quinn buffers for all attempts awaiting a decision (quinn's default: 100 MiB).
+const INCOMING_BUFFER_TOTAL: u64 = 16 << 20;
+/// Buffer for TLS handshake data per connection (quinn's default, set explicitly).
+const CRYPTO_BUFFER: usize = 16 * 1024;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// TLS material could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The endpoint could not be created (address in use, ...).
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        /// Address from the config.
+        addr: SocketAddr,
+        /// OS error.
+        reason: String,
+    },
+    /// The config is unusable for serving.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A running server: its bound address and the handle that stops it.
+#[derive(Debug)]
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    state: Arc<State>,
+    local: SocketAddr,
+}
+
+/// What the daemon adds around the QUIC server: the audit log and the key reserved for it.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    /// Admin operations and authorization failures are recorded here (signs are recorded by
+    /// the engine's workers). `None` runs without an audit log.
+    pub audit: Option<AuditLog>,
+    /// The audit log's own key: clients may read its public key and nothing else.
+    pub audit_key: Option<KeyName>,
+    /// The access policy (`[server] policy`), shared with whoever reloads it (SIGHUP). `None`
+    /// keeps the built-in rules: every authenticated client may use the non-admin ops, and
+    /// admin ops need an identity in `[server] admins`.
+    pub policy: Option<Arc<LivePolicy>>,
+    /// Merkle batch signing (`[batch]`); `None` signs every request plainly.
+    pub batch: Option<Arc<batcher::Batcher>>,
+}
+
+/// State shared by all connection and stream tasks.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) engine: Engine,
+    pub(crate) cfg: ServerConfig,
+    pub(crate) extras: Extras,
+    /// True once shutdown started: new requests are answered UNAVAILABLE.
+    pub(crate) draining: watch::Sender<bool>,
+    /// True once the grace period is over: waiting requests are answered UNAVAILABLE.
+    pub(crate) expired: watch::Sender<bool>,
+    inflight: AtomicUsize,
+    idle: Notify,
+    /// Connection admission (rates, caps); see [`admission`].
+    admission: Arc<Mutex<Admission>>,
+    /// Where `Verify` requests are checked (off the network runtime).
+    pub(crate) verify: verify_pool::VerifyPool,
+}
+
+impl State {
+    pub(crate) fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+}
+
+/// Counts a request in flight until dropped.
+pub(crate) struct InflightGuard(Arc<State>);
+
+impl InflightGuard {
+    pub(crate) fn new(state: &Arc<State>) -> Self {
+        state.inflight.fetch_add(1, Ordering::SeqCst);
+        InflightGuard(Arc::clone(state))
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Server {
+    /// Binds the endpoint. Must be called inside a tokio runtime.
+    pub fn bind(engine: Engine, cfg: ServerConfig) -> Result<Server, ServeError> {
+        Server::bind_with(engine, cfg, Extras::default())
+    }
+
+    /// Like [`Server::bind`], with the audit log and reserved key. When `cfg.policy` names a
+    /// policy file and `extras.policy` is `None`, the file is loaded here (a configured policy is
+    /// always enforced); pass a [`LivePolicy`] in `extras` to keep a handle for reloading it.
+    pub fn bind_with(
+        engine: Engine,
+        cfg: ServerConfig,
+        mut extras: Extras,
+    ) -> Result<Server, ServeError> {
+        if let (None, Some(path)) = (&extras.policy, &cfg.policy) {
+            let live = LivePolicy::load(path).map_err(|e| ServeError::Config(e.to_string()))?;
+            extras.policy = Some(Arc::new(live));
+        }
+        let rustls_cfg =
+            tls::server_config_with_crl(&cfg.cert, &cfg.key, &cfg.client_ca, cfg.crl.as_deref())?;
+        let crypto = QuicServerConfig::try_from(rustls_cfg)
+            .map_err(|e| ServeError::Config(format!("TLS config unusable for QUIC: {e}")))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server_config.transport_config(Arc::new(transport(&cfg)?));
+        let limits = limits(&cfg);
+        server_config
+            .max_incoming(limits.max_handshakes.saturating_mul(INCOMING_PER_HANDSHAKE))
+            .incoming_buffer_size(INCOMING_BUFFER)
+            .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
+        let endpoint =
+            quinn::Endpoint::server(server_config, cfg.listen).map_err(|e| ServeError::Bind {
+                addr: cfg.listen,
+                reason: e.to_string(),
+            })?;
+        let local = endpoint.local_addr().map_err(|e| ServeError::Bind {
+            addr: cfg.listen,
+            reason: e.to_string(),
+        })?;
+        let verify_threads = cfg.verify_threads();
+        let state = Arc::new(State {
+            engine,
+            cfg,
+            extras,
+            draining: watch::Sender::new(false),
+            expired: watch::Sender::new(false),
+            inflight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            admission: Arc::new(Mutex::new(Admission::new(limits, Instant::now()))),
+            verify: verify_pool::VerifyPool::start(verify_threads)
+                .map_err(|e| ServeError::Config(format!("starting the verify threads: {e}")))?,
+        });
+        Ok(Server {
+            endpoint,
+            state,
+            local,
+        })
+    }
+
+    /// Turns true when the server starts draining (for `/readyz`).
+    pub fn draining(&self) -> watch::Receiver<bool> {
+        self.state.draining.subscribe()
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Serves until `shutdown` resolves, then drains: no new connections; requests already
+    /// accepted get until the grace period to finish, then a retryable UNAVAILABLE; requests
+    /// arriving meanwhile get UNAVAILABLE at once. Stops the engine before returning.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let Server {
+            endpoint, state, ..
+        } = self;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => admit(&state, incoming),
+                    None => break,
+                },
+            }
+        }
+        tracing::info!("shutting down: draining in-flight requests");
+        endpoint.set_server_config(None);
+        state.draining.send_replace(true);
+        let grace = state.cfg.shutdown_grace();
+        if !wait_idle(&state, grace).await {
+            let left = state.inflight.load(Ordering::SeqCst);
+            tracing::warn!(
+                left,
+                "grace period over; answering the queued rest UNAVAILABLE"
+            );
+            // Only requests no worker has started are cancelled (answered UNAVAILABLE, i.e. not
+            // signed, so a retry elsewhere is safe); those already in an HSM call finish and
+            // get their real answer.
+            let engine = state.engine.clone();
+            let _ = tokio::task::spawn_blocking(move || engine.cancel_queued()).await;
+            if !wait_idle(&state, Duration::from_secs(2)).await {
+                // Stuck in the HSM: answer UNAVAILABLE after all (their calls may still
+                // complete; the audit log says so if they do).
+                state.expired.send_replace(true);
+                wait_idle(&state, Duration::from_secs(2)).await;
+            }
+        }
+        let engine = state.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Waits until no request is in flight, at most `limit`. True when idle.
+async fn wait_idle(state: &State, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let notified = state.idle.notified();
+        if state.inflight.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return state.inflight.load(Ordering::SeqCst) == 0;
+        }
+    }
+}
+
+/// The admission limits from `[server]`; caps larger than `max_connections` are cut to it.
+fn limits(cfg: &ServerConfig) -> Limits {
+    let max_handshakes = cfg.max_handshakes.min(cfg.max_connections);
+    Limits {
+        max_connections: cfg.max_connections,
+        max_per_ip: cfg.max_connections_per_ip.min(cfg.max_connections),
+        max_handshakes,
+        retry_handshakes: admission::retry_threshold(max_handshakes, cfg.handshake_retry_share),
+        rate_per_sec: f64::from(cfg.new_connections_per_second),
+        burst: f64::from(cfg.new_connections_burst),
+    }
+}
+
+/// Every per-connection bound quinn has, set explicitly (quinn's defaults are for general use:
+/// 100 streams, a 1.25 MB stream window, no connection window, 1.25 MB of datagram buffer).
+/// Peers may open `max_streams_per_connection` request streams (no unidirectional ones),
+/// buffer at most `stream_receive_window` per stream and `connection_receive_window` per
+/// connection, send no datagrams, and are closed after `idle_timeout_ms` without traffic.
+/// The server sends no keep-alives (idle clients are reclaimed). How long one request may take to
+/// arrive is `read_timeout_ms`, enforced per stream by the dispatcher.
+fn transport(cfg: &ServerConfig) -> Result<TransportConfig, ServeError> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(cfg.max_streams_per_connection));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.stream_receive_window(VarInt::from_u32(cfg.stream_receive_window));
+    t.receive_window(VarInt::from_u32(cfg.connection_receive_window));
+    t.send_window(u64::from(cfg.connection_receive_window));
+    t.datagram_receive_buffer_size(None);
+    t.crypto_buffer_size(CRYPTO_BUFFER);
+    t.keep_alive_interval(None);
+    let idle = IdleTimeout::try_from(Duration::from_millis(cfg.idle_timeout_ms))
+        .map_err(|e| ServeError::Config(format!("server.idle_timeout_ms: {e}")))?;
+    t.max_idle_timeout(Some(idle));
+    t.ack_frequency_config(Some(ack_frequency()));
+    Ok(t)
+}
+
+/// Decides about one connection attempt before quinn keeps any state for it, and carries the
+/// decision out: start the handshake (in its own task), ask for a Retry, or refuse.
+fn admit(state: &Arc<State>, incoming: quinn::Incoming) {
+    let peer = incoming.remote_address();
+    let validated = incoming.remote_address_validated();
+    let source = admission::source_key(peer.ip());
+    let decision = state
+        .admission
+        .lock()
+        .decide(Instant::now(), source, validated);
+    let metrics = state.engine.metrics();
+    metrics.incoming(decision.outcome());
+    match decision {
+        Decision::Accept => {
+            let slot = Slot::new(Arc::clone(&state.admission), source);
+            metrics.connection_opened();
+            let guard = ConnGuard(Arc::clone(state));
+            tokio::spawn(connection(incoming, Arc::clone(state), guard, slot));
+        }
+        Decision::Retry => {
+            tracing::trace!(%peer, "asking for address validation (Retry)");
+            if let Err(e) = incoming.retry() {
+                // Only an already validated address cannot be asked again; admission never
+                // asks one, but refusing is the safe answer if it did.
+                e.into_incoming().refuse();
+            }
+        }
+        Decision::Refuse(reason) => {
+            tracing::debug!(%peer, ?reason, "connection refused");
+            incoming.refuse();
+        }
+    }
+}
+
+pub use signer_client::transport::ack_frequency;
+
+/// Counts a connection in `signer_connections` while it lives.
+struct ConnGuard(Arc<State>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.engine.metrics().connection_closed();
+    }
+}
+
+async fn connection(
+    incoming: quinn::Incoming,
+    state: Arc<State>,
+    _guard: ConnGuard,
+    mut slot: Slot,
+) {
+    let peer = incoming.remote_address();
+    // Dropping the handshake future on timeout closes the connection.
+    let handshake = tokio::time::timeout(state.cfg.handshake_timeout(), incoming).await;
+    slot.handshake_done();
+    let conn = match handshake {
+        Err(_) => {
+            tracing::debug!(%peer, "handshake not completed in time; dropped");
+            state
+                .engine
+                .metrics()
+                .incoming(IncomingOutcome::HandshakeTimeout);
+            return;
+        }
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "handshake failed: {e}");
+            // A TLS alert (no client certificate, an unknown CA, ...) is an authentication
+            // failure and is audited; timeouts and resets are not.
+            if matches!(e, quinn::ConnectionError::TransportError(_)) {
+                dispatch::audit_auth_failure(
+                    &state,
+                    &format!("peer {peer}: handshake refused: {e}"),
+                )
+                .await;
+            }
+            return;
+        }
+    };
+    let identity = match peer_identity(&conn, &state) {
+        Ok(id) => Arc::<str>::from(id),
+        Err(e) => {
+            tracing::warn!(%peer, "refusing connection: {e}");
+            conn.close(VarInt::from_u32(CLOSE_NO_IDENTITY), b"no usable identity");
+            dispatch::audit_auth_failure(&state, &format!("peer {peer}: {e}")).await;
+            return;
+        }
+    };
+    tracing::debug!(%peer, identity = %identity, "connection established");
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let guard = InflightGuard::new(&state);
+                tokio::spawn(dispatch::stream(
+                    send,
+                    recv,
+                    Arc::clone(&state),
+                    Arc::clone(&identity),
+                    guard,
+                ));
+            }
+            Err(e) => {
+                tracing::debug!(%peer, "connection ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn peer_identity(conn: &quinn::Connection, state: &State) -> Result<String, String> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or("no client certificate")?;
+    let leaf = certs.first().ok_or("empty client certificate chain")?;
+    tls::identity_of(leaf.as_ref(), state.cfg.identity).map_err(|e| e.to_string())
+}

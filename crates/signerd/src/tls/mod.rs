@@ -1,0 +1,106 @@
+//! TLS for the QUIC front end: mutual TLS 1.3 configs for server and client, the caller's
+//! identity from its certificate, and a development PKI for `signerd init --dev`.
+//!
+//! Every config is built with rustls's *ring* provider (never the process default, which might be
+//! unset or aws-lc), TLS 1.3 only, ALPN [`ALPN`], and without 0-RTT (sign requests are not
+//! idempotent, docs/PROTOCOL.md). The server requires a client certificate that chains to the
+//! configured client CA bundle; expiry and the `clientAuth` extended key usage are enforced by
+//! rustls's webpki verifier.
+//!
+//! Files are PEM. Private key files must not be accessible by group or others on unix (the same
+//! rule as PIN files, see [`crate::secret::read_private_file`]).
+
+mod dev_pki;
+mod identity;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::ServerConfig;
+
+use signer_client::tls::{pem, provider, rustls_err};
+
+pub use dev_pki::{generate_dev_pki, generate_foreign_client, DevPki};
+pub use identity::identity_of;
+pub use signer_client::tls::{client_config, TlsError, ALPN};
+
+/// Which certificate field names the caller.
+///
+/// In config files: `"san-uri"`, `"san-dns"` or `"common-name"`. The mapping is explicit: a
+/// certificate without the chosen field has no identity (no fallback to another field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdentitySource {
+    /// The first URI in the subjectAltName extension (e.g. `signerd://dev/app`).
+    SanUri,
+    /// The first DNS name in the subjectAltName extension.
+    SanDns,
+    /// The subject's commonName (exactly one must be present).
+    CommonName,
+}
+
+/// Server config: TLS 1.3 only, ALPN [`ALPN`], client certificates required and verified against
+/// the CA bundle at `client_ca` (expiry and `clientAuth` usage enforced), no 0-RTT
+/// (`max_early_data_size = 0`) and no half-RTT data.
+///
+/// `cert_chain` is the server's PEM chain (end-entity first); `private_key` its PEM key, which
+/// must not be accessible by group or others. Same as [`server_config_with_crl`] without CRLs.
+pub fn server_config(
+    cert_chain: &Path,
+    private_key: &Path,
+    client_ca: &Path,
+) -> Result<ServerConfig, TlsError> {
+    server_config_with_crl(cert_chain, private_key, client_ca, None)
+}
+
+/// Like [`server_config`], and with `crl` (a PEM file of one or more `X509 CRL`s) client
+/// certificates are also checked for revocation: the end-entity certificate's status must be
+/// known from the CRLs (a certificate whose issuer has no CRL in the file is refused), and an
+/// expired CRL (past its `nextUpdate`) refuses the clients of its CA until it is replaced.
+pub fn server_config_with_crl(
+    cert_chain: &Path,
+    private_key: &Path,
+    client_ca: &Path,
+    crl: Option<&Path>,
+) -> Result<ServerConfig, TlsError> {
+    let provider = provider();
+    let roots = pem::load_roots(client_ca)?;
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if let Some(crl) = crl {
+        builder = builder
+            .with_crls(pem::load_crls(crl)?)
+            .only_check_end_entity_revocation()
+            .enforce_revocation_expiration();
+    }
+    let verifier = builder
+        .build()
+        .map_err(|e| TlsError::Rustls(format!("client verifier ({}): {e}", client_ca.display())))?;
+    let chain = pem::load_certs(cert_chain)?;
+    let key = pem::load_private_key(private_key)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(rustls_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| {
+            TlsError::Rustls(format!(
+                "{} with {}: {e}",
+                cert_chain.display(),
+                private_key.display()
+            ))
+        })?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.max_early_data_size = 0;
+    config.send_half_rtt_data = false;
+    tracing::debug!(
+        cert = %cert_chain.display(),
+        client_ca = %client_ca.display(),
+        crl = ?crl.map(Path::display),
+        "TLS server config built"
+    );
+    Ok(config)
+}

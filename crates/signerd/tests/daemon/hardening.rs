@@ -1,0 +1,409 @@
+//! The front end under hostile clients (docs/SCENARIOS.md 14–16): a handshake flood while a normal
+//! client keeps signing, a client holding every stream open without sending, and certificates
+//! that are expired, revoked (CRL) or name no identity.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use signer_client::Client;
+use signer_proto::protocol::{self, Op};
+use signerd::Scheme;
+
+use crate::daemon::{ec_key, random_bytes, Daemon};
+
+/// `/metrics` of the daemon, as text.
+async fn metrics(d: &Daemon) -> String {
+    let port = d.admin_port;
+    tokio::task::spawn_blocking(move || {
+        ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// The value of the series `name{labels}` exactly as rendered (labels in the order given), or 0.
+fn series(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_flood_gets_retry_and_refusals_while_a_client_keeps_signing() {
+    let d = Daemon::start_with(
+        "flood",
+        "new_connections_per_second = 20\nnew_connections_burst = 20\n\
+         max_connections_per_ip = 32\nmax_handshakes = 64\nhandshake_retry_share = 0.25",
+    )
+    .await;
+    let admin = d.admin().await;
+    let name = ec_key(&admin, "flood").await;
+    admin.close();
+    let app = d.app().await;
+    app.sign(&name, Scheme::EcdsaSha256, random_bytes(32))
+        .await
+        .unwrap();
+
+    // The normal client signs throughout the flood.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signer = {
+        let stop = Arc::clone(&stop);
+        let name = name.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut worst) = (0u32, Duration::ZERO);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                app.sign(&name, Scheme::EcdsaSha256, random_bytes(32))
+                    .await
+                    .expect("the normal client keeps succeeding during the flood");
+                worst = worst.max(t.elapsed());
+                ok += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, worst)
+        })
+    };
+
+    // 300 connection attempts at once from 4 endpoints, with valid certificates, each held
+    // open until the flood ends; bounded by a 5 s timeout per attempt.
+    let endpoints: Vec<_> = (0..4)
+        .map(|_| d.raw_endpoint(&d.path("tls/client-app.pem"), &d.path("tls/client-app.key")))
+        .collect();
+    let addr = d.addr();
+    let started = Instant::now();
+    let attempts: Vec<_> = (0..300)
+        .map(|i| {
+            let ep = endpoints[i % endpoints.len()].clone();
+            tokio::spawn(async move {
+                let connecting = ep.connect(addr, "localhost").ok()?;
+                tokio::time::timeout(Duration::from_secs(5), connecting)
+                    .await
+                    .ok()?
+                    .ok()
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for a in attempts {
+        if let Some(conn) = a.await.unwrap() {
+            held.push(conn);
+        }
+    }
+    let flood_took = started.elapsed();
+    assert!(flood_took < Duration::from_secs(20), "{flood_took:?}");
+    // The per-IP cap (32, the normal client included) bounds what the flood holds.
+    assert!(
+        !held.is_empty() && held.len() <= 31,
+        "flood holds {} connections",
+        held.len()
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, worst) = signer.await.unwrap();
+    assert!(ok >= 1, "the normal client signed during the flood");
+    assert!(
+        worst < Duration::from_secs(2),
+        "a sign took {worst:?} during the flood"
+    );
+
+    let text = metrics(&d).await;
+    let outcome = |o: &str| series(&text, &format!("signer_incoming_total{{outcome=\"{o}\"}}"));
+    eprintln!(
+        "flood: held {} connections; accepted {}, retry {}, refused per-ip {}, handshakes {}, \
+         max_connections {}; normal client signed {ok} times, slowest {worst:?}",
+        held.len(),
+        outcome("accepted"),
+        outcome("retry"),
+        outcome("refused_per_ip"),
+        outcome("refused_handshakes"),
+        outcome("refused_max_connections"),
+    );
+    assert!(outcome("retry") > 0.0, "no Retry during the flood:\n{text}");
+    let refused = outcome("refused_per_ip")
+        + outcome("refused_handshakes")
+        + outcome("refused_max_connections");
+    assert!(refused > 0.0, "nothing refused during the flood:\n{text}");
+    assert!(outcome("accepted") >= held.len() as f64);
+
+    // Once the flood lets go, new clients connect again.
+    for c in &held {
+        c.close(0u32.into(), b"done");
+    }
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Client::connect(d.options("client-app.toml")).await {
+            Ok(c) => {
+                c.sign(&name, Scheme::EcdsaSha256, random_bytes(32))
+                    .await
+                    .unwrap();
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "no new connection: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holding_every_stream_silent_is_cut_by_the_read_timeout() {
+    let d = Daemon::start_with(
+        "silent",
+        "max_streams_per_connection = 16\nread_timeout_ms = 500",
+    )
+    .await;
+    let admin = d.admin().await;
+    let name = ec_key(&admin, "silent").await;
+    let app = d.app().await;
+
+    let ep = d.raw_endpoint(&d.path("tls/client-app.pem"), &d.path("tls/client-app.key"));
+    let conn = ep.connect(d.addr(), "localhost").unwrap().await.unwrap();
+    // Every allowed stream, each with one byte of a length prefix and then nothing.
+    let mut streams = Vec::new();
+    for _ in 0..16 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[0]).await.unwrap();
+        streams.push((send, recv));
+    }
+    // A 17th stream has to wait for the server to free one.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), conn.open_bi())
+            .await
+            .is_err(),
+        "the stream limit was not applied"
+    );
+    // Meanwhile another client is unaffected.
+    let t = Instant::now();
+    app.sign(&name, Scheme::EcdsaSha256, random_bytes(32))
+        .await
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2));
+
+    // Each silent stream is answered INVALID_ARGUMENT after the read timeout.
+    let started = Instant::now();
+    for (send, mut recv) in streams {
+        let data = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 16))
+            .await
+            .expect("the server cut the stream")
+            .expect("an answer");
+        let resp = protocol::decode_response(Op::Sign, &data).unwrap();
+        assert_eq!(resp.status, signerd::Status::InvalidArgument);
+        assert!(resp.message.contains("read timeout"), "{}", resp.message);
+        drop(send);
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // And the other client still is.
+    app.sign(&name, Scheme::EcdsaSha256, random_bytes(32))
+        .await
+        .unwrap();
+    conn.close(0u32.into(), b"done");
+}
+
+/// A CA made by the test, allowed to sign certificates and CRLs.
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "hardening test CA");
+        let cert = params.self_signed(&key).unwrap();
+        TestCa { cert, key }
+    }
+
+    /// Issues a client certificate (serial, optional SAN URI, optional expiry in the past) and
+    /// writes `NAME.pem` and `NAME.key` (mode 0600) into `dir`.
+    fn issue(
+        &self,
+        dir: &Path,
+        name: &str,
+        serial: u64,
+        uri: Option<&str>,
+        expired: bool,
+    ) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        if let Some(uri) = uri {
+            params.subject_alt_names = vec![rcgen::SanType::URI(
+                rcgen::Ia5String::try_from(uri.to_owned()).unwrap(),
+            )];
+        }
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        write_private(&key_path, &key.serialize_pem());
+        (cert_path, key_path)
+    }
+
+    fn crl(&self, revoked: &[u64]) -> String {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: rcgen::date_time_ymd(2020, 6, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.cert, &self.key)
+            .unwrap()
+            .pem()
+            .unwrap()
+    }
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_revoked_and_nameless_client_certificates_are_refused() {
+    let mut d = Daemon::start("revoked").await;
+    // Switch the daemon to a client CA of the test's own, with a CRL: the app identity gets a
+    // new certificate from it; "revoked" is on the CRL; "expired" expired in 2021; "nameless"
+    // has no SAN URI (the configured identity field).
+    d.terminate();
+    let ca = TestCa::new();
+    let tls = d.path("tls");
+    std::fs::write(tls.join("test-ca.pem"), ca.cert.pem()).unwrap();
+    std::fs::write(tls.join("test.crl"), ca.crl(&[666])).unwrap();
+    let (app_cert, app_key) = ca.issue(&tls, "new-app", 1, Some("signerd://dev/app"), false);
+    std::fs::copy(&app_cert, tls.join("client-app.pem")).unwrap();
+    write_private(
+        &tls.join("client-app.key"),
+        &std::fs::read_to_string(&app_key).unwrap(),
+    );
+    let revoked = ca.issue(&tls, "revoked", 666, Some("signerd://test/revoked"), false);
+    let expired = ca.issue(&tls, "expired", 7, Some("signerd://test/expired"), true);
+    let nameless = ca.issue(&tls, "nameless", 8, None, false);
+    let cfg = d.path("signerd.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "client_ca = \"tls/ca.pem\"",
+        "client_ca = \"tls/test-ca.pem\"\ncrl = \"tls/test.crl\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    d.spawn_serve().await;
+
+    // The app identity with its new certificate works (spawn_serve waited for it too).
+    let app = d.app().await;
+    app.list_keys().await.unwrap();
+
+    for (what, (cert, key)) in [
+        ("revoked", revoked),
+        ("expired", expired),
+        ("nameless", nameless),
+    ] {
+        assert!(d.refuses(cert, key).await, "{what} certificate accepted");
+    }
+    // The refusals did not disturb the good client.
+    app.list_keys().await.unwrap();
+
+    // Each refusal is an audited authentication failure.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = std::fs::read_to_string(d.path("audit/audit.log")).unwrap_or_default();
+        let auth = audit
+            .lines()
+            .filter(|l| l.contains("\"op\":\"auth\""))
+            .collect::<Vec<_>>();
+        if auth.len() >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected 3 audited authentication failures, got:\n{}",
+            auth.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_files_are_private_and_a_readable_one_stops_the_daemon() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut d = Daemon::start("secrets").await;
+    // `init --dev` wrote every PIN file and private key 0600.
+    let mut secrets = Vec::new();
+    for dir in ["pins", "tls"] {
+        for entry in std::fs::read_dir(d.path(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ext == "pin" || ext == "key" {
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", path.display());
+                secrets.push(path);
+            }
+        }
+    }
+    assert!(secrets.len() >= 5, "{secrets:?}");
+    d.terminate();
+
+    // A group-readable PIN file or TLS key: `signerd serve` refuses to start and says which
+    // file, its mode and the fix.
+    for file in ["pins/p0.pin", "tls/server.key"] {
+        let path = d.path(file);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signerd"))
+            .args(["serve", "--config"])
+            .arg(d.path("signerd.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("{file}: signerd serve started with a group-readable secret");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file}: started anyway");
+        assert!(
+            stderr.contains(&path.display().to_string())
+                && stderr.contains("640")
+                && stderr.contains(&format!("chmod 600 {}", path.display())),
+            "{file}: {stderr}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
