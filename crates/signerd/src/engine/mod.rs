@@ -7,7 +7,7 @@
 //! HSM calls never run on the async runtime: `sign` only queues and awaits. Admin operations
 //! (create, rotate, retire, destroy) block on the HSM; call them from a blocking context.
 
-pub mod admin;
+pub(crate) mod admin;
 mod audit_key;
 mod health;
 mod watchdog;
@@ -106,29 +106,9 @@ impl OpenError {
     }
 }
 
-/// Public information about one key version.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VersionInfo {
-    /// Version number.
-    pub version: Version,
-    /// State.
-    pub state: KeyState,
-    /// Names of the partitions holding it.
-    pub partitions: Vec<String>,
-}
-
-/// Public information about a key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyInfo {
-    /// Name.
-    pub name: KeyName,
-    /// Type.
-    pub key_type: KeyType,
-    /// The version that signs, if any.
-    pub signing_version: Option<Version>,
-    /// All versions, ascending.
-    pub versions: Vec<VersionInfo>,
-}
+/// Public information about a key and its versions: the protocol's own listing types (one
+/// definition for the engine, the wire and the client).
+pub use signer_proto::protocol::{KeyListing as KeyInfo, VersionListing as VersionInfo};
 
 /// A public key export.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,15 +1,15 @@
 //! The thread glue between the async callers and the HSM: router, shard queues, worker threads.
 
-pub mod admission;
+pub(crate) mod admission;
 pub mod audited;
-pub mod breakers;
-pub mod classify;
+pub(crate) mod breakers;
+pub(crate) mod classify;
 pub mod completion;
-pub mod gate;
+pub(crate) mod gate;
 pub mod limiter;
 pub mod router;
 pub mod shard;
-pub mod worker;
+pub(crate) mod worker;
 
 pub use completion::{Completion, Direct};
 pub use shard::{Job, Reply, Shard, Signed};

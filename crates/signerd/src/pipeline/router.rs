@@ -19,7 +19,7 @@ use super::shard::{Job, Shard};
 
 /// Why a shard is being chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Purpose {
+pub(crate) enum Purpose {
     /// A new request. A half-open partition holding the version may take it as a breaker
     /// probe; otherwise the best shard in rotation.
     Submit,
@@ -31,7 +31,7 @@ pub enum Purpose {
 
 /// The router's answer: a shard, and the probe ticket when the job is a breaker probe there.
 #[derive(Debug)]
-pub struct Pick {
+pub(crate) struct Pick {
     /// The chosen shard.
     pub shard: usize,
     /// Set when the job goes to a half-open partition as one of its probes.
@@ -40,7 +40,7 @@ pub struct Pick {
 
 /// Shard selection for the engine, its workers and its watchdog.
 #[derive(Debug)]
-pub struct Router {
+pub(crate) struct Router {
     partitions: Vec<Arc<Partition>>,
     shards: Arc<[Shard]>,
     /// The shards of each partition, by partition index.

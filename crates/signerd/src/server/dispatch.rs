@@ -11,13 +11,12 @@ use super::batcher::{BatchReply, Batcher};
 use super::{authz, verify_pool, InflightGuard, State};
 use crate::audit::AuditEntry;
 use crate::config::batch::BatchMode;
-use crate::engine::{KeyInfo, SignRequest, VersionInfo};
+use crate::engine::SignRequest;
 use crate::error::{EngineError, Status};
 use crate::pipeline::Reply;
 use signer_proto::keys::{KeyName, Payload, Scheme, Version};
 use signer_proto::protocol::{
-    self, BatchItem, KeyListing, Op, Request, RequestFrame, ResponseBody, ResponseFrame,
-    SignatureForm, VersionListing,
+    self, BatchItem, Op, Request, RequestFrame, ResponseBody, ResponseFrame, SignatureForm,
 };
 
 /// Stream error code when the request could not be read (too large, too slow).
@@ -535,7 +534,6 @@ fn list_keys(state: &State, identity: &Arc<str>) -> ResponseBody {
             .list()
             .into_iter()
             .filter(|k| authz::may_list(state, identity, &k.name))
-            .map(listing)
             .collect(),
     )
 }
@@ -557,14 +555,10 @@ async fn admin_op(
             let placement = (!placement.is_empty()).then_some(placement);
             let v = engine.create_key(&key, key_type, placement.as_deref())?;
             tracing::info!(identity = %who, key = %key, %key_type, "key created");
-            Ok(ResponseBody::KeyVersion(version_listing(v)))
+            Ok(ResponseBody::KeyVersion(v))
         }
-        Request::RotateKey { key } => Ok(ResponseBody::KeyVersion(version_listing(
-            engine.rotate_key(&key)?,
-        ))),
-        Request::RetireKey { key, version } => Ok(ResponseBody::KeyVersion(version_listing(
-            engine.retire_key(&key, version)?,
-        ))),
+        Request::RotateKey { key } => Ok(ResponseBody::KeyVersion(engine.rotate_key(&key)?)),
+        Request::RetireKey { key, version } => Ok(ResponseBody::KeyVersion(engine.retire_key(&key, version)?)),
         Request::DestroyKey { key, version } => engine
             .destroy_key(&key, version)
             .map(|()| ResponseBody::Destroyed),
@@ -852,22 +846,5 @@ fn status_frame(status: Status, message: String) -> ResponseFrame {
         retry_after_ms: 0,
         message,
         body: None,
-    }
-}
-
-fn listing(k: KeyInfo) -> KeyListing {
-    KeyListing {
-        name: k.name,
-        key_type: k.key_type,
-        signing_version: k.signing_version,
-        versions: k.versions.into_iter().map(version_listing).collect(),
-    }
-}
-
-fn version_listing(v: VersionInfo) -> VersionListing {
-    VersionListing {
-        version: v.version,
-        state: v.state,
-        partitions: v.partitions,
     }
 }
