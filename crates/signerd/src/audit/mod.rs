@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 
 mod archive;
 mod checkpoint;
+mod entries;
 mod error;
 mod parse;
 mod record;

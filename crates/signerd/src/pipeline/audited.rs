@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use super::completion::Completion;
 use super::shard::{Job, Reply};
-use crate::audit::{sha256, AuditEntry, AuditLog};
+use crate::audit::{AuditEntry, AuditLog};
 use crate::error::EngineError;
 
 /// Retry hint when the audit log cannot be written.
@@ -100,17 +100,13 @@ pub fn sign_entry(
         Ok(_) => (signer_proto::Status::Ok, None),
         Err(e) => (e.status(), Some(e.to_string())),
     };
-    AuditEntry {
-        time,
-        identity: Arc::clone(&job.identity),
-        op: "sign",
-        key: Some(job.version.name.shared()),
-        version: Some(job.version.version),
-        payload_sha256: Some(sha256(job.payload.bytes())),
-        status: status.as_str(),
-        partition,
-        detail,
-    }
+    AuditEntry::new("sign", Arc::clone(&job.identity), status)
+        .at(time)
+        .key(Some(job.version.name.shared()))
+        .version(Some(job.version.version))
+        .payload(job.payload.bytes())
+        .partition(partition)
+        .detail(detail)
 }
 
 /// Capacity for the worker's next group: about as large as this one, so it does not regrow.
@@ -122,6 +118,8 @@ fn jobs_capacity(last: usize) -> usize {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use std::time::Instant;
+
+    use crate::audit::sha256;
 
     use p256::ecdsa::signature::hazmat::PrehashSigner;
     use p256::ecdsa::{Signature, SigningKey};

@@ -165,17 +165,14 @@ impl Batcher {
         partition: Option<Arc<str>>,
         n: usize,
     ) -> AuditEntry {
-        AuditEntry {
-            time: SystemTime::now(),
-            identity: Arc::clone(&self.identity),
-            op: "sign",
-            key: Some(group.key.shared()),
-            version: Some(version),
-            payload_sha256: Some(root_hash),
-            status: signer_proto::Status::Ok.as_str(),
-            partition,
-            detail: Some(format!("batch root of {n} leaves")),
-        }
+        AuditEntry::batch_root(
+            Arc::clone(&self.identity),
+            group.key.shared(),
+            version,
+            root_hash,
+            n,
+        )
+        .partition(partition)
     }
 
     fn group(&self, key: &KeyName, version: Option<Version>, scheme: Scheme) -> Arc<Group> {
@@ -344,18 +341,16 @@ impl SignedTree {
             let detail_root = crate::hsm::objects::hex(&root_hash);
             let time = SystemTime::now();
             let entries = std::iter::once(root)
-                .chain(live.iter().enumerate().map(|(i, l)| AuditEntry {
-                    time,
-                    identity: Arc::clone(&l.identity),
-                    op: "sign",
-                    key: Some(Arc::clone(&key)),
-                    version: Some(signed.version),
-                    payload_sha256: Some(Sha256::digest(&l.payload).into()),
-                    status: signer_proto::Status::Ok.as_str(),
-                    partition: partition.clone(),
-                    detail: Some(format!(
-                        "batch leaf {i} of {n}; root input sha256 {detail_root}"
-                    )),
+                .chain(live.iter().enumerate().map(|(i, l)| {
+                    AuditEntry::new("sign", Arc::clone(&l.identity), signer_proto::Status::Ok)
+                        .at(time)
+                        .key(Some(Arc::clone(&key)))
+                        .version(Some(signed.version))
+                        .payload(&l.payload)
+                        .partition(partition.clone())
+                        .detail(Some(format!(
+                            "batch leaf {i} of {n}; root input sha256 {detail_root}"
+                        )))
                 }))
                 .collect();
             let (tx, rx) = oneshot::channel();

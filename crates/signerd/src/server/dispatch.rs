@@ -2,7 +2,7 @@
 //! answer exactly once, finish.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
@@ -558,7 +558,9 @@ async fn admin_op(
             Ok(ResponseBody::KeyVersion(v))
         }
         Request::RotateKey { key } => Ok(ResponseBody::KeyVersion(engine.rotate_key(&key)?)),
-        Request::RetireKey { key, version } => Ok(ResponseBody::KeyVersion(engine.retire_key(&key, version)?)),
+        Request::RetireKey { key, version } => {
+            Ok(ResponseBody::KeyVersion(engine.retire_key(&key, version)?))
+        }
         Request::DestroyKey { key, version } => engine
             .destroy_key(&key, version)
             .map(|()| ResponseBody::Destroyed),
@@ -594,17 +596,10 @@ fn audit_entry(
     status: Status,
     detail: Option<String>,
 ) -> AuditEntry {
-    AuditEntry {
-        time: SystemTime::now(),
-        identity: Arc::clone(identity),
-        op,
-        key: key.map(|k| k.shared()),
-        version,
-        payload_sha256: None,
-        status: status.as_str(),
-        partition: None,
-        detail,
-    }
+    AuditEntry::new(op, Arc::clone(identity), status)
+        .key(key.map(|k| k.shared()))
+        .version(version)
+        .detail(detail)
 }
 
 /// Answers PERMISSION_DENIED, after recording the denial in the audit log.
@@ -701,18 +696,7 @@ async fn audit_admin(
 /// Records a connection refused for want of a usable client identity.
 pub(super) async fn audit_auth_failure(state: &State, reason: &str) {
     if let Some(audit) = &state.extras.audit {
-        let entry = AuditEntry {
-            time: SystemTime::now(),
-            identity: Arc::from("-"),
-            op: "auth",
-            key: None,
-            version: None,
-            payload_sha256: None,
-            status: Status::Unauthenticated.as_str(),
-            partition: None,
-            detail: Some(reason.to_owned()),
-        };
-        if let Err(e) = audit.append(entry).await {
+        if let Err(e) = audit.append(AuditEntry::auth_failure(reason)).await {
             tracing::error!("authentication failure not audited: {e}");
         }
     }

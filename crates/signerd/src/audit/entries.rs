@@ -1,0 +1,88 @@
+//! Building audit entries: the one place that decides how a request becomes a record (its op
+//! text, status name, payload hash, time). Every producer (the workers' completion, the front
+//! end's denials and admin ops, the Merkle batcher, the connection handshake) starts from
+//! [`AuditEntry::new`] or one of the named constructors below.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use signer_proto::{Status, Version};
+
+use super::{sha256, AuditEntry};
+
+impl AuditEntry {
+    /// A record of `op` by `identity`, answered `status`, stamped now; the builder methods below
+    /// add what the op names.
+    pub fn new(op: &'static str, identity: Arc<str>, status: Status) -> AuditEntry {
+        AuditEntry {
+            time: SystemTime::now(),
+            identity,
+            op,
+            key: None,
+            version: None,
+            payload_sha256: None,
+            status: status.as_str(),
+            partition: None,
+            detail: None,
+        }
+    }
+
+    /// A connection refused for want of a usable client identity (no identity: `-`).
+    pub fn auth_failure(reason: &str) -> AuditEntry {
+        AuditEntry::new("auth", Arc::from("-"), Status::Unauthenticated)
+            .detail(Some(reason.to_owned()))
+    }
+
+    /// The root signature of a Merkle batch tree of `leaves` leaves, signed for the batcher's
+    /// `identity` over the root input whose SHA-256 is `root_hash`.
+    pub fn batch_root(
+        identity: Arc<str>,
+        key: Arc<str>,
+        version: Version,
+        root_hash: [u8; 32],
+        leaves: usize,
+    ) -> AuditEntry {
+        let mut entry = AuditEntry::new("sign", identity, Status::Ok)
+            .key(Some(key))
+            .version(Some(version))
+            .detail(Some(format!("batch root of {leaves} leaves")));
+        entry.payload_sha256 = Some(root_hash);
+        entry
+    }
+
+    /// Sets the time (a group of records written together shares one).
+    pub fn at(mut self, time: SystemTime) -> AuditEntry {
+        self.time = time;
+        self
+    }
+
+    /// The key the op names.
+    pub fn key(mut self, key: Option<Arc<str>>) -> AuditEntry {
+        self.key = key;
+        self
+    }
+
+    /// The key version, if known.
+    pub fn version(mut self, version: Option<Version>) -> AuditEntry {
+        self.version = version;
+        self
+    }
+
+    /// The signed digest or message: recorded as its SHA-256, never itself.
+    pub fn payload(mut self, payload: &[u8]) -> AuditEntry {
+        self.payload_sha256 = Some(sha256(payload));
+        self
+    }
+
+    /// The partition that served it.
+    pub fn partition(mut self, partition: Option<Arc<str>>) -> AuditEntry {
+        self.partition = partition;
+        self
+    }
+
+    /// A short detail (an error's message, a note). Never secrets.
+    pub fn detail(mut self, detail: Option<String>) -> AuditEntry {
+        self.detail = detail;
+        self
+    }
+}
