@@ -16,7 +16,7 @@
 #   drain8      [engine] max_drain = 8 (default 64)
 #   queue256    [engine] queue_depth = 256 (default 1024)
 #   streams256  [server] max_streams_per_connection = 256 (default 4096)
-#   commit0     [audit] commit_interval_us = 0 (default 4000: paced group commit)
+#   commit0     [audit] commit_interval = "0s" (default "4ms": paced group commit)
 #   conns4      loadgen --connections 4 (default 1); the daemon unchanged
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +39,7 @@ edits = {
     "drain8": ("[engine]", None),
     "queue256": ("[engine]", None),
     "streams256": ("[server]", "max_streams_per_connection = 256"),
-    "commit0": ("[audit]", "commit_interval_us = 0"),
+    "commit0": ("[audit]", 'commit_interval = "0s"'),
 }
 text = open(src).read()
 if name == "drain8":

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::report::{self, RunResult};
 use crate::run::{self, Kept, Load, Phase, Target};
 use signer_client::{Client, ClientOptions, ClientOptionsBuilder, SignatureForm};
-use signerd::Scheme;
+use signer_proto::Scheme;
 
 /// Load generator for signerd.
 ///
@@ -250,6 +250,9 @@ where
 
 fn ceiling(a: CeilingArgs) -> Result<ExitCode, String> {
     let cfg = signerd::config::Config::load(&a.config).map_err(|e| e.to_string())?;
+    // The modules read their env at C_Initialize; it is set while this is the process's only
+    // thread (no runtime is started for `ceiling`; main only parsed the command line).
+    signerd::hsm::module::set_module_env(&cfg.module_env())?;
     let key = signerd::KeyName::new(&a.key).map_err(|e| e.to_string())?;
     eprintln!(
         "raw PKCS#11 sign loop: {} threads, {:?}",
@@ -573,7 +576,7 @@ async fn verify_all(target: &Target, r: &mut RunResult, kept: Vec<Kept>) -> Resu
         keys.insert(v, pk.spki_der.to_vec());
     }
     let scheme = target.scheme;
-    let key = signerd::KeyName::new(&target.key).map_err(|e| e.to_string())?;
+    let key = signer_proto::KeyName::new(&target.key).map_err(|e| e.to_string())?;
     let (verified, failures) = tokio::task::spawn_blocking(move || {
         use rayon::prelude::*;
         let failures = kept

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use signer_client::{Client, ClientError, SignOptions, SignatureForm};
-use signerd::Scheme;
+use signer_proto::Scheme;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 

@@ -5,7 +5,7 @@ use ed25519_dalek::pkcs8::DecodePublicKey as _;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use rsa::{Pkcs1v15Sign, Pss, RsaPublicKey};
 use sha2::{Sha256, Sha384, Sha512};
-use signerd::Scheme;
+use signer_proto::Scheme;
 
 /// Verifies `sig` over `payload` (a digest, or the message for Ed25519) against the
 /// SubjectPublicKeyInfo `spki`.

@@ -62,7 +62,8 @@ impl ClientOptions {
     }
 
     /// Reads a client TOML file (keys: `endpoints`, `server_name`, `ca`, `cert`, `key`,
-    /// `timeout_ms`, `max_retries`, `coalesce`; docs/CONFIG.md) and builds it: the same checks
+    /// `timeout` (a duration with its unit, `"5s"`), `max_retries`, `coalesce`; docs/CONFIG.md)
+    /// and builds it: the same checks
     /// as [`ClientOptionsBuilder::build`], with the file's name in the error. Relative paths
     /// are relative to the file's directory.
     pub fn from_file(path: &Path) -> Result<ClientOptions, ClientError> {
@@ -246,9 +247,71 @@ struct File {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
-    timeout_ms: Option<u64>,
+    #[serde(default, deserialize_with = "duration::deserialize")]
+    timeout: Option<Duration>,
     max_retries: Option<u32>,
     coalesce: Option<usize>,
+}
+
+/// Durations in a client file: a string with its unit (`"5s"`, `"750ms"`, `"1m"`), parsed by
+/// `humantime`, as in the daemon's config. A bare number is refused: its unit would be a guess.
+mod duration {
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::de::{self, Deserializer, Visitor};
+
+    /// What a duration looks like, for error messages.
+    pub(super) const EXAMPLE: &str = "a duration with its unit, e.g. \"5s\" or \"750ms\"";
+
+    /// `#[serde(deserialize_with = "...")]` for an optional duration.
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        d.deserialize_any(DurationVisitor).map(Some)
+    }
+
+    struct DurationVisitor;
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(EXAMPLE)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            humantime::parse_duration(v)
+                .map_err(|e| E::custom(format!("{v:?} is not {EXAMPLE}: {e}")))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            Err(E::custom(format!(
+                "{v} has no unit: write {EXAMPLE} (\"{v}ms\" for {v} milliseconds)"
+            )))
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+            Err(E::custom(format!(
+                "{v} has no unit: write {EXAMPLE} (\"{v}ms\" for {v} milliseconds)"
+            )))
+        }
+    }
+
+    /// Refuses `timeout_ms`, the key `timeout` replaced, naming the replacement with the value it
+    /// stands for.
+    pub(super) fn refuse_renamed(doc: &toml::Table) -> Result<(), String> {
+        let Some(old) = doc.get("timeout_ms") else {
+            return Ok(());
+        };
+        match old.as_integer().and_then(|n| u64::try_from(n).ok()) {
+            Some(ms) => Err(format!(
+                "`timeout_ms` is now `timeout = \"{}\"` (a duration with its unit)",
+                humantime::format_duration(Duration::from_millis(ms))
+            )),
+            None => Err(format!("`timeout_ms` is now `timeout` ({EXAMPLE})")),
+        }
+    }
 }
 
 impl ClientOptionsBuilder {
@@ -259,8 +322,14 @@ impl ClientOptionsBuilder {
     pub fn from_file(path: &Path) -> Result<ClientOptionsBuilder, ClientError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ClientError::Config(format!("cannot read {}: {e}", path.display())))?;
-        let f: File = toml::from_str(&text)
-            .map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
+        let in_file =
+            |e: &dyn fmt::Display| ClientError::Config(format!("{}: {e}", path.display()));
+        // The key renamed when durations got their units is refused by name, with its
+        // replacement, before serde would call it unknown.
+        if let Ok(doc) = toml::from_str::<toml::Table>(&text) {
+            duration::refuse_renamed(&doc).map_err(|e| in_file(&e))?;
+        }
+        let f: File = toml::from_str(&text).map_err(|e| in_file(&e))?;
         let base = path
             .canonicalize()
             .ok()
@@ -274,8 +343,8 @@ impl ClientOptionsBuilder {
         if let Some(name) = f.server_name {
             b = b.server_name(name);
         }
-        if let Some(ms) = f.timeout_ms {
-            b = b.timeout(Duration::from_millis(ms));
+        if let Some(timeout) = f.timeout {
+            b = b.timeout(timeout);
         }
         if let Some(n) = f.max_retries {
             b = b.max_retries(n);

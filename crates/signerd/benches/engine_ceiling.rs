@@ -29,6 +29,8 @@ fn main() -> Result<(), String> {
     let dir = std::env::var("BENCH_DIR")
         .unwrap_or_else(|_| format!("{}/../bench-dev", env!("CARGO_TARGET_TMPDIR")));
     let duration = Duration::from_secs_f64(secs);
+    // Still the process's only thread: init_dev may set SOFTHSM2_CONF here (hsm::module::
+    // set_module_env), and raw_sign_loop and the engine find it set.
     let setup = init_dev(
         std::path::Path::new(&dir),
         2,
@@ -38,7 +40,7 @@ fn main() -> Result<(), String> {
     let mut cfg = Config::load(&setup.config).map_err(|e| e.to_string())?;
     // This measures throughput against the raw loop; admission (shedding when the predicted
     // queue wait is long) is not what is measured here.
-    cfg.engine.max_queue_wait_ms = 600_000;
+    cfg.engine.max_queue_wait = Duration::from_secs(600);
     if let Ok(v) = std::env::var("BENCH_SESSION_COPY") {
         for p in cfg.providers.values_mut() {
             p.session_key_copy = v != "0";

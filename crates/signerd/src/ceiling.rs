@@ -56,14 +56,14 @@ impl Holders {
                 let spec = PartitionSpec {
                     name: part.name.clone(),
                     provider: pname.clone(),
-                    selector: part.selector()?,
+                    selector: part.selector.clone(),
                     session_key_copy: p.session_key_copy,
                     replicate: p.replicate,
                     workers: 1,
                     min_inflight: 1,
                     tier: 0,
                 };
-                let pin = Pin::load(&part.pin_source()?).map_err(|e| e.to_string())?;
+                let pin = Pin::load(&part.pin).map_err(|e| e.to_string())?;
                 let idx = partitions.len();
                 let partition = Partition::open(Arc::clone(&module), spec, pin, idx)
                     .map_err(|e| format!("{}: {e}", part.name))?;

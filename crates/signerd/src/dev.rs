@@ -14,6 +14,7 @@ use cryptoki::slot::Slot;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
+use crate::hsm::module::set_module_env;
 use crate::hsm::{find_softhsm2, objects, HsmError, Module};
 use crate::secret::Pin;
 
@@ -94,6 +95,8 @@ impl Default for DevPorts {
 /// `DIR/client-app.toml` for an ordinary one, dev PKI in `DIR/tls`).
 ///
 /// SoftHSM2 reads `SOFTHSM2_CONF` once per process, so a process can use one dev directory only.
+/// It is set here (see [`set_module_env`]): call this before the process starts any thread, or
+/// start the process with `SOFTHSM2_CONF` already pointing at `DIR/softhsm2.conf`.
 pub fn init_dev(dir: &Path, partitions: usize, ports: DevPorts) -> Result<DevSetup, DevError> {
     let module_path = find_softhsm2().ok_or(DevError::NoSoftHsm)?;
     if partitions == 0 || partitions > 16 {
@@ -119,6 +122,10 @@ pub fn init_dev(dir: &Path, partitions: usize, ports: DevPorts) -> Result<DevSet
         0o644,
     )?;
     let env = BTreeMap::from([("SOFTHSM2_CONF".to_owned(), conf.display().to_string())]);
+    // SoftHSM2 reads SOFTHSM2_CONF at C_Initialize: put it into the environment first, which
+    // needs a process with one thread (`signerd init --dev` starts none before this) unless it
+    // is already set to this directory's file.
+    set_module_env(&env).map_err(DevError::Inconsistent)?;
     let module = Module::load(&module_path, &env)?;
 
     let mut tokens = Vec::new();
@@ -286,8 +293,9 @@ fn client_config(port: u16, who: &str) -> String {
          ca = \"tls/ca.pem\"\n\
          cert = \"tls/client-{who}.pem\"\n\
          key = \"tls/client-{who}.key\"\n\
-         # Per-call timeout (sent as the request deadline) and retries of retryable answers.\n\
-         timeout_ms = 5000\n\
+         # Per-call timeout (sent as the request deadline; a duration with its unit) and retries\n\
+         # of retryable answers.\n\
+         timeout = \"5s\"\n\
          max_retries = 2\n"
     )
 }
@@ -316,9 +324,9 @@ fn dev_config(module: &Path, conf: &Path, partitions: usize, ports: DevPorts) ->
          rotate_mib = 256\n\
          # Warn (log, /readyz, signer_audit_disk_low) below this much free space; 0 never warns.\n\
          min_free_mib = 4096\n\
-         # A checkpoint signed in the HSM every N records or T milliseconds.\n\
+         # A checkpoint signed in the HSM every N records or after T (durations have their unit).\n\
          checkpoint_records = 10000\n\
-         checkpoint_interval_ms = 1000\n\
+         checkpoint_interval = \"1s\"\n\
          # ECDSA P-256 HSM key that signs checkpoints (created at first start; not usable by clients).\n\
          key = \"signerd-audit\"\n\n\
          [engine]\n\
@@ -327,9 +335,9 @@ fn dev_config(module: &Path, conf: &Path, partitions: usize, ports: DevPorts) ->
          # Most requests a worker takes per wake-up.\n\
          max_drain = {}\n\
          # Requests predicted to wait longer than this in an overloaded queue are answered OVERLOADED\n\
-         # at once; burst_queue_wait_ms is the limit while the queue keeps up.\n\
-         max_queue_wait_ms = {}\n\
-         burst_queue_wait_ms = {}\n\n\
+         # at once; burst_queue_wait is the limit while the queue keeps up.\n\
+         max_queue_wait = \"{}\"\n\
+         burst_queue_wait = \"{}\"\n\n\
          [providers.softhsm]\n\
          module = \"{}\"\n\
          env = {{ SOFTHSM2_CONF = \"{}\" }}\n\
@@ -339,8 +347,8 @@ fn dev_config(module: &Path, conf: &Path, partitions: usize, ports: DevPorts) ->
          replicate = true\n",
         crate::config::DEFAULT_QUEUE_DEPTH,
         crate::config::DEFAULT_MAX_DRAIN,
-        crate::config::DEFAULT_MAX_QUEUE_WAIT_MS,
-        crate::config::DEFAULT_BURST_QUEUE_WAIT_MS,
+        crate::config::duration::format(crate::config::DEFAULT_MAX_QUEUE_WAIT),
+        crate::config::duration::format(crate::config::DEFAULT_BURST_QUEUE_WAIT),
         module.display(),
         conf.display()
     );

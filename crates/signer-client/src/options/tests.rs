@@ -272,14 +272,18 @@ fn a_file_keeps_its_keys_and_defaults_and_goes_through_the_builder() {
         matches!(&o.ca, Origin::File(p) if p.is_absolute()),
         "relative paths resolve against the file: {o:?}"
     );
-    let o = read("server_name = \"signer\"\ntimeout_ms = 750\nmax_retries = 7").unwrap();
+    let o = read("server_name = \"signer\"\ntimeout = \"750ms\"\nmax_retries = 7").unwrap();
     assert_eq!(
         (o.server_name(), o.timeout(), o.max_retries()),
         ("signer", Duration::from_millis(750), 7)
     );
+    assert_eq!(
+        read("timeout = \"1m 30s\"").unwrap().timeout(),
+        Duration::from_secs(90)
+    );
     assert_eq!(read("coalesce = 16").unwrap().coalesce(), 16);
     assert_eq!(read("coalesce = 1024").unwrap().coalesce(), 1024);
-    for bad in ["coalesce = 0", "coalesce = 1025", "timeout_ms = 0"] {
+    for bad in ["coalesce = 0", "coalesce = 1025", "timeout = \"0s\""] {
         let (_dir, path) = file(bad, 0o600);
         let e = ClientOptions::from_file(&path).unwrap_err().to_string();
         assert!(
@@ -307,4 +311,39 @@ fn a_file_keeps_its_keys_and_defaults_and_goes_through_the_builder() {
         let e = ClientOptions::from_file(&path).unwrap_err().to_string();
         assert!(e.contains("mode 640") && e.contains("chmod 600"), "{e}");
     }
+}
+
+#[test]
+fn a_file_timeout_needs_its_unit_and_the_old_key_names_the_new_one() {
+    // A unit humantime does not know, or none: refused, the line quoted with its key.
+    for (line, why) in [
+        ("timeout = \"5 parsecs\"", "unknown time unit \"parsecs\""),
+        ("timeout = \"5\"", "time unit needed"),
+        ("timeout = 5000", "5000 has no unit"),
+    ] {
+        let (_dir, path) = file(line, 0o600);
+        let e = ClientOptions::from_file(&path).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("config: {}: ", path.display())),
+            "{line}: {e}"
+        );
+        assert!(e.contains(line), "{line}: {e}");
+        assert!(e.contains(why), "{line}: {e}");
+        assert!(e.contains("a duration with its unit"), "{line}: {e}");
+    }
+    // The old key is refused by name, with its replacement and the same value.
+    let (_dir, path) = file("timeout_ms = 750", 0o600);
+    let e = ClientOptions::from_file(&path).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "config: {}: `timeout_ms` is now `timeout = \"750ms\"` (a duration with its unit)",
+            path.display()
+        )
+    );
+    let e = read("timeout_ms = \"5s\"").unwrap_err().to_string();
+    assert!(
+        e.contains("`timeout_ms` is now `timeout` (a duration with its unit"),
+        "{e}"
+    );
 }

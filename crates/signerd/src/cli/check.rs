@@ -4,12 +4,11 @@
 use std::path::Path;
 
 use super::{CliError, EXIT_USAGE};
-use signerd::config::Config;
 use signerd::policy::Policy;
 use signerd::Engine;
 
 pub fn run(path: &Path) -> Result<(), CliError> {
-    let cfg = Config::load(path).map_err(|e| CliError::new(EXIT_USAGE, e))?;
+    let cfg = super::load_config(path)?;
     // The access policy, if any, is checked before the HSM is touched.
     if let Some(file) = cfg.server.as_ref().and_then(|s| s.policy.as_ref()) {
         let policy = Policy::load(file).map_err(|e| CliError::new(EXIT_USAGE, e))?;

@@ -1,8 +1,9 @@
 //! Subcommands, one file each.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+use signerd::config::Config;
 
 mod audit;
 mod check;
@@ -17,6 +18,17 @@ mod sign;
 pub const EXIT_USAGE: u8 = 64;
 /// Exit code when the HSM or a needed service is unavailable (sysexits EX_UNAVAILABLE).
 pub const EXIT_UNAVAILABLE: u8 = 69;
+
+/// Reads the config (exit 64 if it is bad) and gives the PKCS#11 modules the environment they
+/// read at `C_Initialize` (`[providers.NAME] env`). The commands that load modules call this
+/// first, while the process still has its only thread: `main` has parsed the command line and
+/// installed the log subscriber, neither of which starts one (see
+/// `signerd::hsm::module::set_module_env`).
+fn load_config(path: &Path) -> Result<Config, CliError> {
+    let cfg = Config::load(path).map_err(|e| CliError::new(EXIT_USAGE, e))?;
+    signerd::hsm::module::set_module_env(&cfg.module_env()).map_err(|e| CliError::new(1, e))?;
+    Ok(cfg)
+}
 
 /// The exit code for an engine that could not open: 64 for the operator's config or secrets
 /// (a wrong PIN included), 69 for an unavailable HSM, 1 for anything else (e.g. the OS refused a

@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 
 use super::{CliError, EXIT_UNAVAILABLE, EXIT_USAGE};
 use signerd::ceiling::digest_pool;
-use signerd::config::Config;
 use signerd::{Engine, KeyName, KeyType, SignRequest};
 
 pub fn run(path: &Path, key: &str, key_type: &str, count: usize) -> Result<(), CliError> {
-    let cfg = Config::load(path).map_err(|e| CliError::new(EXIT_USAGE, e))?;
+    let cfg = super::load_config(path)?;
     let key = KeyName::new(key).map_err(|e| CliError::new(EXIT_USAGE, e))?;
     let key_type: KeyType = key_type.parse().map_err(|e| CliError::new(EXIT_USAGE, e))?;
     let engine = Engine::open(&cfg).map_err(|e| CliError::new(EXIT_UNAVAILABLE, e))?;

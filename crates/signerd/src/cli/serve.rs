@@ -2,7 +2,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{CliError, EXIT_UNAVAILABLE, EXIT_USAGE};
 use signerd::audit::{AuditConfig, AuditLog, DiskSpace};
@@ -14,7 +13,7 @@ use signerd::telemetry::{self, Admin, AdminLimits, PartitionHealth, ReadyReport}
 use signerd::{Engine, KeyName};
 
 pub fn run(path: &Path) -> Result<(), CliError> {
-    let cfg = Config::load(path).map_err(|e| CliError::new(EXIT_USAGE, e))?;
+    let cfg = super::load_config(path)?;
     let server_cfg = cfg.server.clone().ok_or_else(|| {
         CliError::new(
             EXIT_USAGE,
@@ -241,8 +240,8 @@ fn open_audit(
         path: section.path.clone(),
         rotate_bytes: section.rotate_mib.saturating_mul(1 << 20),
         checkpoint_records: section.checkpoint_records,
-        checkpoint_interval: Duration::from_millis(section.checkpoint_interval_ms),
-        commit_interval: Duration::from_micros(section.commit_interval_us),
+        checkpoint_interval: section.checkpoint_interval,
+        commit_interval: section.commit_interval,
         ..AuditConfig::new(section.path.clone())
     };
     let log = AuditLog::open(audit_cfg, Box::new(signer)).map_err(|e| {

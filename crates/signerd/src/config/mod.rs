@@ -2,30 +2,41 @@
 //!
 //! Relative paths in the file are resolved against the directory holding the config file, so a
 //! config directory (like the one `signerd init --dev` writes) can be moved as a whole.
+//!
+//! Loading happens in one pass: the text is read as written (partitions with their `label` /
+//! `serial` / `uri` and `pin_file` / `pin_env` keys), paths are resolved, the environment
+//! overrides applied, and validation turns it into a [`Config`] whose values are typed: durations
+//! are [`Duration`]s (written with their unit, [`duration`]), each partition's token selector and
+//! PIN source are parsed, the `[breaker]` table is the breaker's own
+//! [`BreakerConfig`]. Nothing parses the file's strings again after that.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::control::breaker::BreakerConfig;
 use crate::hsm::uri::Pkcs11Uri;
 use crate::secret::PinSource;
 
 pub mod batch;
+pub mod duration;
 pub mod ops;
 pub mod server;
 
-pub use ops::{AdminConfig, AuditSection, BreakerSection};
+pub use ops::{AdminConfig, AuditSection};
 pub use server::ServerConfig;
 
 /// Default bounded queue capacity per worker shard.
 pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
-/// Default longest predicted queue wait before shedding (ms).
-pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 30;
-/// Default `engine.burst_queue_wait_ms`.
-pub const DEFAULT_BURST_QUEUE_WAIT_MS: u64 = 100;
-/// Default time in one HSM call after which a worker counts as hung (ms).
-pub const DEFAULT_HANG_TIMEOUT_MS: u64 = 2000;
+/// Default longest predicted queue wait before shedding, in sustained overload
+/// (`engine.max_queue_wait`).
+pub const DEFAULT_MAX_QUEUE_WAIT: Duration = Duration::from_millis(30);
+/// Default `engine.burst_queue_wait`.
+pub const DEFAULT_BURST_QUEUE_WAIT: Duration = Duration::from_millis(100);
+/// Default time in one HSM call after which a worker counts as hung (`engine.hang_timeout`).
+pub const DEFAULT_HANG_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default most requests a worker takes from its queue per wake-up.
 pub const DEFAULT_MAX_DRAIN: usize = 64;
 
@@ -40,7 +51,7 @@ pub enum ConfigError {
         /// OS error.
         reason: String,
     },
-    /// TOML syntax error, unknown key, or wrong type.
+    /// TOML syntax error, unknown or renamed key, or wrong type.
     #[error("config {path}: {reason}")]
     Parse {
         /// The file.
@@ -54,9 +65,13 @@ pub enum ConfigError {
 }
 
 /// The whole `signerd.toml`.
+///
+/// `P` is how partitions are held: [`PartitionConfig`] (the default, and the only kind
+/// [`Config::load`] and [`Config::parse`] return), with the token selector and PIN source
+/// parsed; the file's own form exists only while a config is being loaded.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub struct Config<P = PartitionConfig> {
     /// Pipeline settings.
     #[serde(default)]
     pub engine: EngineConfig,
@@ -72,11 +87,12 @@ pub struct Config {
     /// Merkle batch signatures (docs/BATCH.md): off for every key unless configured.
     #[serde(default)]
     pub batch: batch::BatchSection,
-    /// The per-partition circuit breakers (every partition alike).
+    /// `[breaker]`: the per-partition circuit breakers (every partition alike), read straight
+    /// into the breaker's own settings; every key defaults to [`BreakerConfig::default`].
     #[serde(default)]
-    pub breaker: BreakerSection,
+    pub breaker: BreakerConfig,
     /// PKCS#11 providers by name (one table each).
-    pub providers: BTreeMap<String, ProviderConfig>,
+    pub providers: BTreeMap<String, ProviderConfig<P>>,
 }
 
 /// `[engine]`: pipeline settings.
@@ -88,24 +104,27 @@ pub struct EngineConfig {
     /// Most requests a worker drains per wake-up (default 64).
     pub max_drain: usize,
     /// Longest a request may be predicted to wait in a queue in sustained overload (see
-    /// `burst_queue_wait_ms` for the other case); beyond it (or beyond the request's own
+    /// `burst_queue_wait` for the other case); beyond it (or beyond the request's own
     /// deadline) it is answered OVERLOADED at once instead of queued (default 30 ms: under
     /// overload the time before admission — socket, runtime, client — and after it — HSM,
     /// audit commit, answer — also counts against the 100 ms p95 objective; measured in
     /// tuning/RESULTS.md). In sustained overload the predicted wait uses the worker's measured
     /// busy time per job when that is longer than its HSM call time.
-    pub max_queue_wait_ms: u64,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub max_queue_wait: Duration,
     /// Longest predicted queue wait admitted while the queue keeps up, i.e. its requests do not
     /// arrive faster than its worker finishes them (a burst, or a stall of the machine, that the
-    /// worker drains by itself). `max_queue_wait_ms` applies once a queue is in sustained
+    /// worker drains by itself). `max_queue_wait` applies once a queue is in sustained
     /// overload (it had to shed, or it is fed faster than it drains and longer than
-    /// `max_queue_wait_ms`; see tuning/CONTROL.md §4). Default 100 ms; raised to
-    /// `max_queue_wait_ms` if lower, so setting it equal turns the distinction off.
-    pub burst_queue_wait_ms: u64,
+    /// `max_queue_wait`; see tuning/CONTROL.md §4). Default 100 ms; raised to
+    /// `max_queue_wait` if lower, so setting it equal turns the distinction off.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub burst_queue_wait: Duration,
     /// A worker inside one HSM call for longer than this is quarantined: the partition leaves
     /// rotation, the worker's queue goes to a fresh worker with a new session, and the hung
-    /// call's request is answered at its deadline (default 2000 ms).
-    pub hang_timeout_ms: u64,
+    /// call's request is answered at its deadline (default 2 s).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub hang_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -113,21 +132,23 @@ impl Default for EngineConfig {
         EngineConfig {
             queue_depth: DEFAULT_QUEUE_DEPTH,
             max_drain: DEFAULT_MAX_DRAIN,
-            max_queue_wait_ms: DEFAULT_MAX_QUEUE_WAIT_MS,
-            burst_queue_wait_ms: DEFAULT_BURST_QUEUE_WAIT_MS,
-            hang_timeout_ms: DEFAULT_HANG_TIMEOUT_MS,
+            max_queue_wait: DEFAULT_MAX_QUEUE_WAIT,
+            burst_queue_wait: DEFAULT_BURST_QUEUE_WAIT,
+            hang_timeout: DEFAULT_HANG_TIMEOUT,
         }
     }
 }
 
-/// `[providers.NAME]`: one PKCS#11 module and its partitions.
+/// `[providers.NAME]`: one PKCS#11 module and its partitions (`P` as in [`Config`]).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProviderConfig {
+pub struct ProviderConfig<P = PartitionConfig> {
     /// Path of the PKCS#11 module (shared library).
     pub module: PathBuf,
-    /// Environment variables the module reads at `C_Initialize` (e.g. `SOFTHSM2_CONF`). Set
-    /// before the module is first loaded in this process.
+    /// Environment variables the module reads at `C_Initialize` (e.g. `SOFTHSM2_CONF`). Put
+    /// into the process environment once, at start, before any thread exists
+    /// ([`crate::hsm::module::set_module_env`] with [`Config::module_env`]); so two providers
+    /// may not give one variable different values.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Sign with a session-object copy of each key (`C_CopyObject`, `CKA_TOKEN=false`), made once
@@ -155,7 +176,7 @@ pub struct ProviderConfig {
     #[serde(default)]
     pub role: ProviderRole,
     /// The partitions (tokens) of this module.
-    pub partitions: Vec<PartitionConfig>,
+    pub partitions: Vec<P>,
 }
 
 /// A provider's place in failover.
@@ -169,30 +190,46 @@ pub enum ProviderRole {
     Secondary,
 }
 
-/// `[[providers.NAME.partitions]]`: one token.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[[providers.NAME.partitions]]`: one token, validated: how it is found and where its PIN
+/// comes from are parsed once, when the config is loaded.
+#[derive(Clone, Debug)]
 pub struct PartitionConfig {
     /// Name used in logs, metrics and placement (unique across providers).
     pub name: String,
+    /// How the token is found (the file's `label`, `serial` or `uri`).
+    pub selector: TokenSelector,
+    /// Where the user PIN comes from (the file's `pin_file` or `pin_env`, or their environment
+    /// overrides).
+    pub pin: PinSource,
+    /// Worker threads for this partition (overrides the provider's default).
+    pub workers: Option<usize>,
+}
+
+/// `[[providers.NAME.partitions]]` as written in the file; [`Config::parse`] turns it into a
+/// [`PartitionConfig`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartitionFile {
+    /// Name used in logs, metrics and placement (unique across providers).
+    name: String,
     /// Select the token by its label ...
     #[serde(default)]
-    pub label: Option<String>,
+    label: Option<String>,
     /// ... or by its serial number ...
     #[serde(default)]
-    pub serial: Option<String>,
+    serial: Option<String>,
     /// ... or by an RFC 7512 `pkcs11:` URI (token, serial, manufacturer, model attributes).
     #[serde(default)]
-    pub uri: Option<String>,
+    uri: Option<String>,
     /// File holding the user PIN (mode 0600).
     #[serde(default)]
-    pub pin_file: Option<PathBuf>,
+    pin_file: Option<PathBuf>,
     /// Environment variable holding the user PIN.
     #[serde(default)]
-    pub pin_env: Option<String>,
+    pin_env: Option<String>,
     /// Worker threads for this partition (overrides the provider's default).
     #[serde(default)]
-    pub workers: Option<usize>,
+    workers: Option<usize>,
 }
 
 /// How a partition's token is found. Never by slot id: slot ids change (SoftHSM2 reassigns them).
@@ -240,16 +277,35 @@ impl Config {
 
     /// Parses and validates config text; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_error = |reason: String| ConfigError::Parse {
             path: PathBuf::from("<text>"),
-            reason: e.to_string(),
-        })?;
-        cfg.resolve_paths(base);
-        cfg.apply_env_overrides();
-        cfg.validate()?;
-        Ok(cfg)
+            reason,
+        };
+        // The keys renamed when durations got their units are refused by name, with their
+        // replacement, before serde would call them unknown. Text that is not TOML at all gets
+        // its syntax error from the typed parse below.
+        if let Ok(doc) = toml::from_str::<toml::Table>(text) {
+            duration::refuse_renamed(&doc).map_err(parse_error)?;
+        }
+        let mut file: Config<PartitionFile> =
+            toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        file.resolve_paths(base);
+        file.apply_env_overrides();
+        file.validate()
     }
 
+    /// The environment every provider's module reads at `C_Initialize`, merged (validation
+    /// refused configs where two providers give one variable different values). Give it to
+    /// [`crate::hsm::module::set_module_env`] before the process starts a thread.
+    pub fn module_env(&self) -> BTreeMap<String, String> {
+        self.providers
+            .values()
+            .flat_map(|p| p.env.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .collect()
+    }
+}
+
+impl Config<PartitionFile> {
     fn resolve_paths(&mut self, base: &Path) {
         if let Some(s) = &mut self.server {
             s.cert = absolute(base, &s.cert);
@@ -307,7 +363,8 @@ impl Config {
         }
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every value and turns the file into the typed config.
+    fn validate(self) -> Result<Config, ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if let Some(s) = &self.server {
             s.validate().map_err(ConfigError::Invalid)?;
@@ -320,26 +377,49 @@ impl Config {
         if self.admin.as_ref().is_some_and(|a| a.max_connections == 0) {
             return bad("admin.max_connections must be at least 1".into());
         }
-        if !(1..=1 << 20).contains(&self.engine.queue_depth) {
+        let e = &self.engine;
+        if !(1..=1 << 20).contains(&e.queue_depth) {
             return bad("engine.queue_depth must be between 1 and 1048576".into());
         }
-        if !(1..=600_000).contains(&self.engine.max_queue_wait_ms) {
-            return bad("engine.max_queue_wait_ms must be between 1 and 600000".into());
+        let (ms, ten_minutes) = (Duration::from_millis(1), Duration::from_secs(600));
+        if !(ms..=ten_minutes).contains(&e.max_queue_wait) {
+            return bad("engine.max_queue_wait must be between 1ms and 10m".into());
         }
-        if !(1..=600_000).contains(&self.engine.burst_queue_wait_ms) {
-            return bad("engine.burst_queue_wait_ms must be between 1 and 600000".into());
+        if !(ms..=ten_minutes).contains(&e.burst_queue_wait) {
+            return bad("engine.burst_queue_wait must be between 1ms and 10m".into());
         }
-        if !(10..=600_000).contains(&self.engine.hang_timeout_ms) {
-            return bad("engine.hang_timeout_ms must be between 10 and 600000".into());
+        if !(10 * ms..=ten_minutes).contains(&e.hang_timeout) {
+            return bad("engine.hang_timeout must be between 10ms and 10m".into());
         }
-        if !(1..=4096).contains(&self.engine.max_drain) {
+        if !(1..=4096).contains(&e.max_drain) {
             return bad("engine.max_drain must be between 1 and 4096".into());
         }
         if self.providers.is_empty() {
             return bad("at least one [providers.NAME] table is required".into());
         }
-        let mut names = std::collections::HashSet::new();
+        // One process, one environment: the modules' variables are set once, at start.
+        let mut env: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
         for (pname, p) in &self.providers {
+            for (k, v) in &p.env {
+                if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+                    return bad(format!(
+                        "providers.{pname}.env: {k:?} = {v:?} is not a valid environment \
+                         variable (a name without `=`, no NUL characters)"
+                    ));
+                }
+                if let Some((other, was)) = env.insert(k, (pname, v)) {
+                    if was != v {
+                        return bad(format!(
+                            "providers.{pname}.env.{k} differs from providers.{other}.env.{k}: \
+                             the modules share the process's environment, set once at start"
+                        ));
+                    }
+                }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut providers = BTreeMap::new();
+        for (pname, p) in self.providers {
             if p.partitions.is_empty() {
                 return bad(format!(
                     "providers.{pname}: at least one partition is required"
@@ -353,29 +433,57 @@ impl Config {
                     "providers.{pname}.workers_per_partition must be >= 1"
                 ));
             }
-            for part in &p.partitions {
+            let mut partitions = Vec::with_capacity(p.partitions.len());
+            for part in p.partitions {
                 let at = format!("providers.{pname}.partitions[{}]", part.name);
                 if part.name.is_empty() || !names.insert(part.name.clone()) {
                     return bad(format!(
                         "{at}: partition names must be non-empty and unique"
                     ));
                 }
-                part.selector()
+                let selector = part
+                    .selector()
                     .map_err(|m| ConfigError::Invalid(format!("{at}: {m}")))?;
-                part.pin_source()
+                let pin = part
+                    .pin_source()
                     .map_err(|m| ConfigError::Invalid(format!("{at}: {m}")))?;
                 if matches!(part.workers, Some(0) | Some(257..)) {
                     return bad(format!("{at}: workers must be between 1 and 256"));
                 }
+                partitions.push(PartitionConfig {
+                    name: part.name,
+                    selector,
+                    pin,
+                    workers: part.workers,
+                });
             }
+            let provider = ProviderConfig {
+                module: p.module,
+                env: p.env,
+                session_key_copy: p.session_key_copy,
+                replicate: p.replicate,
+                workers_per_partition: p.workers_per_partition,
+                min_inflight: p.min_inflight,
+                role: p.role,
+                partitions,
+            };
+            providers.insert(pname, provider);
         }
-        Ok(())
+        Ok(Config {
+            engine: self.engine,
+            server: self.server,
+            admin: self.admin,
+            audit: self.audit,
+            batch: self.batch,
+            breaker: self.breaker,
+            providers,
+        })
     }
 }
 
-impl PartitionConfig {
+impl PartitionFile {
     /// The token selector; exactly one of `label`, `serial`, `uri` must be set.
-    pub fn selector(&self) -> Result<TokenSelector, String> {
+    fn selector(&self) -> Result<TokenSelector, String> {
         match (&self.label, &self.serial, &self.uri) {
             (Some(l), None, None) => Ok(TokenSelector::Label(l.clone())),
             (None, Some(s), None) => Ok(TokenSelector::Serial(s.clone())),
@@ -401,7 +509,7 @@ impl PartitionConfig {
     }
 
     /// Where the PIN comes from; exactly one of `pin_file`, `pin_env`.
-    pub fn pin_source(&self) -> Result<PinSource, String> {
+    fn pin_source(&self) -> Result<PinSource, String> {
         match (&self.pin_file, &self.pin_env) {
             (Some(f), None) => Ok(PinSource::File(f.clone())),
             (None, Some(v)) => Ok(PinSource::Env(v.clone())),
@@ -448,6 +556,10 @@ pin_env = "P1_PIN"
 workers = 2
 "#;
 
+    fn parse_err(text: &str) -> String {
+        Config::parse(text, Path::new("/")).unwrap_err().to_string()
+    }
+
     #[test]
     fn parses_and_resolves() {
         let cfg = Config::parse(GOOD, Path::new("/etc/signerd")).unwrap();
@@ -457,13 +569,19 @@ workers = 2
         assert_eq!(p.module, PathBuf::from("/etc/signerd/lib/softhsm2.so"));
         assert!(p.replicate && p.session_key_copy);
         assert_eq!(
-            p.partitions[0].pin_source().unwrap(),
+            p.partitions[0].pin,
             PinSource::File("/etc/signerd/pins/p0.pin".into())
         );
-        assert!(matches!(
-            p.partitions[1].selector().unwrap(),
-            TokenSelector::Uri(_)
-        ));
+        assert_eq!(
+            p.partitions[0].selector,
+            TokenSelector::Label("signerd-0".into())
+        );
+        assert!(matches!(p.partitions[1].selector, TokenSelector::Uri(_)));
+        assert_eq!(p.partitions[1].pin, PinSource::Env("P1_PIN".into()));
+        assert_eq!(
+            cfg.module_env(),
+            BTreeMap::from([("SOFTHSM2_CONF".to_owned(), "/x/softhsm2.conf".to_owned())])
+        );
     }
 
     #[test]
@@ -494,9 +612,7 @@ workers = 2
             ),
         ];
         for (text, want) in cases {
-            let err = Config::parse(&text, Path::new("/"))
-                .unwrap_err()
-                .to_string();
+            let err = parse_err(&text);
             assert!(err.contains(want), "expected {want:?} in {err:?}");
         }
     }
@@ -505,6 +621,13 @@ workers = 2
     fn example_config_is_valid() {
         let text = include_str!("../../../../signerd.example.toml");
         let cfg = Config::parse(text, Path::new("/etc/signerd")).unwrap();
+        assert_eq!(cfg.engine.max_queue_wait, DEFAULT_MAX_QUEUE_WAIT);
+        assert_eq!(cfg.engine.burst_queue_wait, DEFAULT_BURST_QUEUE_WAIT);
+        assert_eq!(cfg.breaker, BreakerConfig::default());
+        assert_eq!(
+            cfg.audit.unwrap().checkpoint_interval,
+            Duration::from_secs(1)
+        );
         let server = cfg.server.unwrap();
         assert_eq!(server.max_streams_per_connection, 4096);
         assert_eq!(server.key, PathBuf::from("/etc/signerd/tls/server.key"));
@@ -512,37 +635,111 @@ workers = 2
     }
 
     #[test]
-    fn breaker_section_parses_and_is_checked() {
-        let cfg = Config::parse(GOOD, Path::new("/")).unwrap();
-        assert_eq!(cfg.breaker.slow_call_ms, 1000);
-        let text = format!("[breaker]\nslow_call_ms = 5000\nprobe_timeout_ms = 8000\n{GOOD}");
-        let b = Config::parse(&text, Path::new("/"))
-            .unwrap()
-            .breaker
-            .to_config();
-        assert_eq!(b.slow_call, std::time::Duration::from_secs(5));
-        assert_eq!(b.probe_timeout, std::time::Duration::from_secs(8));
-        // A probe timeout shorter than a slow call is refused, with the config's field names.
-        let text = format!("[breaker]\nslow_call_ms = 5000\n{GOOD}");
-        let err = Config::parse(&text, Path::new("/"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("breaker.probe_timeout_ms"), "{err}");
-        let text = format!("[breaker]\nopen_base_ms = 60000\n{GOOD}");
-        let err = Config::parse(&text, Path::new("/"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("open_base_ms <= open_max_ms"), "{err}");
-        let text = format!("[breaker]\nfailure_rate = 1.5\n{GOOD}");
-        let err = Config::parse(&text, Path::new("/"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("breaker.failure_rate"), "{err}");
-        let text = format!("[breaker]\nslow_call = 5\n{GOOD}");
-        assert!(
-            Config::parse(&text, Path::new("/")).is_err(),
-            "unknown field"
+    fn durations_are_written_with_their_unit() {
+        let text = GOOD.replace(
+            "queue_depth = 16",
+            "max_queue_wait = \"25ms\"\nburst_queue_wait = \"1s 500ms\"\nhang_timeout = \"2m\"",
         );
+        let e = Config::parse(&text, Path::new("/")).unwrap().engine;
+        assert_eq!(
+            (e.max_queue_wait, e.burst_queue_wait, e.hang_timeout),
+            (
+                Duration::from_millis(25),
+                Duration::from_millis(1500),
+                Duration::from_secs(120)
+            )
+        );
+        // Defaults when the keys are left out.
+        let e = Config::parse(GOOD, Path::new("/")).unwrap().engine;
+        assert_eq!(
+            (e.max_queue_wait, e.burst_queue_wait, e.hang_timeout),
+            (
+                Duration::from_millis(30),
+                Duration::from_millis(100),
+                Duration::from_secs(2)
+            )
+        );
+    }
+
+    #[test]
+    fn a_duration_without_a_known_unit_is_refused_at_its_key() {
+        for (line, why) in [
+            (
+                "max_queue_wait = \"25 parsecs\"",
+                "unknown time unit \"parsecs\"",
+            ),
+            ("max_queue_wait = \"25\"", "time unit needed"),
+            ("max_queue_wait = 25", "25 has no unit"),
+        ] {
+            let err = parse_err(&GOOD.replace("queue_depth = 16", line));
+            // The parser's message quotes the line, key included, with its position.
+            assert!(
+                err.contains(line) && err.contains("line 3"),
+                "{line}: {err}"
+            );
+            assert!(err.contains(why), "{line}: {err}");
+            assert!(err.contains("a duration with its unit"), "{line}: {err}");
+        }
+        let err = parse_err(&format!("[breaker]\nslow_call = \"1 fortnight\"\n{GOOD}"));
+        assert!(err.contains("slow_call = \"1 fortnight\""), "{err}");
+        assert!(err.contains("unknown time unit"), "{err}");
+    }
+
+    #[test]
+    fn an_old_ms_key_is_refused_naming_its_replacement() {
+        let err = parse_err(&GOOD.replace("queue_depth = 16", "max_queue_wait_ms = 30"));
+        assert!(
+            err.contains(
+                "`engine.max_queue_wait_ms` is now `engine.max_queue_wait = \"30ms\"` (a \
+                 duration with its unit)"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains("unknown field"), "{err}");
+        // Every old key of a table is named at once, with the value it stood for.
+        let text = format!(
+            "[breaker]\nslow_call_ms = 5000\nprobe_timeout_ms = 8000\n[audit]\n\
+             commit_interval_us = 2000\n{GOOD}"
+        );
+        let err = parse_err(&text);
+        for want in [
+            "`breaker.slow_call_ms` is now `breaker.slow_call = \"5s\"`",
+            "`breaker.probe_timeout_ms` is now `breaker.probe_timeout = \"8s\"`",
+            "`audit.commit_interval_us` is now `audit.commit_interval = \"2ms\"`",
+        ] {
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        let server = "[server]\nlisten = \"127.0.0.1:1\"\ncert = \"c\"\nkey = \"k\"\n\
+                      client_ca = \"ca\"\n";
+        let err = parse_err(&format!("{server}read_timeout_ms = 2500\n{GOOD}"));
+        assert!(
+            err.contains("`server.read_timeout_ms` is now `server.read_timeout = \"2s 500ms\"`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn breaker_table_is_the_breakers_own_config() {
+        let cfg = Config::parse(GOOD, Path::new("/")).unwrap();
+        assert_eq!(cfg.breaker, BreakerConfig::default());
+        let text = format!(
+            "[breaker]\nslow_call = \"5s\"\nprobe_timeout = \"8s\"\nfailure_rate = 0.25\n{GOOD}"
+        );
+        let b = Config::parse(&text, Path::new("/")).unwrap().breaker;
+        assert_eq!(b.slow_call, Duration::from_secs(5));
+        assert_eq!(b.probe_timeout, Duration::from_secs(8));
+        assert_eq!(b.failure_rate, 0.25);
+        assert_eq!(b.window, BreakerConfig::default().window);
+        // A probe timeout shorter than a slow call is refused, with the config's key names.
+        let err = parse_err(&format!("[breaker]\nslow_call = \"5s\"\n{GOOD}"));
+        assert!(err.contains("breaker.probe_timeout"), "{err}");
+        assert!(err.contains("breaker.slow_call"), "{err}");
+        let err = parse_err(&format!("[breaker]\nopen_base = \"1m\"\n{GOOD}"));
+        assert!(err.contains("open_base <= breaker.open_max"), "{err}");
+        let err = parse_err(&format!("[breaker]\nfailure_rate = 1.5\n{GOOD}"));
+        assert!(err.contains("breaker.failure_rate"), "{err}");
+        let err = parse_err(&format!("[breaker]\nslow_calls = \"5s\"\n{GOOD}"));
+        assert!(err.contains("unknown field `slow_calls`"), "{err}");
     }
 
     #[test]
@@ -551,6 +748,10 @@ workers = 2
         let audit = cfg.audit.unwrap();
         assert_eq!(audit.min_free_mib, 4096);
         assert_eq!(audit.path, PathBuf::from("/etc/signerd/audit/audit.log"));
+        assert_eq!(
+            (audit.checkpoint_interval, audit.commit_interval),
+            (Duration::from_secs(1), Duration::from_millis(4))
+        );
         let text = format!("[audit]\nmin_free_mib = 0\n{GOOD}");
         assert_eq!(
             Config::parse(&text, Path::new("/"))
@@ -561,23 +762,33 @@ workers = 2
             0
         );
         let text = format!("[audit]\nmin_free_mib = 2000000000\n{GOOD}");
-        let err = Config::parse(&text, Path::new("/"))
-            .unwrap_err()
-            .to_string();
+        let err = parse_err(&text);
         assert!(err.contains("min_free_mib"), "{err}");
+        let text =
+            format!("[audit]\ncommit_interval = \"0s\"\ncheckpoint_interval = \"5s\"\n{GOOD}");
+        let audit = Config::parse(&text, Path::new("/")).unwrap().audit.unwrap();
+        assert_eq!(
+            (audit.checkpoint_interval, audit.commit_interval),
+            (Duration::from_secs(5), Duration::ZERO)
+        );
+        let err = parse_err(&format!("[audit]\ncommit_interval = \"101ms\"\n{GOOD}"));
+        assert!(
+            err.contains("audit.commit_interval must be at most 100ms"),
+            "{err}"
+        );
+        let err = parse_err(&format!("[audit]\ncheckpoint_interval = \"0s\"\n{GOOD}"));
+        assert!(err.contains("audit.checkpoint_interval"), "{err}");
     }
 
     #[test]
     fn bad_server_section_is_rejected() {
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:1\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n\
-             default_deadline_ms = 0\n{GOOD}"
+             default_deadline = \"0s\"\n{GOOD}"
         );
-        let err = Config::parse(&text, Path::new("/"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("default_deadline_ms"), "{err}");
-        let text = text.replace("default_deadline_ms = 0", "identity = \"email\"");
+        let err = parse_err(&text);
+        assert!(err.contains("server.default_deadline"), "{err}");
+        let text = text.replace("default_deadline = \"0s\"", "identity = \"email\"");
         assert!(Config::parse(&text, Path::new("/")).is_err());
     }
 
@@ -611,9 +822,9 @@ workers = 2
                 s.new_connections_per_second,
                 s.new_connections_burst,
                 s.max_handshakes,
-                s.handshake_timeout_ms
+                s.handshake_timeout
             ),
-            (64, 200, 400, 256, 10_000)
+            (64, 200, 400, 256, Duration::from_secs(10))
         );
         assert!((s.handshake_retry_share - 0.25).abs() < 1e-9);
         assert!(s.crl.is_none());
@@ -630,12 +841,48 @@ workers = 2
                 "new_connections_per_second = 0",
                 "new_connections_per_second",
             ),
-            ("handshake_timeout_ms = 5", "handshake_timeout_ms"),
+            ("handshake_timeout = \"5ms\"", "server.handshake_timeout"),
         ] {
             let err = Config::parse(&format!("{server}{line}\n{GOOD}"), base)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(key), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn provider_environments_must_agree_and_be_settable() {
+        let second = "\n[providers.other]\nmodule = \"lib/other.so\"\n\
+                      env = { SOFTHSM2_CONF = \"/y/softhsm2.conf\" }\n\
+                      [[providers.other.partitions]]\nname = \"q0\"\nlabel = \"q\"\n\
+                      pin_env = \"Q_PIN\"\n";
+        let err = parse_err(&format!("{GOOD}{second}"));
+        assert!(
+            err.contains(
+                "providers.soft.env.SOFTHSM2_CONF differs from providers.other.env.SOFTHSM2_CONF"
+            ),
+            "{err}"
+        );
+        // The same value twice is one environment.
+        let same = second.replace("/y/softhsm2.conf", "/x/softhsm2.conf");
+        assert_eq!(
+            Config::parse(&format!("{GOOD}{same}"), Path::new("/"))
+                .unwrap()
+                .module_env()
+                .len(),
+            1
+        );
+        for env in [
+            "{ \"A=B\" = \"1\" }",
+            "{ \"\" = \"1\" }",
+            "{ A = \"x\\u0000y\" }",
+        ] {
+            let text = GOOD.replace("{ SOFTHSM2_CONF = \"/x/softhsm2.conf\" }", env);
+            let err = parse_err(&text);
+            assert!(
+                err.contains("not a valid environment variable"),
+                "{env}: {err}"
+            );
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::duration;
 use crate::tls::IdentitySource;
 
 /// `[server]` table.
@@ -58,10 +59,13 @@ pub struct ServerConfig {
     /// Default 0.25 (64 of 256). 0 asks every unvalidated source to Retry.
     #[serde(default = "default_retry_share")]
     pub handshake_retry_share: f64,
-    /// A handshake must complete this long after the connection was admitted (ms), or the
-    /// connection is dropped. Default 10000.
-    #[serde(default = "default_handshake_ms")]
-    pub handshake_timeout_ms: u64,
+    /// A handshake must complete this long after the connection was admitted, or the
+    /// connection is dropped. Default 10 s.
+    #[serde(
+        default = "default_handshake_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub handshake_timeout: Duration,
     /// Optional certificate revocation lists (PEM, one or more `X509 CRL` blocks). When set,
     /// every client certificate's revocation status must be known from these CRLs (one per CA
     /// that issues client certificates), and an expired CRL refuses all its CA's clients.
@@ -77,18 +81,31 @@ pub struct ServerConfig {
     /// Per-connection receive window in bytes (bounds memory per connection). Default 8 MiB.
     #[serde(default = "default_conn_window")]
     pub connection_receive_window: u32,
-    /// Close connections idle this long (ms). Default 30000.
-    #[serde(default = "default_idle_ms")]
-    pub idle_timeout_ms: u64,
-    /// A request must arrive completely within this time after its stream opens (ms). Default 5000.
-    #[serde(default = "default_read_ms")]
-    pub read_timeout_ms: u64,
-    /// Deadline for requests that carry none (ms). Default 5000.
-    #[serde(default = "default_deadline_ms")]
-    pub default_deadline_ms: u32,
-    /// Longest deadline a client may ask for (ms). Default 60000.
-    #[serde(default = "default_max_deadline_ms")]
-    pub max_deadline_ms: u32,
+    /// Close connections idle this long. Default 30 s.
+    #[serde(
+        default = "default_idle_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub idle_timeout: Duration,
+    /// A request must arrive completely within this time after its stream opens. Default 5 s.
+    #[serde(
+        default = "default_read_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub read_timeout: Duration,
+    /// Deadline for requests that carry none. Default 5 s.
+    #[serde(
+        default = "default_default_deadline",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub default_deadline: Duration,
+    /// Longest deadline a client may ask for (at most [`MAX_DEADLINE`], what a request can carry).
+    /// Default 60 s.
+    #[serde(
+        default = "default_max_deadline",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub max_deadline: Duration,
     /// Async runtime threads for the network side (QUIC, TLS, framing). HSM work has its own
     /// worker threads. Default: half the CPU cores, at least 1 (tuning/RESULTS.md).
     #[serde(default)]
@@ -98,10 +115,16 @@ pub struct ServerConfig {
     #[serde(default)]
     pub verify_threads: Option<usize>,
     /// On SIGTERM/SIGINT, how long in-flight requests may take before they are answered
-    /// UNAVAILABLE (ms). Default 10000.
-    #[serde(default = "default_grace_ms")]
-    pub shutdown_grace_ms: u64,
+    /// UNAVAILABLE. Default 10 s.
+    #[serde(
+        default = "default_shutdown_grace",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub shutdown_grace: Duration,
 }
+
+/// The longest `max_deadline`: a request's deadline is a 32-bit count of milliseconds.
+pub const MAX_DEADLINE: Duration = Duration::from_millis(u32::MAX as u64);
 
 /// The default of the thread counts that share the cores with the HSM workers: half the CPU
 /// cores, at least 1.
@@ -111,11 +134,6 @@ fn half_the_cores() -> usize {
 }
 
 impl ServerConfig {
-    /// Read timeout as a duration.
-    pub fn read_timeout(&self) -> Duration {
-        Duration::from_millis(self.read_timeout_ms)
-    }
-
     /// Runtime threads to start.
     pub fn runtime_threads(&self) -> usize {
         self.runtime_threads.unwrap_or_else(half_the_cores)
@@ -124,16 +142,6 @@ impl ServerConfig {
     /// Verify threads to start.
     pub fn verify_threads(&self) -> usize {
         self.verify_threads.unwrap_or_else(half_the_cores)
-    }
-
-    /// Shutdown grace as a duration.
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_millis(self.shutdown_grace_ms)
-    }
-
-    /// Handshake timeout as a duration.
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_millis(self.handshake_timeout_ms)
     }
 
     pub(crate) fn validate(&self) -> Result<(), String> {
@@ -152,8 +160,10 @@ impl ServerConfig {
         if !(0.0..=1.0).contains(&self.handshake_retry_share) {
             return Err("server.handshake_retry_share must be between 0.0 and 1.0".into());
         }
-        if !(100..=600_000).contains(&self.handshake_timeout_ms) {
-            return Err("server.handshake_timeout_ms must be between 100 and 600000".into());
+        if !(Duration::from_millis(100)..=Duration::from_secs(600))
+            .contains(&self.handshake_timeout)
+        {
+            return Err("server.handshake_timeout must be between 100ms and 10m".into());
         }
         if self.max_connections == 0 || self.max_connections > 1_000_000 {
             return Err("server.max_connections must be between 1 and 1000000".into());
@@ -167,8 +177,11 @@ impl ServerConfig {
         if self.connection_receive_window < self.stream_receive_window {
             return Err("server.connection_receive_window must be >= stream_receive_window".into());
         }
-        if self.idle_timeout_ms < 1000 || self.read_timeout_ms < 10 {
-            return Err("server.idle_timeout_ms must be >= 1000 and read_timeout_ms >= 10".into());
+        if self.idle_timeout < Duration::from_secs(1) {
+            return Err("server.idle_timeout must be at least 1s".into());
+        }
+        if self.read_timeout < Duration::from_millis(10) {
+            return Err("server.read_timeout must be at least 10ms".into());
         }
         if matches!(self.runtime_threads, Some(0) | Some(257..)) {
             return Err("server.runtime_threads must be between 1 and 256".into());
@@ -176,8 +189,19 @@ impl ServerConfig {
         if matches!(self.verify_threads, Some(0) | Some(257..)) {
             return Err("server.verify_threads must be between 1 and 256".into());
         }
-        if self.default_deadline_ms == 0 || self.default_deadline_ms > self.max_deadline_ms {
-            return Err("server.default_deadline_ms must be in 1..=max_deadline_ms".into());
+        if self.max_deadline > MAX_DEADLINE {
+            return Err(
+                "server.max_deadline must be at most 4294967295ms (~49.7 days: a \
+                        request's deadline is a 32-bit count of milliseconds)"
+                    .into(),
+            );
+        }
+        if self.default_deadline < Duration::from_millis(1)
+            || self.default_deadline > self.max_deadline
+        {
+            return Err(
+                "server.default_deadline must be between 1ms and server.max_deadline".into(),
+            );
         }
         Ok(())
     }
@@ -204,8 +228,8 @@ fn default_max_handshakes() -> usize {
 fn default_retry_share() -> f64 {
     0.25
 }
-fn default_handshake_ms() -> u64 {
-    10_000
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_max_streams() -> u32 {
     4096
@@ -216,18 +240,18 @@ fn default_stream_window() -> u32 {
 fn default_conn_window() -> u32 {
     8 << 20
 }
-fn default_idle_ms() -> u64 {
-    30_000
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
 }
-fn default_read_ms() -> u64 {
-    5_000
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(5)
 }
-fn default_deadline_ms() -> u32 {
-    5_000
+fn default_default_deadline() -> Duration {
+    Duration::from_secs(5)
 }
-fn default_max_deadline_ms() -> u32 {
-    60_000
+fn default_max_deadline() -> Duration {
+    Duration::from_secs(60)
 }
-fn default_grace_ms() -> u64 {
-    10_000
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::sync::{Parker, Unparker};
 
-use crate::breaker::{Outcome, State};
+use crate::control::breaker::{Outcome, State};
 use crate::hsm::{ErrorClass, Partition};
 use crate::pipeline::breakers::Breakers;
 

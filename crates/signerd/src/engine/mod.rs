@@ -26,13 +26,13 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::config::{Config, ProviderRole};
+use crate::control::limiter::LimiterConfig;
 use crate::error::EngineError;
 use crate::hsm::der::pem_encode;
 use crate::hsm::{objects, HsmError, Module, Partition, PartitionSpec, PartitionStats};
 use crate::pipeline::admission;
 use crate::pipeline::breakers::Breakers;
 use crate::pipeline::gate::{Gate, RetryBudget};
-use crate::pipeline::limiter::LimiterConfig;
 use crate::pipeline::router::{Pick, Purpose, Router};
 use crate::pipeline::worker::{Crew, Worker};
 use crate::pipeline::{Completion, Job, Reply, Shard};
@@ -176,7 +176,7 @@ impl Engine {
                 let spec = PartitionSpec {
                     name: part.name.clone(),
                     provider: pname.clone(),
-                    selector: part.selector().map_err(OpenError::Invalid)?,
+                    selector: part.selector.clone(),
                     session_key_copy: p.session_key_copy,
                     tier: match p.role {
                         ProviderRole::Primary => 0,
@@ -186,8 +186,7 @@ impl Engine {
                     workers,
                     min_inflight: p.min_inflight.unwrap_or(1).clamp(1, workers),
                 };
-                let source = part.pin_source().map_err(OpenError::Invalid)?;
-                let pin = Pin::load(&source).map_err(|source| OpenError::Pin {
+                let pin = Pin::load(&part.pin).map_err(|source| OpenError::Pin {
                     partition: part.name.clone(),
                     source,
                 })?;
@@ -227,8 +226,7 @@ impl Engine {
         let shards: Arc<[Shard]> = shards.into();
         let names: Vec<&str> = partitions.iter().map(|p| p.name()).collect();
         let metrics = Metrics::new(&names, shards.len());
-        let breakers =
-            Breakers::new(&partitions, &cfg.breaker.to_config()).map_err(OpenError::Invalid)?;
+        let breakers = Breakers::new(&partitions, &cfg.breaker).map_err(OpenError::Invalid)?;
         let gates = partitions
             .iter()
             .map(|p| {
@@ -288,7 +286,7 @@ impl Engine {
         let watchdog = Watchdog {
             partitions: partitions.clone(),
             crew: Arc::clone(&crew),
-            hang_timeout: Duration::from_millis(cfg.engine.hang_timeout_ms),
+            hang_timeout: cfg.engine.hang_timeout,
             workers: Arc::clone(&workers),
             parker: Parker::new(),
         };
@@ -317,8 +315,8 @@ impl Engine {
                 wakers,
                 service: Mutex::new(service),
                 crew,
-                max_queue_wait: Duration::from_millis(cfg.engine.max_queue_wait_ms),
-                burst_queue_wait: Duration::from_millis(cfg.engine.burst_queue_wait_ms),
+                max_queue_wait: cfg.engine.max_queue_wait,
+                burst_queue_wait: cfg.engine.burst_queue_wait,
             }),
         })
     }

@@ -26,11 +26,18 @@ pub enum ErrorClass {
     Other,
 }
 
+/// The PKCS#11 name of a function (`C_Sign`, `C_GetAttributeValue`): the binding names its
+/// variants after the specification's functions without the `C_` prefix.
+pub fn pkcs11_name(function: Function) -> String {
+    format!("C_{function:?}")
+}
+
 /// A failed PKCS#11 call: which function, which return value, what class.
 #[derive(Debug, thiserror::Error)]
 pub enum HsmError {
-    /// A PKCS#11 function returned an error code.
-    #[error("{function}: {rv}")]
+    /// A PKCS#11 function returned an error code. Shown with the function's PKCS#11 name
+    /// (`C_Sign: ...`), not the binding's `Function::Sign`.
+    #[error("{}: {rv}", pkcs11_name(*function))]
     Call {
         /// The PKCS#11 function that failed.
         function: Function,
@@ -163,6 +170,12 @@ mod tests {
         let e = HsmError::from(CkError::Pkcs11(RvError::SessionClosed, Function::Sign));
         assert_eq!(e.class(), ErrorClass::SessionLost);
         assert_eq!(e.rv(), Some(RvError::SessionClosed));
-        assert!(e.to_string().contains("Sign"), "{e}");
+        // The specification's name, not the binding's `Function::Sign`.
+        assert!(e.to_string().starts_with("C_Sign: "), "{e}");
+        assert!(!e.to_string().contains("Function::"), "{e}");
+        assert_eq!(
+            pkcs11_name(Function::GetAttributeValue),
+            "C_GetAttributeValue"
+        );
     }
 }

@@ -41,11 +41,84 @@ static LOADED: Mutex<Option<HashMap<PathBuf, LoadedModule>>> = Mutex::new(None);
 /// A registry entry: the module (if still held) and the environment it was initialized with.
 type LoadedModule = (Weak<Module>, BTreeMap<String, String>);
 
+/// Puts the variables that PKCS#11 modules read at `C_Initialize` (`[providers.NAME] env`, e.g.
+/// `SOFTHSM2_CONF`; [`crate::config::Config::module_env`]) into the process environment: the only
+/// place signerd changes its own environment. There is no other way to give a module its
+/// settings: PKCS#11 has no parameter for them, and SoftHSM2 (like most modules) reads
+/// `getenv` inside `C_Initialize`.
+///
+/// Changing the environment is sound only while no other thread may read it: C code (a module's
+/// own threads, libc's `getenv` behind name resolution or time zones) reads it without Rust's
+/// lock, which is why Rust 2024 makes `std::env::set_var` unsafe. So this is called before the
+/// process starts its first thread, and by nothing else:
+///
+/// - `signerd serve`, `check` and `selftest` call it right after reading the config (cli's
+///   `load_config`): `main` before that only parsed the command line and installed the log
+///   subscriber (a plain stderr writer), neither of which starts a thread; the tokio runtime,
+///   the metrics recorder, the engine's workers, probes and watchdog, the audit writer and every
+///   module come after it;
+/// - `signerd init --dev` ([`crate::dev::init_dev`]) for its own `SOFTHSM2_CONF`, before it
+///   loads the module, with nothing started before it either;
+/// - `loadgen ceiling` and the `engine_ceiling` benchmark, first thing in their `main`.
+///
+/// On Linux the call also checks it (`/proc/self/task` must list one thread) and refuses
+/// otherwise; elsewhere it relies on the call order above. Variables that already hold their
+/// value are left alone, and if all do nothing is set: a process that was started with them in
+/// its environment (or a test binary that set them before `main`) may call this at any time.
+pub fn set_module_env(env: &BTreeMap<String, String>) -> Result<(), String> {
+    let missing: Vec<(&String, &String)> = env
+        .iter()
+        .filter(|(k, v)| std::env::var_os(k).is_none_or(|now| now != v.as_str()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names = || {
+        missing
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(threads) = threads_in_this_process() {
+        if threads != 1 {
+            return Err(format!(
+                "cannot set {} for the PKCS#11 module: the process already runs {threads} \
+                 threads, and changing the environment under them is unsound; set it in the \
+                 environment that starts the process",
+                names()
+            ));
+        }
+    }
+    for (k, v) in missing {
+        if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+            return Err(format!("{k:?} = {v:?} is not a valid environment variable"));
+        }
+        // The process has one thread (checked above on Linux; the call order on every system,
+        // see the doc comment), so nothing can read the environment while it changes.
+        std::env::set_var(k, v);
+    }
+    Ok(())
+}
+
+/// Threads of this process, where the system tells (Linux: `/proc/self/task`).
+fn threads_in_this_process() -> Option<usize> {
+    if cfg!(target_os = "linux") {
+        std::fs::read_dir("/proc/self/task")
+            .ok()
+            .map(Iterator::count)
+    } else {
+        None
+    }
+}
+
 impl Module {
     /// Returns the process's instance of the module at `path`, loading and initializing it if no
-    /// one holds it. `env` is applied to the process environment before the first load (modules
-    /// such as SoftHSM2 read their config path at `C_Initialize`); asking for the same module with
-    /// a different `env` while it is loaded is an error, because the module would not see it.
+    /// one holds it. `env` is what the module reads at `C_Initialize` (modules such as SoftHSM2
+    /// read their config path there): it must already be in the process environment
+    /// ([`set_module_env`], called before the process starts threads), else this is an error, as
+    /// is asking for the same module with a different `env` while it is loaded (the module would
+    /// not see it).
     pub fn load(path: &Path, env: &BTreeMap<String, String>) -> HsmResult<Arc<Module>> {
         let key = path.canonicalize().map_err(|e| HsmError::Load {
             path: path.display().to_string(),
@@ -71,9 +144,20 @@ impl Module {
             }
         }
         for (k, v) in env {
-            // The module reads these at C_Initialize, below. This runs at engine start-up,
-            // under the LOADED lock, before any of this module's threads exist.
-            std::env::set_var(k, v);
+            // The module reads these at C_Initialize, below; they were put into the environment
+            // before the process started any thread.
+            let now = std::env::var_os(k);
+            if now.as_deref() != Some(std::ffi::OsStr::new(v)) {
+                return Err(HsmError::Load {
+                    path: key.display().to_string(),
+                    reason: format!(
+                        "the module reads {k} at C_Initialize and it should be {v:?}, but this \
+                         process has {}; the provider's env is set at start, before any thread \
+                         (hsm::module::set_module_env), or inherited from the environment",
+                        now.map_or_else(|| "it unset".to_owned(), |n| format!("{n:?}"))
+                    ),
+                });
+            }
         }
         let ctx = Pkcs11::new(&key).map_err(|e| HsmError::Load {
             path: key.display().to_string(),

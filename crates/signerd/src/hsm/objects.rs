@@ -321,8 +321,23 @@ pub fn seal(session: &Session, private: ObjectHandle) -> HsmResult<()> {
     {
         Ok(())
     } else {
+        let flag = |wanted: fn(&Attribute) -> Option<bool>| {
+            attrs
+                .iter()
+                .find_map(wanted)
+                .map_or("unknown", |b| if b { "true" } else { "false" })
+        };
+        let extractable = flag(|a| match a {
+            Attribute::Extractable(b) => Some(*b),
+            _ => None,
+        });
+        let sensitive = flag(|a| match a {
+            Attribute::Sensitive(b) => Some(*b),
+            _ => None,
+        });
         Err(HsmError::Unexpected(format!(
-            "key did not seal: token reports {attrs:?}"
+            "key did not seal: the token reports CKA_EXTRACTABLE {extractable}, CKA_SENSITIVE \
+             {sensitive}"
         )))
     }
 }

@@ -1,4 +1,4 @@
-//! The engine's circuit breakers (one per partition, `crate::breaker`), behind one lock, and
+//! The engine's circuit breakers (one per partition, `control::breaker`), behind one lock, and
 //! the glue that turns their transitions into routing state and log lines:
 //! - a worker reports every HSM call's outcome; a breaker that opens takes its partition out of
 //!   rotation (its queued work moves on, see the watchdog);
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::breaker::{Admit, BreakerConfig, BreakerSet, Outcome, Probe, State};
+use crate::control::breaker::{Admit, BreakerConfig, BreakerSet, Outcome, Probe, State};
 use crate::hsm::Partition;
 
 /// Breakers for every partition of an engine.
@@ -31,7 +31,7 @@ impl Breakers {
         let set = BreakerSet::new(
             cfg,
             partitions.len(),
-            crate::breaker::DEFAULT_MAX_OPEN_SHARE,
+            crate::control::breaker::DEFAULT_MAX_OPEN_SHARE,
             seed,
         )?;
         Ok(Breakers {
@@ -46,7 +46,7 @@ impl Breakers {
     /// probe tickets: no transition moves a partition in or out of rotation).
     #[cfg(test)]
     pub fn without_partitions(n: usize, cfg: &BreakerConfig) -> Result<Breakers, String> {
-        let set = BreakerSet::new(cfg, n, crate::breaker::DEFAULT_MAX_OPEN_SHARE, 7)?;
+        let set = BreakerSet::new(cfg, n, crate::control::breaker::DEFAULT_MAX_OPEN_SHARE, 7)?;
         Ok(Breakers {
             set: Arc::new(Mutex::new(set)),
             states: (0..n).map(|_| AtomicU8::new(0)).collect(),

@@ -4,7 +4,7 @@
 //! may be tried again, what the partition's breaker hears, and what the caller is told if no
 //! retry happens.
 
-use crate::breaker::Outcome;
+use crate::control::breaker::Outcome;
 use crate::hsm::ErrorClass;
 
 /// Whether a job the HSM did not sign may be tried again (within the retry budget).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::limiter::{Limiter, LimiterConfig};
+use crate::control::limiter::{Limiter, LimiterConfig};
 
 /// Permits for HSM calls on one partition.
 #[derive(Debug)]

@@ -6,7 +6,6 @@ pub(crate) mod breakers;
 pub(crate) mod classify;
 pub mod completion;
 pub(crate) mod gate;
-pub mod limiter;
 pub mod router;
 pub mod shard;
 pub(crate) mod worker;

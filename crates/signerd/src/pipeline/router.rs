@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::breaker::State as BreakerStateKind;
+use crate::control::breaker::State as BreakerStateKind;
 use crate::engine::registry::VersionEntry;
 use crate::hsm::Partition;
 
@@ -242,7 +242,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::breaker::BreakerConfig;
+    use crate::control::breaker::BreakerConfig;
     use proptest::prelude::*;
 
     fn c(shard: usize, load: usize, healthy: bool) -> Candidate {

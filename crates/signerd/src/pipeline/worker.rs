@@ -15,7 +15,7 @@ use super::completion::{Completion, Direct};
 use super::gate::{Gate, RetryBudget};
 use super::router::Purpose;
 use super::shard::{Job, Reply, Shard, Signed};
-use crate::breaker::Outcome;
+use crate::control::breaker::Outcome;
 use crate::engine::registry::VersionEntry;
 use crate::error::EngineError;
 use crate::hsm::{mechanism, objects, ErrorClass, HsmError, Partition};

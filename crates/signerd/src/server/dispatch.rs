@@ -35,7 +35,7 @@ pub(super) async fn stream(
 ) {
     let received = Instant::now();
     let read = tokio::time::timeout(
-        state.cfg.read_timeout(),
+        state.cfg.read_timeout,
         recv.read_to_end(protocol::MAX_FRAME + 4),
     )
     .await;
@@ -375,10 +375,10 @@ impl<'a> Ctx<'a> {
     /// The request's deadline: its own budget, or the default, capped.
     fn deadline(&self, deadline_ms: u32, received: Instant) -> Instant {
         let budget = match deadline_ms {
-            0 => self.state.cfg.default_deadline_ms,
-            ms => ms.min(self.state.cfg.max_deadline_ms),
+            0 => self.state.cfg.default_deadline,
+            ms => Duration::from_millis(u64::from(ms)).min(self.state.cfg.max_deadline),
         };
-        received + Duration::from_millis(u64::from(budget))
+        received + budget
     }
 
     /// Answers PERMISSION_DENIED, audited and counted once per call the request stands for.

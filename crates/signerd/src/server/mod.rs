@@ -220,7 +220,7 @@ impl Server {
         tracing::info!("shutting down: draining in-flight requests");
         endpoint.set_server_config(None);
         state.draining.send_replace(true);
-        let grace = state.cfg.shutdown_grace();
+        let grace = state.cfg.shutdown_grace;
         if !wait_idle(&state, grace).await {
             let left = state.inflight.load(Ordering::SeqCst);
             tracing::warn!(
@@ -291,8 +291,8 @@ fn transport(cfg: &ServerConfig) -> Result<TransportConfig, ServeError> {
     t.datagram_receive_buffer_size(None);
     t.crypto_buffer_size(CRYPTO_BUFFER);
     t.keep_alive_interval(None);
-    let idle = IdleTimeout::try_from(Duration::from_millis(cfg.idle_timeout_ms))
-        .map_err(|e| ServeError::Config(format!("server.idle_timeout_ms: {e}")))?;
+    let idle = IdleTimeout::try_from(cfg.idle_timeout)
+        .map_err(|e| ServeError::Config(format!("server.idle_timeout: {e}")))?;
     t.max_idle_timeout(Some(idle));
     t.ack_frequency_config(Some(ack_frequency()));
     Ok(t)
@@ -351,7 +351,7 @@ async fn connection(
 ) {
     let peer = incoming.remote_address();
     // Dropping the handshake future on timeout closes the connection.
-    let handshake = tokio::time::timeout(state.cfg.handshake_timeout(), incoming).await;
+    let handshake = tokio::time::timeout(state.cfg.handshake_timeout, incoming).await;
     slot.handshake_done();
     let conn = match handshake {
         Err(_) => {

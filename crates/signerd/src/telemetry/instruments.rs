@@ -20,14 +20,14 @@ pub enum OverloadReason {
     /// `queue_full`: every eligible shard queue was full.
     QueueFull,
     /// `queue_wait`: the expected queue wait exceeded the budget of a queue in sustained
-    /// overload (`engine.max_queue_wait_ms`).
+    /// overload (`engine.max_queue_wait`).
     QueueWait,
     /// `deadline`: the request could not be served before its deadline.
     Deadline,
     /// `quota`: the caller's policy quota (rate or in-flight cap) was exceeded.
     Quota,
     /// `burst_wait`: the expected queue wait exceeded the budget of a queue that keeps up
-    /// (`engine.burst_queue_wait_ms`): a burst too large to absorb.
+    /// (`engine.burst_queue_wait`): a burst too large to absorb.
     BurstWait,
 }
 
@@ -355,8 +355,9 @@ impl Metrics {
     }
 
     /// Breaker state of `partition` (`signer_breaker_state{partition}`), with the breaker's own
-    /// gauge mapping ([`crate::breaker::State::as_gauge`]: 0 closed, 1 half-open, 2 open).
-    pub fn set_breaker_state(&self, partition: usize, state: crate::breaker::State) {
+    /// gauge mapping ([`crate::control::breaker::State::as_gauge`]: 0 closed, 1 half-open,
+    /// 2 open).
+    pub fn set_breaker_state(&self, partition: usize, state: crate::control::breaker::State) {
         if let Some(g) = self.inner.breaker_state.get(partition) {
             g.set(f64::from(state.as_gauge()));
         }
@@ -510,7 +511,7 @@ mod tests {
         m.set_queue_depth(9, 3);
         m.set_queue_overloaded(9, true);
         m.set_inflight(9, 3);
-        m.set_breaker_state(9, crate::breaker::State::Open);
+        m.set_breaker_state(9, crate::control::breaker::State::Open);
         m.set_partition_healthy(9, true);
         m.session_rebuild(9);
     }

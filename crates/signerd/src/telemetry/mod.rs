@@ -61,7 +61,7 @@ pub mod names {
     /// Gauge `{shard}`: jobs waiting in a shard queue.
     pub const QUEUE_DEPTH: &str = "signer_queue_depth";
     /// Gauge `{shard}`: 1 while a shard queue is in sustained overload (admission applies
-    /// `engine.max_queue_wait_ms` instead of the burst budget), else 0.
+    /// `engine.max_queue_wait` instead of the burst budget), else 0.
     pub const QUEUE_OVERLOADED: &str = "signer_queue_overloaded";
     /// Gauge `{partition}`: jobs handed to a partition's workers and not yet answered.
     pub const INFLIGHT: &str = "signer_inflight";
@@ -182,7 +182,7 @@ pub const OVERLOAD_REASONS: &[&str] = &[
 
 /// `outcome` label values of `signer_incoming_total`, in [`IncomingOutcome`] order: admitted,
 /// asked to Retry (address validation), refused at a cap, or dropped because the handshake did
-/// not complete within `handshake_timeout_ms`.
+/// not complete within `handshake_timeout`.
 pub const INCOMING_OUTCOMES: &[&str] = &[
     "accepted",
     "retry",

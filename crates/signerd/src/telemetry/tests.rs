@@ -253,8 +253,8 @@ async fn admin_listener_serves_metrics_and_health() {
     m.set_queue_overloaded(1, true);
     m.set_inflight(0, 4);
     m.set_inflight(1, 1);
-    m.set_breaker_state(1, crate::breaker::State::Open);
-    m.set_breaker_state(0, crate::breaker::State::HalfOpen);
+    m.set_breaker_state(1, crate::control::breaker::State::Open);
+    m.set_breaker_state(0, crate::control::breaker::State::HalfOpen);
     m.set_partition_healthy(0, true);
     m.connection_opened();
     m.connection_opened();

@@ -14,6 +14,17 @@ fn bad_config_exits_64_and_names_the_problem() {
             "queue_depth",
         ),
         ("this is not toml", "config"),
+        // Durations have their unit; the old millisecond keys name their replacement.
+        (
+            "[engine]\nmax_queue_wait_ms = 30\n",
+            "`engine.max_queue_wait_ms` is now `engine.max_queue_wait = \"30ms\"` (a duration \
+             with its unit)",
+        ),
+        (
+            "[server]\nshutdown_grace = \"10 fortnights\"\n",
+            "shutdown_grace = \"10 fortnights\"",
+        ),
+        ("[engine]\nhang_timeout = 2000\n", "2000 has no unit"),
     ];
     for (text, needle) in cases {
         let path = dir.join("bad.toml");

@@ -76,14 +76,14 @@ impl Daemon {
         // Tests count every request as signed (or UNAVAILABLE on shutdown): no admission
         // shedding here; the engine tests cover admission.
         let default_wait = format!(
-            "max_queue_wait_ms = {}",
-            signerd::config::DEFAULT_MAX_QUEUE_WAIT_MS
+            "max_queue_wait = \"{}\"",
+            signerd::config::duration::format(signerd::config::DEFAULT_MAX_QUEUE_WAIT)
         );
         assert!(
             text.contains(&default_wait),
             "init --dev wrote {default_wait}"
         );
-        let text = text.replace(&default_wait, "max_queue_wait_ms = 600000");
+        let text = text.replace(&default_wait, "max_queue_wait = \"10m\"");
         let text = format!("{text}\n{tail}\n");
         std::fs::write(&cfg, text).unwrap();
         for (file, contents) in files {

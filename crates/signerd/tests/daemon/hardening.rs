@@ -154,7 +154,7 @@ async fn handshake_flood_gets_retry_and_refusals_while_a_client_keeps_signing() 
 async fn a_client_holding_every_stream_silent_is_cut_by_the_read_timeout() {
     let d = Daemon::start_with(
         "silent",
-        "max_streams_per_connection = 16\nread_timeout_ms = 500",
+        "max_streams_per_connection = 16\nread_timeout = \"500ms\"",
     )
     .await;
     let admin = d.admin().await;

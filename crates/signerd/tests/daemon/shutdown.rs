@@ -10,7 +10,7 @@ use crate::verify::verify;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_every_request_in_flight() {
     // A short grace period, so that part of the backlog must be answered UNAVAILABLE.
-    let mut d = Daemon::start_with("sigterm", "shutdown_grace_ms = 300").await;
+    let mut d = Daemon::start_with("sigterm", "shutdown_grace = \"300ms\"").await;
     let admin = d.admin().await;
     let name = unique("drain");
     // RSA-2048 is slow on SoftHSM2 (well under 2k/s), so 1,500 requests are still in flight

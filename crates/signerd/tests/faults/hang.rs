@@ -20,7 +20,7 @@ async fn s08_hung_sign_is_quarantined_and_never_stalls_the_daemon() {
     let mut d = Daemon::init("s08");
     d.edit_config(|cfg| {
         let engine = cfg.get_mut("engine").unwrap().as_table_mut().unwrap();
-        engine.insert("hang_timeout_ms".into(), 300.into());
+        engine.insert("hang_timeout".into(), "300ms".into());
     });
     d.serve().await;
     let (key, spki) = d.ec_key("s08", &[]).await;
@@ -164,7 +164,7 @@ async fn s09_slow_partition_gets_less_work() {
     }
 }
 
-/// `[breaker] slow_call_ms` reaches the breakers: with it at 100 ms, a partition whose every
+/// `[breaker] slow_call` reaches the breakers: with it at 100 ms, a partition whose every
 /// `C_Sign` takes 250 ms is opened as failing (calls under the 1 s default would not count),
 /// and the other partition takes the work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +172,7 @@ async fn configured_slow_call_opens_the_breaker_of_a_slow_partition() {
     let mut d = Daemon::init("slowcall");
     d.edit_config(|cfg| {
         let mut breaker = toml::Table::new();
-        breaker.insert("slow_call_ms".into(), 100.into());
+        breaker.insert("slow_call".into(), "100ms".into());
         cfg.insert("breaker".into(), breaker.into());
     });
     d.serve().await;

@@ -179,7 +179,7 @@ async fn sigterm_with_requests_in_flight(name: &str) -> Drained {
         cfg["server"]
             .as_table_mut()
             .unwrap()
-            .insert("shutdown_grace_ms".into(), 300.into());
+            .insert("shutdown_grace".into(), "300ms".into());
     });
     d.serve().await;
     let (key, spki) = d.ec_key(name, &[]).await;

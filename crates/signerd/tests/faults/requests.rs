@@ -164,7 +164,7 @@ async fn s04_logged_out_answers_to_every_worker_cost_one_login() {
         provider.insert("workers_per_partition".into(), (WORKERS as i64).into());
         // The slow calls below must not count as hung.
         let engine = cfg["engine"].as_table_mut().unwrap();
-        engine.insert("hang_timeout_ms".into(), 60_000.into());
+        engine.insert("hang_timeout".into(), "1m".into());
     });
     d.serve().await;
     let (key, spki) = d.ec_key("s04m", &["p0"]).await;

@@ -59,7 +59,7 @@ impl Daemon {
     /// init chose. `DIR/fault.toml` starts with no rules and `stats = "DIR/stats.json"`.
     ///
     /// Also, for deterministic counts: two workers per partition (not "cores / partitions"), no
-    /// admission shedding (`max_queue_wait_ms` very large: tests count every request), and no
+    /// admission shedding (`max_queue_wait` very long: tests count every request), and no
     /// periodic audit checkpoints (checkpoints are signed with `C_Sign` on `p0`, and would take
     /// the `count = 1` faults meant for requests; the closing checkpoint still seals the log).
     pub fn init(name: &str) -> Daemon {
@@ -103,9 +103,9 @@ impl Daemon {
                 fault_config.display().to_string().into(),
             );
             env.insert("SIGNERD_FAULT_TARGET".into(), softhsm.into());
-            table(cfg, "engine").insert("max_queue_wait_ms".into(), 600_000.into());
+            table(cfg, "engine").insert("max_queue_wait".into(), "10m".into());
             let audit = table(cfg, "audit");
-            audit.insert("checkpoint_interval_ms".into(), 3_600_000.into());
+            audit.insert("checkpoint_interval".into(), "1h".into());
             audit.insert("checkpoint_records".into(), 10_000_000.into());
         });
         d

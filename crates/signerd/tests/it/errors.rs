@@ -68,7 +68,7 @@ async fn deadline_passing_in_the_queue_skips_the_hsm() {
         p.workers_per_partition = Some(1);
         // On a loaded CI machine a slow RSA call must not get the worker quarantined: this
         // test is about the queue, not hangs (an evacuated queue answers UNAVAILABLE).
-        c.engine.hang_timeout_ms = 60_000;
+        c.engine.hang_timeout = Duration::from_secs(60);
     });
     let slow = support::unique("slow");
     let fast = support::unique("fast");
@@ -223,15 +223,15 @@ fn wrong_pin_fails_once_with_a_clear_error() {
 /// Submits 20 RSA-4096 requests at once to one worker (after two that teach it the signing
 /// time) with the given burst budget and a 20 ms sustained budget; returns how many were shed,
 /// after checking that every admitted one is signed.
-async fn shed_of_twenty(burst_queue_wait_ms: u64) -> usize {
+async fn shed_of_twenty(burst_queue_wait: Duration) -> usize {
     let engine = support::engine_with(|c| {
-        c.engine.max_queue_wait_ms = 20;
-        c.engine.burst_queue_wait_ms = burst_queue_wait_ms;
+        c.engine.max_queue_wait = Duration::from_millis(20);
+        c.engine.burst_queue_wait = burst_queue_wait;
         // On a starved host an RSA-4096 call (the worker's first, above all) can pass the 2 s
         // hang timeout: the watchdog then takes p0, the key's only partition, out of rotation
         // ("no healthy partition holds key", seen once in CI under load). This test is about
         // admission, not hang detection.
-        c.engine.hang_timeout_ms = 60_000;
+        c.engine.hang_timeout = Duration::from_secs(60);
         c.providers
             .get_mut("softhsm")
             .unwrap()
@@ -283,13 +283,13 @@ async fn shed_of_twenty(burst_queue_wait_ms: u64) -> usize {
 // calls slow enough to trip the slow-call breaker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_sheds_when_the_predicted_wait_is_too_long() {
-    let shed = shed_of_twenty(20).await;
+    let shed = shed_of_twenty(Duration::from_millis(20)).await;
     assert!(
         shed >= 15,
         "a 20 ms budget admits only the first slow signatures (shed {shed})"
     );
     // 20 requests are too few to judge a queue overloaded, so the burst budget applies: a
     // minute's budget admits all of them where the 20 ms sustained budget shed most.
-    let shed = shed_of_twenty(60_000).await;
+    let shed = shed_of_twenty(Duration::from_secs(60)).await;
     assert_eq!(shed, 0, "the burst budget admitted every request");
 }

@@ -29,11 +29,34 @@ pub struct Fixture {
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// The process's dev directory (under the canonical temporary directory, as `init_dev` names
+/// it).
+fn dev_dir() -> PathBuf {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let tmp = tmp.canonicalize().unwrap_or(tmp);
+    tmp.join(format!("it-{}", std::process::id()))
+}
+
+/// SoftHSM2 reads `SOFTHSM2_CONF` at `C_Initialize`, and the environment may change only while
+/// the process has one thread (`signerd::hsm::module::set_module_env`). libtest starts its
+/// threads in `main` and runs every test on one of them, so the variable is set before `main`,
+/// from the ELF constructor list (what the `ctor` crate does), to the file `init_dev` writes in
+/// [`dev_dir`]: `init_dev` and the engines then find it set and change nothing.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // `link_section`: a constructor, run before main on the only thread
+#[used]
+#[link_section = ".init_array"]
+static SET_SOFTHSM2_CONF: extern "C" fn() = {
+    extern "C" fn set_softhsm2_conf() {
+        std::env::set_var("SOFTHSM2_CONF", dev_dir().join("softhsm2.conf"));
+    }
+    set_softhsm2_conf
+};
+
 /// The process's dev set-up: three tokens; most tests use two partitions (p0, p1).
 pub fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
-        let dir =
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("it-{}", std::process::id()));
+        let dir = dev_dir();
         let _ = std::fs::remove_dir_all(&dir);
         let setup = init_dev(&dir, 3, signerd::dev::DevPorts { quic: 0, admin: 0 })
             .expect("init --dev (is softhsm2 installed?)");
@@ -48,7 +71,7 @@ pub fn fixture() -> &'static Fixture {
         let mut config = only(&|n| n != "p2");
         // Tests that count every request as signed must not be shed by admission control;
         // admission has its own test with a tight budget.
-        config.engine.max_queue_wait_ms = 600_000;
+        config.engine.max_queue_wait = Duration::from_secs(600);
         let isolated = only(&|n| n == "p2");
         let p = &config.providers["softhsm"];
         let module = Module::load(&p.module, &p.env).expect("module loads");

@@ -18,8 +18,15 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// Breaker settings. The defaults are documented per field; `tuning/CONTROL.md` says why.
-#[derive(Clone, Debug, PartialEq)]
+use serde::Deserialize;
+
+use crate::config::duration;
+
+/// Breaker settings, and the config's `[breaker]` table as it is read (docs/CONFIG.md): every key
+/// optional, defaulting to [`BreakerConfig::default`]; times are durations with their unit
+/// (`slow_call = "1s"`). The defaults are documented per field; `tuning/CONTROL.md` says why.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Open after this many failures in a row, with no success or request error between them
     /// (default 5). `u32::MAX` turns streak trips off.
@@ -27,15 +34,20 @@ pub struct BreakerConfig {
     /// Open when at least this share of the calls in the window failed (default 0.5), in (0, 1].
     pub failure_rate: f64,
     /// Length of the sliding failure-rate window (default 10 s), kept in 10 buckets.
+    #[serde(deserialize_with = "duration::deserialize")]
     pub window: Duration,
     /// No failure rate is computed below this many counted calls in the window (default 20).
     /// `u32::MAX` turns rate trips off.
     pub min_calls: u32,
-    /// A successful call at least this slow counts as a failure (default 1 s).
+    /// A successful call at least this slow counts as a failure (default 1 s). Raise it for HSMs
+    /// whose normal calls are slow (RSA-4096, a distant network HSM).
+    #[serde(deserialize_with = "duration::deserialize")]
     pub slow_call: Duration,
-    /// First open period (default 500 ms).
+    /// First open period (default 500 ms); it doubles after each failed probe...
+    #[serde(deserialize_with = "duration::deserialize")]
     pub open_base: Duration,
-    /// Longest open period, a hard ceiling also after jitter (default 30 s).
+    /// ...up to this: the longest open period, a hard ceiling also after jitter (default 30 s).
+    #[serde(deserialize_with = "duration::deserialize")]
     pub open_max: Duration,
     /// Each open period is multiplied by a factor drawn uniformly from `1 ± jitter`
     /// (default 0.2), in [0, 0.9].
@@ -46,6 +58,7 @@ pub struct BreakerConfig {
     pub probes_to_close: u32,
     /// A probe not reported within this time counts as failed (default 2 s, at least
     /// `slow_call`): a hung call must not keep the breaker half-open for ever.
+    #[serde(deserialize_with = "duration::deserialize")]
     pub probe_timeout: Duration,
 }
 
@@ -69,6 +82,8 @@ impl Default for BreakerConfig {
 
 /// Longest window, open period and probe timeout accepted by [`BreakerConfig::validate`].
 const MAX_PERIOD: Duration = Duration::from_secs(3600);
+/// Shortest slow call and open period accepted by [`BreakerConfig::validate`].
+const MIN_PERIOD: Duration = Duration::from_millis(1);
 /// Most probes in flight at once.
 const MAX_PROBES: u32 = 64;
 /// Buckets of the failure-rate window.
@@ -80,7 +95,7 @@ const MIN_RETRY_AFTER: Duration = Duration::from_millis(1);
 
 impl BreakerConfig {
     /// Checks every field; the message names the first bad one as the config file spells it
-    /// (`[breaker]`, times in milliseconds), which is where users set them.
+    /// (`breaker.slow_call`), which is where users set them.
     pub fn validate(&self) -> Result<(), String> {
         let c = self;
         if c.consecutive_failures == 0 {
@@ -90,16 +105,16 @@ impl BreakerConfig {
             return Err("breaker.failure_rate must be in (0, 1]".into());
         }
         if c.window < Duration::from_millis(10) || c.window > MAX_PERIOD {
-            return Err("breaker.window_ms must be between 10 and 3600000 (1 h)".into());
+            return Err("breaker.window must be between 10ms and 1h".into());
         }
         if c.min_calls == 0 {
             return Err("breaker.min_calls must be >= 1".into());
         }
-        if c.slow_call.is_zero() || c.slow_call > MAX_PERIOD {
-            return Err("breaker.slow_call_ms must be between 1 and 3600000 (1 h)".into());
+        if c.slow_call < MIN_PERIOD || c.slow_call > MAX_PERIOD {
+            return Err("breaker.slow_call must be between 1ms and 1h".into());
         }
-        if c.open_base.is_zero() || c.open_base > c.open_max || c.open_max > MAX_PERIOD {
-            return Err("breaker: need 0 < open_base_ms <= open_max_ms <= 3600000 (1 h)".into());
+        if c.open_base < MIN_PERIOD || c.open_base > c.open_max || c.open_max > MAX_PERIOD {
+            return Err("breaker: need 1ms <= breaker.open_base <= breaker.open_max <= 1h".into());
         }
         if !(0.0..=0.9).contains(&c.jitter) {
             return Err("breaker.jitter must be in [0, 0.9]".into());
@@ -113,9 +128,7 @@ impl BreakerConfig {
             return Err("breaker.probes_to_close must be >= 1".into());
         }
         if c.probe_timeout < c.slow_call || c.probe_timeout > MAX_PERIOD {
-            return Err(
-                "breaker.probe_timeout_ms must be between slow_call_ms and 3600000 (1 h)".into(),
-            );
+            return Err("breaker.probe_timeout must be between breaker.slow_call and 1h".into());
         }
         Ok(())
     }
@@ -129,9 +142,9 @@ impl BreakerConfig {
         }
         self.window = self.window.clamp(Duration::from_millis(10), MAX_PERIOD);
         self.min_calls = self.min_calls.max(1);
-        self.slow_call = self.slow_call.clamp(Duration::from_nanos(1), MAX_PERIOD);
-        self.open_max = self.open_max.clamp(Duration::from_nanos(1), MAX_PERIOD);
-        self.open_base = self.open_base.clamp(Duration::from_nanos(1), self.open_max);
+        self.slow_call = self.slow_call.clamp(MIN_PERIOD, MAX_PERIOD);
+        self.open_max = self.open_max.clamp(MIN_PERIOD, MAX_PERIOD);
+        self.open_base = self.open_base.clamp(MIN_PERIOD, self.open_max);
         if !(0.0..=0.9).contains(&self.jitter) {
             self.jitter = d.jitter;
         }
@@ -1022,7 +1035,8 @@ mod tests {
         b.record(t0, Outcome::DeviceFailure);
         assert_eq!(b.state(t0), State::Open);
         let p = probe(b.admit(t0 + Duration::from_secs(1)));
-        // slow_call was clamped to 1 ns, so only a request error passes as a probe success.
+        // slow_call was clamped to 1 ms and the probe took 1 s, so only a request error passes
+        // as a probe success.
         b.record_probe(t0 + Duration::from_secs(1), p, Outcome::RequestError);
         assert_eq!(b.state(t0 + Duration::from_secs(1)), State::Closed);
     }

@@ -24,7 +24,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::breaker::MonoClock;
+use super::breaker::MonoClock;
 
 /// Limiter settings. The defaults are documented per field; `tuning/CONTROL.md` says why.
 #[derive(Clone, Debug, PartialEq)]
