@@ -278,9 +278,9 @@ fn limits(cfg: &ServerConfig) -> Limits {
 /// 100 streams, a 1.25 MB stream window, no connection window, 1.25 MB of datagram buffer).
 /// Peers may open `max_streams_per_connection` request streams (no unidirectional ones),
 /// buffer at most `stream_receive_window` per stream and `connection_receive_window` per
-/// connection, send no datagrams, and are closed after `idle_timeout_ms` without traffic.
+/// connection, send no datagrams, and are closed after `idle_timeout` without traffic.
 /// The server sends no keep-alives (idle clients are reclaimed). How long one request may take to
-/// arrive is `read_timeout_ms`, enforced per stream by the dispatcher.
+/// arrive is `read_timeout`, enforced per stream by the dispatcher.
 fn transport(cfg: &ServerConfig) -> Result<TransportConfig, ServeError> {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(cfg.max_streams_per_connection));
