@@ -381,18 +381,31 @@ impl<'a> Ctx<'a> {
         received + budget
     }
 
-    /// Answers PERMISSION_DENIED, audited and counted once per call the request stands for.
+    /// Answers PERMISSION_DENIED with `message`, after recording the denial (with `detail`) in
+    /// the audit log and counting it in `signer_authz_denied_total`, once per call the request
+    /// stands for.
     async fn deny(&self, message: String, detail: String) -> ResponseFrame {
-        deny_with(
-            self.state,
-            self.identity,
-            self.op,
-            self.subject.clone(),
-            self.calls.count(),
-            message,
-            detail,
-        )
-        .await
+        let (state, identity, op, key) = (self.state, self.identity, self.op, &self.subject);
+        let calls = self.calls.count();
+        state.engine.metrics().authz_denied(op, calls);
+        if let Some(audit) = &state.extras.audit {
+            let entries = (0..calls)
+                .map(|_| {
+                    audit_entry(
+                        identity,
+                        op.as_str(),
+                        key.clone(),
+                        None,
+                        Status::PermissionDenied,
+                        Some(detail.clone()),
+                    )
+                })
+                .collect();
+            if let Err(e) = audit.append_all(entries).await {
+                tracing::error!("authorization failure not audited: {e}");
+            }
+        }
+        status_frame(Status::PermissionDenied, message)
     }
 
     /// The admin ops: run off the runtime, then audited (an op that ran but could not be
@@ -600,42 +613,6 @@ fn audit_entry(
         .key(key.map(|k| k.shared()))
         .version(version)
         .detail(detail)
-}
-
-/// Answers PERMISSION_DENIED, after recording the denial in the audit log.
-/// Answers PERMISSION_DENIED with `message`, after recording the denial (with `detail`) in the
-/// audit log and counting it in `signer_authz_denied_total`.
-#[allow(clippy::too_many_arguments)]
-async fn deny_with(
-    state: &State,
-    identity: &Arc<str>,
-    op: Op,
-    key: Option<KeyName>,
-    calls: usize,
-    message: String,
-    detail: String,
-) -> ResponseFrame {
-    for _ in 0..calls {
-        state.engine.metrics().authz_denied(op);
-    }
-    if let Some(audit) = &state.extras.audit {
-        let entries = (0..calls)
-            .map(|_| {
-                audit_entry(
-                    identity,
-                    op.as_str(),
-                    key.clone(),
-                    None,
-                    Status::PermissionDenied,
-                    Some(detail.clone()),
-                )
-            })
-            .collect();
-        if let Err(e) = audit.append_all(entries).await {
-            tracing::error!("authorization failure not audited: {e}");
-        }
-    }
-    status_frame(Status::PermissionDenied, message)
 }
 
 /// Answers a destroy_key recorded as pending approval, after auditing it as

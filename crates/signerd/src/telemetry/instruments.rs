@@ -295,9 +295,9 @@ impl Metrics {
     }
 
     /// Authorization refused an `op` (`signer_authz_denied_total{op}`).
-    pub fn authz_denied(&self, op: Op) {
+    pub fn authz_denied(&self, op: Op, calls: usize) {
         if let Some(c) = self.inner.authz_denied.get(op.index()) {
-            c.increment(1);
+            c.increment(calls as u64);
         }
     }
 

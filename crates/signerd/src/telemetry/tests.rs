@@ -242,7 +242,7 @@ async fn admin_listener_serves_metrics_and_health() {
     m.batch(8);
     m.batch(5000);
     m.session_rebuild(0);
-    m.authz_denied(Op::CreateKey);
+    m.authz_denied(Op::CreateKey, 1);
     m.overloaded(OverloadReason::QueueFull);
     m.overloaded(OverloadReason::QueueFull);
     m.overloaded(OverloadReason::Deadline);
