@@ -48,8 +48,9 @@ fn main() -> Result<(), String> {
     }
     let engine = Engine::open(&cfg).map_err(|e| e.to_string())?;
     let key = KeyName::new("bench-p256").map_err(|e| e.to_string())?;
-    if engine.public_key(&key, None).is_err() {
+    if engine.keys().public_key(&key, None).is_err() {
         engine
+            .admin()
             .create_key(&key, KeyType::EcP256, None)
             .map_err(|e| e.to_string())?;
     }

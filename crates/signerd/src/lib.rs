@@ -25,7 +25,7 @@ pub mod server;
 pub mod telemetry;
 pub mod tls;
 
-pub use engine::{Engine, KeyInfo, PublicKey, SignRequest, VersionInfo};
+pub use engine::{Engine, EngineBuilder, KeyInfo, PublicKey, SignRequest, VersionInfo};
 pub use error::EngineError;
 pub use pipeline::Signed;
 pub use signer_proto::{KeyName, KeyState, KeyType, Payload, Scheme, Status, Version};

@@ -20,8 +20,11 @@ pub fn run(path: &Path) -> Result<(), CliError> {
         );
     }
     let engine = Engine::open(&cfg).map_err(super::open_error)?;
-    println!("partitions: {}", engine.partition_names_all().join(", "));
-    let keys = engine.list();
+    println!(
+        "partitions: {}",
+        engine.health().partition_names().join(", ")
+    );
+    let keys = engine.keys().list();
     println!("keys: {}", keys.len());
     for k in keys {
         for v in &k.versions {

@@ -25,11 +25,12 @@ fn exercise(
     count: usize,
 ) -> Result<(), CliError> {
     let fail = |e: &dyn std::fmt::Display| CliError::new(1, e);
-    let existing = engine.list().into_iter().find(|k| &k.name == key);
+    let existing = engine.keys().list().into_iter().find(|k| &k.name == key);
     let key_type = match existing {
         Some(k) => k.key_type,
         None => {
             let v = engine
+                .admin()
                 .create_key(key, key_type, None)
                 .map_err(|e| fail(&e))?;
             println!(
@@ -41,7 +42,7 @@ fn exercise(
         }
     };
     let scheme = key_type.default_scheme();
-    let public = engine.public_key(key, None).map_err(|e| fail(&e))?;
+    let public = engine.keys().public_key(key, None).map_err(|e| fail(&e))?;
     print!("{}", public.pem());
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -81,6 +82,7 @@ fn exercise(
             Ok(signed) => {
                 *partitions.entry(signed.partition).or_default() += 1;
                 let (_, ok) = engine
+                    .keys()
                     .verify_blocking(key, Some(signed.version), payload, &signed.signature)
                     .map_err(|e| fail(&e))?;
                 bad += usize::from(!ok);
@@ -88,7 +90,7 @@ fn exercise(
             Err(e) => return Err(fail(&format!("sign failed: {e}"))),
         }
     }
-    let names = engine.partition_names_all();
+    let names = engine.health().partition_names();
     let spread: Vec<String> = partitions
         .iter()
         .map(|(p, n)| format!("{}={n}", names.get(*p).map_or("?", String::as_str)))

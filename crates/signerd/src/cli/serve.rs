@@ -7,10 +7,11 @@ use super::{CliError, EXIT_UNAVAILABLE, EXIT_USAGE};
 use signerd::audit::{AuditConfig, AuditLog, DiskSpace};
 use signerd::config::{AdminConfig, Config, ServerConfig};
 use signerd::pipeline::audited::Audited;
+use signerd::pipeline::{Completion, Direct};
 use signerd::policy::LivePolicy;
 use signerd::server::{Extras, ServeError, Server};
 use signerd::telemetry::{self, Admin, AdminLimits, PartitionHealth, ReadyReport};
-use signerd::{Engine, KeyName};
+use signerd::{Engine, EngineBuilder, KeyName};
 
 pub fn run(path: &Path) -> Result<(), CliError> {
     let cfg = super::load_config(path)?;
@@ -26,14 +27,11 @@ pub fn run(path: &Path) -> Result<(), CliError> {
         None => None,
     };
     let policy = load_policy(&server_cfg)?;
-    let engine = Engine::open(&cfg).map_err(super::open_error)?;
-    let (audit, audit_key) = match open_audit(&cfg, &engine) {
-        Ok(a) => a,
-        Err(e) => {
-            engine.shutdown();
-            return Err(e);
-        }
-    };
+    let opened = EngineBuilder::open(&cfg).map_err(super::open_error)?;
+    // The audit log needs the engine's audit key (made on first start) before the workers it
+    // receives results from are started; dropping `opened` on an error closes its sessions.
+    let (audit, audit_key, completion) = open_audit(&cfg, &opened)?;
+    let engine = opened.start(completion).map_err(super::open_error)?;
     let disk = match audit_disk(&cfg) {
         Ok(d) => d,
         Err(e) => {
@@ -48,8 +46,8 @@ pub fn run(path: &Path) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::new(1, format!("cannot start the runtime: {e}")))?;
     let result = runtime.block_on(async {
-        let partitions = engine.partition_names_all().join(", ");
-        let keys = engine.list().len();
+        let partitions = engine.health().partition_names().join(", ");
+        let keys = engine.keys().list().len();
         let workers = engine.workers();
         let extras = Extras {
             audit: audit.clone(),
@@ -153,7 +151,8 @@ async fn start_admin(
         move || ReadyReport {
             keys_loaded: true, // the engine read every key from the tokens before serving
             partitions: engine
-                .partition_health()
+                .health()
+                .partitions()
                 .into_iter()
                 .map(|(name, healthy, reason)| PartitionHealth {
                     name,
@@ -178,7 +177,7 @@ async fn start_admin(
         let audit = audit.cloned();
         let disk = disk.clone();
         move || {
-            engine.sample_metrics();
+            engine.health().sample_metrics();
             let m = engine.metrics();
             match &audit {
                 Some(a) => {
@@ -212,13 +211,14 @@ async fn start_admin(
     })
 }
 
-/// Opens the audit log (creating the audit key on first start) and routes every finished sign
-/// job through it. Without an `[audit]` table serve refuses to start; `disabled = true` runs
-/// without one, with a warning.
-fn open_audit(
-    cfg: &Config,
-    engine: &Engine,
-) -> Result<(Option<AuditLog>, Option<KeyName>), CliError> {
+/// The audit log, its key's name, and the completion that routes every finished sign job
+/// through it.
+type OpenedAudit = (Option<AuditLog>, Option<KeyName>, Arc<dyn Completion>);
+
+/// Opens the audit log (creating the audit key on first start) and returns the completion that
+/// routes every finished sign job through it. Without an `[audit]` table serve refuses to
+/// start; `disabled = true` runs without one (jobs answered at once), with a warning.
+fn open_audit(cfg: &Config, engine: &EngineBuilder) -> Result<OpenedAudit, CliError> {
     let Some(section) = &cfg.audit else {
         return Err(CliError::new(
             EXIT_USAGE,
@@ -230,10 +230,11 @@ fn open_audit(
         tracing::warn!(
             "the audit log is disabled ([audit] disabled = true): signatures are not recorded"
         );
-        return Ok((None, None));
+        return Ok((None, None, Arc::new(Direct)));
     }
     let name = KeyName::new(&section.key).map_err(|e| CliError::new(EXIT_USAGE, e))?;
     let signer = engine
+        .admin()
         .audit_key_signer(&name)
         .map_err(|e| CliError::new(EXIT_UNAVAILABLE, format!("audit key {name}: {e}")))?;
     let audit_cfg = AuditConfig {
@@ -251,12 +252,9 @@ fn open_audit(
         )
     })?;
     log.set_more_coming(engine.busy_probe());
-    let completion = Audited::new(log.clone(), engine.partition_names_all());
-    engine
-        .set_completion(Arc::new(completion))
-        .map_err(|e| CliError::new(1, e))?;
+    let completion = Audited::new(log.clone(), engine.partition_names());
     tracing::info!(path = %section.path.display(), key = %name, "audit log open");
-    Ok((Some(log), Some(name)))
+    Ok((Some(log), Some(name), Arc::new(completion)))
 }
 
 /// The watcher of the audit log's disk (`[audit] min_free_mib`), measured once now, so that a

@@ -10,8 +10,9 @@ use rand::RngCore;
 
 use parking_lot::Mutex;
 
+use super::keys::Keys;
 use super::registry::VersionEntry;
-use super::{Engine, VersionInfo};
+use super::VersionInfo;
 use crate::error::EngineError;
 use crate::hsm::{mechanism, objects, HsmError, Partition};
 use signer_proto::keys::{KeyName, KeyState, KeyType, Payload, Version};
@@ -22,7 +23,15 @@ use signer_proto::keys::{KeyName, KeyState, KeyType, Payload, Version};
 /// parsec project serializes for the same reason).
 pub(crate) static ADMIN_LOCK: Mutex<()> = Mutex::new(());
 
-impl Engine {
+/// The admin side of the key registry: create, rotate, retire, destroy. Every change goes to
+/// the tokens first and to the registry after, so the registry never names an object that does
+/// not exist.
+#[derive(Debug, Clone)]
+pub struct KeyAdmin {
+    pub(super) keys: Arc<Keys>,
+}
+
+impl KeyAdmin {
     /// Creates key `name` (version 1) of `key_type`. The key pair is generated inside the first
     /// placement partition and copied, wrapped under the trusted KEK, to the others. `placement`
     /// names partitions; `None` means every partition.
@@ -33,7 +42,7 @@ impl Engine {
         placement: Option<&[String]>,
     ) -> Result<VersionInfo, EngineError> {
         let _serial = ADMIN_LOCK.lock();
-        if self.inner.registry.key(name).is_some() {
+        if self.keys.registry.key(name).is_some() {
             return Err(EngineError::InvalidArgument(format!(
                 "key {name} already exists; rotate it to make a new version"
             )));
@@ -48,7 +57,7 @@ impl Engine {
     pub fn rotate_key(&self, name: &KeyName) -> Result<VersionInfo, EngineError> {
         let _serial = ADMIN_LOCK.lock();
         let entry = self
-            .inner
+            .keys
             .registry
             .key(name)
             .ok_or_else(|| EngineError::NotFound(format!("key {name}")))?;
@@ -60,7 +69,7 @@ impl Engine {
         let targets: Vec<_> = latest
             .partitions
             .iter()
-            .map(|i| Arc::clone(&self.inner.partitions[*i]))
+            .map(|i| Arc::clone(&self.keys.partitions[*i]))
             .collect();
         let v = self.create_version(name, entry.key_type, entry.latest() + 1, &targets, false)?;
         for old in entry.versions.values() {
@@ -75,7 +84,7 @@ impl Engine {
     /// (`CKA_SIGN=false`). It stays available for verification and public-key export.
     pub fn retire_key(&self, name: &KeyName, version: Version) -> Result<VersionInfo, EngineError> {
         let _serial = ADMIN_LOCK.lock();
-        let v = self.inner.registry.for_reading(name, Some(version))?;
+        let v = self.keys.registry.for_reading(name, Some(version))?;
         self.retire_version(&v)?;
         Ok(self.info(&v))
     }
@@ -83,18 +92,18 @@ impl Engine {
     /// Deletes `version` of `name` from every token. Only retired versions can be destroyed.
     pub fn destroy_key(&self, name: &KeyName, version: Version) -> Result<(), EngineError> {
         let _serial = ADMIN_LOCK.lock();
-        let v = self.inner.registry.for_reading(name, Some(version))?;
+        let v = self.keys.registry.for_reading(name, Some(version))?;
         if v.state() == KeyState::Active {
             return Err(EngineError::FailedPrecondition(format!(
                 "{name} version {version} is active; retire it before destroying it"
             )));
         }
         for i in &v.partitions {
-            let p = &self.inner.partitions[*i];
+            let p = &self.keys.partitions[*i];
             let session = p.open_session().map_err(|e| hsm_err(p, e))?;
             objects::destroy_version(&session, &v.id).map_err(|e| hsm_err(p, e))?;
         }
-        self.inner.registry.remove(name, version);
+        self.keys.registry.remove(name, version);
         tracing::info!(key = %name, version, "key version destroyed");
         Ok(())
     }
@@ -103,7 +112,7 @@ impl Engine {
         // The engine stops first (workers check the state before every C_Sign), then the tokens.
         v.retire();
         for i in &v.partitions {
-            let p = &self.inner.partitions[*i];
+            let p = &self.keys.partitions[*i];
             let session = p.open_session().map_err(|e| hsm_err(p, e))?;
             let private = objects::find_private(&session, &v.id)
                 .map_err(|e| hsm_err(p, e))?
@@ -115,7 +124,7 @@ impl Engine {
     }
 
     fn placement(&self, names: Option<&[String]>) -> Result<Vec<Arc<Partition>>, EngineError> {
-        let all = &self.inner.partitions;
+        let all = &self.keys.partitions;
         let Some(names) = names else {
             return Ok(all.iter().filter(|p| p.is_healthy()).cloned().collect());
         };
@@ -225,7 +234,7 @@ impl Engine {
                     holders,
                     KeyState::Active,
                 ));
-                self.inner.registry.insert(Arc::clone(&v));
+                self.keys.registry.insert(Arc::clone(&v));
                 tracing::info!(key = %name, version, %key_type, partitions = v.partitions.len(), "key version created");
                 Ok(v)
             }
@@ -246,7 +255,7 @@ impl Engine {
         VersionInfo {
             version: v.version,
             state: v.state(),
-            partitions: self.partition_names(&v.partitions),
+            partitions: self.keys.partition_names(&v.partitions),
         }
     }
 }

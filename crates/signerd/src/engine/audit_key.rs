@@ -12,8 +12,8 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 
+use super::admin::KeyAdmin;
 use super::registry::VersionEntry;
-use super::Engine;
 use crate::error::EngineError;
 use crate::hsm::{mechanism, objects, HsmError, Partition};
 use signer_proto::keys::{KeyName, KeyType, Scheme, Version};
@@ -109,15 +109,15 @@ impl Drop for AuditKeySigner {
     }
 }
 
-impl Engine {
+impl KeyAdmin {
     /// The signer for the audit key `name`, creating the key (ECDSA P-256, on every partition
     /// when replication is on) if it does not exist yet. Refuses a key of another type.
     pub fn audit_key_signer(&self, name: &KeyName) -> Result<AuditKeySigner, EngineError> {
-        if self.inner.registry.key(name).is_none() {
+        if self.keys.registry.key(name).is_none() {
             let v = self.create_key(name, KeyType::EcP256, None)?;
             tracing::info!(key = %name, version = v.version, partitions = ?v.partitions, "created the audit key");
         }
-        if let Some(key_type) = self.inner.registry.key(name).map(|k| k.key_type) {
+        if let Some(key_type) = self.keys.registry.key(name).map(|k| k.key_type) {
             if key_type != KeyType::EcP256 {
                 return Err(EngineError::FailedPrecondition(format!(
                     "audit key {name} is a {key_type} key; it must be ec-p256"
@@ -125,11 +125,11 @@ impl Engine {
             }
         }
         let version = self
-            .inner
+            .keys
             .registry
             .for_signing(name, None, Scheme::EcdsaSha256)?;
         Ok(AuditKeySigner {
-            partitions: self.inner.partitions.clone(),
+            partitions: self.keys.partitions.clone(),
             version,
             current: 0,
             open: None,

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use crossbeam::sync::{Parker, Unparker};
 
 use crate::control::breaker::{Outcome, State};
-use crate::hsm::{ErrorClass, Partition};
+use crate::error::EngineError;
+use crate::hsm::{ErrorClass, Partition, PartitionStats};
 use crate::pipeline::breakers::Breakers;
+use crate::pipeline::worker::Crew;
 
 /// How often each partition is probed.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -131,6 +133,78 @@ fn maybe_reinitialize(p: &Partition, all: &[Arc<Partition>], now: Instant) {
         Ok(false) => {}
         Err(e) => {
             tracing::error!(module = %module.path().display(), "re-initializing the module failed: {e}")
+        }
+    }
+}
+
+/// The engine's health part: partitions in and out of rotation, per-partition counters, and
+/// the sampled gauges of queues, limits and breakers.
+#[derive(Debug)]
+pub struct Health {
+    pub(super) partitions: Vec<Arc<Partition>>,
+    pub(super) crew: Arc<Crew>,
+}
+
+impl Health {
+    /// The engine's partition names, by index.
+    pub fn partition_name(&self, index: usize) -> Option<&str> {
+        self.partitions.get(index).map(|p| p.name())
+    }
+
+    /// Partition names, in index order.
+    pub fn partition_names(&self) -> Vec<String> {
+        self.partitions
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect()
+    }
+
+    /// Per-partition counters.
+    pub fn stats(&self) -> Vec<PartitionStats> {
+        self.partitions.iter().map(|p| p.stats()).collect()
+    }
+
+    /// Every partition's health: name, in rotation, and why not.
+    pub fn partitions(&self) -> Vec<(String, bool, String)> {
+        self.partitions
+            .iter()
+            .map(|p| (p.name().to_owned(), p.is_healthy(), p.health_reason()))
+            .collect()
+    }
+
+    /// Takes partition `name` out of rotation for maintenance (`out = true`; its queued work
+    /// moves to other partitions holding the same keys) or puts it back. Health probes do not
+    /// override it.
+    pub fn set_maintenance(&self, name: &str, out: bool) -> Result<(), EngineError> {
+        let p = self
+            .partitions
+            .iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| EngineError::NotFound(format!("no partition named {name}")))?;
+        p.set_maintenance(out);
+        Ok(())
+    }
+
+    /// Refreshes the sampled gauges: queue depth per shard, work in hand per partition,
+    /// partition health and the breaker state it implies. Cheap; called on each scrape.
+    pub fn sample_metrics(&self) {
+        let crew = &*self.crew;
+        let m = &crew.metrics;
+        for (i, s) in crew.shards.iter().enumerate() {
+            m.set_queue_depth(i, s.queued());
+            m.set_queue_overloaded(i, s.overloaded());
+        }
+        for p in &self.partitions {
+            let load: usize = crew
+                .router
+                .shards_of(p.index())
+                .iter()
+                .map(|s| crew.shards[*s].load())
+                .sum();
+            m.set_inflight(p.index(), load);
+            m.set_inflight_limit(p.index(), crew.gates[p.index()].limit());
+            m.set_partition_healthy(p.index(), p.is_healthy());
+            m.set_breaker_state(p.index(), crew.breakers.state(p.index()));
         }
     }
 }

@@ -10,9 +10,13 @@
 pub(crate) mod admin;
 mod audit_key;
 mod health;
+mod keys;
 mod watchdog;
 
+pub use admin::KeyAdmin;
 pub use audit_key::AuditKeySigner;
+pub use health::Health;
+pub use keys::Keys;
 pub mod registry;
 pub mod verify;
 
@@ -29,17 +33,18 @@ use crate::config::{Config, ProviderRole};
 use crate::control::limiter::LimiterConfig;
 use crate::error::EngineError;
 use crate::hsm::der::pem_encode;
-use crate::hsm::{objects, HsmError, Module, Partition, PartitionSpec, PartitionStats};
+use crate::hsm::{objects, HsmError, Module, Partition, PartitionSpec};
 use crate::pipeline::admission;
 use crate::pipeline::breakers::Breakers;
 use crate::pipeline::gate::{Gate, RetryBudget};
 use crate::pipeline::router::{Pick, Purpose, Router};
 use crate::pipeline::worker::{Crew, Worker};
-use crate::pipeline::{Completion, Job, Reply, Shard};
+use crate::pipeline::{Completion, Direct, Job, Reply, Shard};
 use crate::secret::Pin;
 use crate::telemetry::{Metrics, OverloadReason};
+use cryptoki::session::Session;
 use registry::{Registry, VersionEntry};
-use signer_proto::keys::{KeyName, KeyState, KeyType, Payload, Scheme, Version};
+use signer_proto::keys::{KeyName, KeyState, KeyType, Payload, Version};
 use watchdog::{Watchdog, WorkerHandle};
 
 /// Retry hint for a full queue.
@@ -131,6 +136,11 @@ impl PublicKey {
 }
 
 /// The signing engine. Cheap to clone; all clones share one pipeline.
+///
+/// It is made of parts with one job each: routing (this type: [`Engine::sign`] and the queues),
+/// the key registry ([`Engine::keys`]), key administration ([`Engine::admin`]) and partition
+/// health ([`Engine::health`]). Built in two steps by [`EngineBuilder`]: open the HSMs and read
+/// the keys, then start the workers with the completion that receives their results.
 #[derive(Clone, Debug)]
 pub struct Engine {
     inner: Arc<Inner>,
@@ -138,9 +148,10 @@ pub struct Engine {
 
 #[derive(Debug)]
 struct Inner {
-    partitions: Vec<Arc<Partition>>,
+    keys: Arc<Keys>,
+    admin: KeyAdmin,
+    health: Health,
     shards: Arc<[Shard]>,
-    registry: Registry,
     accepting: AtomicBool,
     submitting: AtomicUsize,
     stop: Arc<AtomicBool>,
@@ -156,10 +167,40 @@ struct Inner {
     burst_queue_wait: Duration,
 }
 
-impl Engine {
+/// An engine whose HSMs are open and whose keys are read, with no worker running yet. Key
+/// administration works (the daemon creates its audit key here, before the audit log that
+/// receives the workers' results exists); [`EngineBuilder::start`] starts the workers with
+/// their completion. Dropping it closes the sessions it opened.
+pub struct EngineBuilder {
+    keys: Arc<Keys>,
+    admin: KeyAdmin,
+    shards: Arc<[Shard]>,
+    parkers: Vec<Parker>,
+    sessions: Vec<Session>,
+    metrics: Metrics,
+    breakers: Arc<Breakers>,
+    gates: Vec<Gate>,
+    router: Router,
+    stop: Arc<AtomicBool>,
+    max_drain: usize,
+    hang_timeout: Duration,
+    max_queue_wait: Duration,
+    burst_queue_wait: Duration,
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("partitions", &self.keys.partitions.len())
+            .field("workers", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineBuilder {
     /// Loads the modules, logs in to every partition (once each), reads the keys from the tokens
-    /// and starts one worker thread per configured session.
-    pub fn open(cfg: &Config) -> Result<Engine, OpenError> {
+    /// and opens one session per configured worker.
+    pub fn open(cfg: &Config) -> Result<EngineBuilder, OpenError> {
         let total_partitions: usize = cfg.providers.values().map(|p| p.partitions.len()).sum();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut partitions = Vec::new();
@@ -207,7 +248,6 @@ impl Engine {
             load_keys(&partitions, &registry)?;
         }
 
-        let stop = Arc::new(AtomicBool::new(false));
         let mut shards = Vec::new();
         let mut parkers = Vec::new();
         let mut sessions = Vec::new();
@@ -226,7 +266,8 @@ impl Engine {
         let shards: Arc<[Shard]> = shards.into();
         let names: Vec<&str> = partitions.iter().map(|p| p.name()).collect();
         let metrics = Metrics::new(&names, shards.len());
-        let breakers = Breakers::new(&partitions, &cfg.breaker).map_err(OpenError::Invalid)?;
+        let breakers =
+            Arc::new(Breakers::new(&partitions, &cfg.breaker).map_err(OpenError::Invalid)?);
         let gates = partitions
             .iter()
             .map(|p| {
@@ -236,12 +277,77 @@ impl Engine {
                 Gate::new(limits)
             })
             .collect();
-        let breakers = Arc::new(breakers);
         let router = Router::new(
             partitions.clone(),
             Arc::clone(&shards),
             Arc::clone(&breakers),
         );
+        let keys = Arc::new(Keys::new(partitions, registry));
+        Ok(EngineBuilder {
+            admin: KeyAdmin {
+                keys: Arc::clone(&keys),
+            },
+            keys,
+            shards,
+            parkers,
+            sessions,
+            metrics,
+            breakers,
+            gates,
+            router,
+            stop: Arc::new(AtomicBool::new(false)),
+            max_drain: cfg.engine.max_drain,
+            hang_timeout: cfg.engine.hang_timeout,
+            max_queue_wait: cfg.engine.max_queue_wait,
+            burst_queue_wait: cfg.engine.burst_queue_wait,
+        })
+    }
+
+    /// The key registry (read side).
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Key administration, usable before the workers start.
+    pub fn admin(&self) -> &KeyAdmin {
+        &self.admin
+    }
+
+    /// Partition names, in index order.
+    pub fn partition_names(&self) -> Vec<String> {
+        self.keys
+            .partitions
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect()
+    }
+
+    /// A cheap probe that says whether any worker holds or has queued a job (more answers are
+    /// on their way). It does not keep the engine alive.
+    pub fn busy_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        busy_probe(&self.shards)
+    }
+
+    /// Starts one worker thread per session, the health probes and the watchdog. Every finished
+    /// job goes through `completion` ([`crate::pipeline::Direct`] answers at once).
+    pub fn start(self, completion: Arc<dyn Completion>) -> Result<Engine, OpenError> {
+        let EngineBuilder {
+            keys,
+            admin,
+            shards,
+            parkers,
+            sessions,
+            metrics,
+            breakers,
+            gates,
+            router,
+            stop,
+            max_drain,
+            hang_timeout,
+            max_queue_wait,
+            burst_queue_wait,
+        } = self;
+        let partitions = &keys.partitions;
         let crew = Arc::new(Crew {
             gates,
             retry_budget: RetryBudget::default(),
@@ -250,10 +356,29 @@ impl Engine {
             metrics,
             shards: Arc::clone(&shards),
             stop: Arc::clone(&stop),
-            max_drain: cfg.engine.max_drain,
-            completion: std::sync::OnceLock::new(),
+            max_drain,
+            completion,
         });
-        let mut handles = Vec::new();
+        // From here on, the threads started so far are stopped and joined if a later one
+        // cannot start (Inner's drop does it).
+        let mut inner = Inner {
+            health: Health {
+                partitions: partitions.clone(),
+                crew: Arc::clone(&crew),
+            },
+            keys: Arc::clone(&keys),
+            admin,
+            shards: Arc::clone(&shards),
+            accepting: AtomicBool::new(true),
+            submitting: AtomicUsize::new(0),
+            stop: Arc::clone(&stop),
+            workers: Arc::new(Mutex::new(Vec::new())),
+            wakers: Vec::new(),
+            service: Mutex::new(Vec::new()),
+            crew: Arc::clone(&crew),
+            max_queue_wait,
+            burst_queue_wait,
+        };
         for (me, (parker, session)) in parkers.into_iter().zip(sessions).enumerate() {
             let part = &partitions[shards[me].partition()];
             let siblings = crew.router.siblings(me);
@@ -273,52 +398,70 @@ impl Engine {
                     what: format!("worker {me}"),
                     source,
                 })?;
-            handles.push((me, 0, handle));
+            inner.workers.lock().push((me, 0, handle));
         }
-        let worker_count = handles.len();
-        let workers = Arc::new(Mutex::new(handles));
         let cannot = |what: &str, source: std::io::Error| OpenError::Thread {
             what: what.to_owned(),
             source,
         };
-        let (mut wakers, mut service) = health::spawn_probes(&partitions, &crew.breakers, &stop)
+        let (wakers, service) = health::spawn_probes(partitions, &crew.breakers, &stop)
             .map_err(|e| cannot("health", e))?;
+        inner.wakers = wakers;
+        *inner.service.get_mut() = service;
         let watchdog = Watchdog {
             partitions: partitions.clone(),
             crew: Arc::clone(&crew),
-            hang_timeout: cfg.engine.hang_timeout,
-            workers: Arc::clone(&workers),
+            hang_timeout,
+            workers: Arc::clone(&inner.workers),
             parker: Parker::new(),
         };
-        wakers.push(watchdog.unparker());
-        service.push(
-            std::thread::Builder::new()
-                .name("signer-watchdog".into())
-                .spawn(move || watchdog.run())
-                .map_err(|e| cannot("watchdog", e))?,
-        );
+        inner.wakers.push(watchdog.unparker());
+        let handle = std::thread::Builder::new()
+            .name("signer-watchdog".into())
+            .spawn(move || watchdog.run())
+            .map_err(|e| cannot("watchdog", e))?;
+        inner.service.get_mut().push(handle);
         tracing::info!(
             partitions = partitions.len(),
-            workers = worker_count,
-            keys = registry.snapshot().len(),
+            workers = shards.len(),
+            keys = keys.count(),
             "engine started"
         );
         Ok(Engine {
-            inner: Arc::new(Inner {
-                partitions,
-                shards,
-                registry,
-                accepting: AtomicBool::new(true),
-                submitting: AtomicUsize::new(0),
-                stop,
-                workers,
-                wakers,
-                service: Mutex::new(service),
-                crew,
-                max_queue_wait: cfg.engine.max_queue_wait,
-                burst_queue_wait: cfg.engine.burst_queue_wait,
-            }),
+            inner: Arc::new(inner),
         })
+    }
+}
+
+fn busy_probe(shards: &Arc<[Shard]>) -> impl Fn() -> bool + Send + Sync + 'static {
+    let weak = Arc::downgrade(shards);
+    move || {
+        weak.upgrade()
+            .is_some_and(|shards| shards.iter().any(|s| s.load() > 0))
+    }
+}
+
+impl Engine {
+    /// Opens the HSMs and starts the workers, answering every job at once
+    /// ([`crate::pipeline::Direct`]: no audit log). The daemon uses [`EngineBuilder`] to put
+    /// its audit log in between.
+    pub fn open(cfg: &Config) -> Result<Engine, OpenError> {
+        EngineBuilder::open(cfg)?.start(Arc::new(Direct))
+    }
+
+    /// The key registry (read side): keys, versions, public keys, verification.
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// Key administration: create, rotate, retire, destroy.
+    pub fn admin(&self) -> &KeyAdmin {
+        &self.inner.admin
+    }
+
+    /// Partition health, maintenance and the sampled gauges.
+    pub fn health(&self) -> &Health {
+        &self.inner.health
     }
 
     /// Signs: queues the request and waits for its worker's answer. Never blocks the runtime.
@@ -372,9 +515,11 @@ impl Engine {
                 retry_after: Duration::from_secs(1),
             });
         }
-        let version = inner
-            .registry
-            .for_signing(&req.key, req.version, req.payload.scheme())?;
+        let version =
+            inner
+                .keys
+                .registry
+                .for_signing(&req.key, req.version, req.payload.scheme())?;
         let now = Instant::now();
         let remaining = req.deadline.saturating_duration_since(now);
         if remaining.is_zero() {
@@ -444,78 +589,6 @@ impl Engine {
         }
     }
 
-    /// All keys with their versions, states and placement.
-    pub fn list(&self) -> Vec<KeyInfo> {
-        self.inner
-            .registry
-            .snapshot()
-            .into_iter()
-            .map(|(name, entry)| KeyInfo {
-                signing_version: entry.signing_version().map(|v| v.version),
-                key_type: entry.key_type,
-                versions: entry
-                    .versions
-                    .values()
-                    .map(|v| VersionInfo {
-                        version: v.version,
-                        state: v.state(),
-                        partitions: self.partition_names(&v.partitions),
-                    })
-                    .collect(),
-                name,
-            })
-            .collect()
-    }
-
-    /// The public key of a version (default: the signing version, else the latest).
-    pub fn public_key(
-        &self,
-        name: &KeyName,
-        version: Option<Version>,
-    ) -> Result<PublicKey, EngineError> {
-        let v = self.inner.registry.for_reading(name, version)?;
-        Ok(PublicKey {
-            name: v.name.clone(),
-            version: v.version,
-            key_type: v.key_type,
-            spki_der: v.spki.clone(),
-        })
-    }
-
-    /// The version a sign request for `name` (at `version`, or the signing version) would use,
-    /// without signing: the batcher binds it into a tree's signed root before the HSM call.
-    pub fn signing_version(
-        &self,
-        name: &KeyName,
-        version: Option<Version>,
-        scheme: Scheme,
-    ) -> Result<Version, EngineError> {
-        Ok(self
-            .inner
-            .registry
-            .for_signing(name, version, scheme)?
-            .version)
-    }
-
-    /// The engine's partition names, by index.
-    pub fn partition_name(&self, index: usize) -> Option<&str> {
-        self.inner.partitions.get(index).map(|p| p.name())
-    }
-
-    /// Per-partition counters.
-    pub fn stats(&self) -> Vec<PartitionStats> {
-        self.inner.partitions.iter().map(|p| p.stats()).collect()
-    }
-
-    /// Partition names, in index order.
-    pub fn partition_names_all(&self) -> Vec<String> {
-        self.inner
-            .partitions
-            .iter()
-            .map(|p| p.name().to_owned())
-            .collect()
-    }
-
     /// Stops accepting and answers every request still waiting in a queue UNAVAILABLE (with
     /// retry-after): none of them has reached the HSM, so a retry elsewhere cannot double-sign.
     /// Requests already in a worker's hands finish normally. For the end of a drain.
@@ -541,67 +614,9 @@ impl Engine {
         }
     }
 
-    /// Routes every finished job through `completion` from now on (the daemon's audit log).
-    /// Set once, before requests arrive; a second call is refused.
-    pub fn set_completion(&self, completion: Arc<dyn Completion>) -> Result<(), EngineError> {
-        self.inner
-            .crew
-            .completion
-            .set(completion)
-            .map_err(|_| EngineError::Internal("the engine's completion is already set".into()))
-    }
-
     /// The engine's Prometheus instruments (shared with the server).
     pub fn metrics(&self) -> &Metrics {
         &self.inner.crew.metrics
-    }
-
-    /// Refreshes the sampled gauges: queue depth per shard, work in hand per partition,
-    /// partition health and the breaker state it implies. Cheap; called on each scrape.
-    pub fn sample_metrics(&self) {
-        let inner = &*self.inner;
-        let m = &inner.crew.metrics;
-        for (i, s) in inner.shards.iter().enumerate() {
-            m.set_queue_depth(i, s.queued());
-            m.set_queue_overloaded(i, s.overloaded());
-        }
-        for p in &inner.partitions {
-            let load: usize = inner
-                .crew
-                .router
-                .shards_of(p.index())
-                .iter()
-                .map(|s| inner.shards[*s].load())
-                .sum();
-            m.set_inflight(p.index(), load);
-            m.set_inflight_limit(p.index(), inner.crew.gates[p.index()].limit());
-            let healthy = p.is_healthy();
-            m.set_partition_healthy(p.index(), healthy);
-            m.set_breaker_state(p.index(), inner.crew.breakers.state(p.index()));
-        }
-    }
-
-    /// Takes partition `name` out of rotation for maintenance (`out = true`; its queued work
-    /// moves to other partitions holding the same keys) or puts it back. Health probes do not
-    /// override it.
-    pub fn set_maintenance(&self, name: &str, out: bool) -> Result<(), EngineError> {
-        let p = self
-            .inner
-            .partitions
-            .iter()
-            .find(|p| p.name() == name)
-            .ok_or_else(|| EngineError::NotFound(format!("no partition named {name}")))?;
-        p.set_maintenance(out);
-        Ok(())
-    }
-
-    /// Every partition's health: name, in rotation, and why not.
-    pub fn partition_health(&self) -> Vec<(String, bool, String)> {
-        self.inner
-            .partitions
-            .iter()
-            .map(|p| (p.name().to_owned(), p.is_healthy(), p.health_reason()))
-            .collect()
     }
 
     /// Worker threads (one session each) across all partitions.
@@ -612,11 +627,7 @@ impl Engine {
     /// A cheap probe that says whether any worker holds or has queued a job (more answers are
     /// on their way). It does not keep the engine alive.
     pub fn busy_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
-        let weak = Arc::downgrade(&self.inner);
-        move || {
-            weak.upgrade()
-                .is_some_and(|inner| inner.shards.iter().any(|s| s.load() > 0))
-        }
+        busy_probe(&self.inner.shards)
     }
 
     /// Jobs queued across all shards.
@@ -666,12 +677,6 @@ impl Engine {
         if n > 0 {
             tracing::info!(workers = n, "engine stopped");
         }
-    }
-
-    fn partition_names(&self, idx: &[usize]) -> Vec<String> {
-        idx.iter()
-            .map(|i| self.inner.partitions[*i].name().to_owned())
-            .collect()
     }
 }
 

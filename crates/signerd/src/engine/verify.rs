@@ -3,13 +3,13 @@
 
 use cryptoki::error::{Error as CkError, RvError};
 
-use super::Engine;
+use super::keys::Keys;
 use crate::error::EngineError;
 use crate::hsm::der::ecdsa_der_to_raw;
 use crate::hsm::{mechanism, objects};
 use signer_proto::keys::{KeyName, KeyType, Payload, Scheme, Version};
 
-impl Engine {
+impl Keys {
     /// Whether `signature` (in the scheme's standard encoding) is valid for `payload` under
     /// `name`'s `version` (default: the signing version, else the latest). Returns the version
     /// checked and the verdict.
@@ -20,7 +20,7 @@ impl Engine {
         payload: &Payload,
         signature: &[u8],
     ) -> Result<(Version, bool), EngineError> {
-        let v = self.inner.registry.for_reading(name, version)?;
+        let v = self.registry.for_reading(name, version)?;
         let scheme = payload.scheme();
         if !v.key_type.supports(scheme) {
             return Err(EngineError::InvalidArgument(format!(
@@ -45,7 +45,7 @@ impl Engine {
         let p = v
             .partitions
             .iter()
-            .map(|i| &self.inner.partitions[*i])
+            .map(|i| &self.partitions[*i])
             .find(|p| p.is_healthy())
             .ok_or_else(|| EngineError::Unavailable {
                 reason: format!("no healthy partition holds {name} v{}", v.version),

@@ -11,7 +11,7 @@ use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, SessionState};
 
 use super::classify::{self, Answer, Retry};
-use super::completion::{Completion, Direct};
+use super::completion::Completion;
 use super::gate::{Gate, RetryBudget};
 use super::router::Purpose;
 use super::shard::{Job, Reply, Shard, Signed};
@@ -60,8 +60,9 @@ pub struct Crew {
     pub gates: Vec<Gate>,
     /// Engine-wide budget for retrying busy answers.
     pub retry_budget: RetryBudget,
-    /// Where finished jobs go, once the daemon set it ([`Direct`] until then).
-    pub completion: std::sync::OnceLock<Arc<dyn Completion>>,
+    /// Where finished jobs go (fixed when the engine starts: [`super::Direct`], or the audit
+    /// log).
+    pub completion: Arc<dyn Completion>,
 }
 
 /// Everything a worker thread owns.
@@ -284,10 +285,7 @@ impl Worker {
     }
 
     fn complete(&self, done: &mut Vec<(Job, Reply)>) {
-        match self.crew.completion.get() {
-            Some(c) => c.complete(self.partition.index(), done),
-            None => Direct.complete(self.partition.index(), done),
-        }
+        self.crew.completion.complete(self.partition.index(), done);
     }
 
     /// Another partition's shard for a job this partition could not sign (the router's rule:

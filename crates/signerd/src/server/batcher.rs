@@ -129,7 +129,7 @@ impl Batcher {
         // The payload was checked against its scheme by the caller; an unknown key, version
         // or unfit scheme fails here, alone: the tree is built from the valid ones.
         let scheme = payload.scheme();
-        self.engine.signing_version(key, version, scheme)?;
+        self.engine.keys().signing_version(key, version, scheme)?;
         let group = self.group(key, version, scheme);
         let (tx, rx) = oneshot::channel();
         let leaf = Leaf {
@@ -226,13 +226,15 @@ impl Batcher {
         if live.is_empty() {
             return;
         }
-        let version = match self
-            .engine
-            .signing_version(&group.key, group.version, group.scheme)
-        {
-            Ok(v) => v,
-            Err(e) => return fail_all(live, e),
-        };
+        let version =
+            match self
+                .engine
+                .keys()
+                .signing_version(&group.key, group.version, group.scheme)
+            {
+                Ok(v) => v,
+                Err(e) => return fail_all(live, e),
+            };
         let payloads: Vec<&[u8]> = live.iter().map(|l| &l.payload[..]).collect();
         let tree = match Tree::build_with_rng(&payloads, &mut rand::rngs::OsRng) {
             Ok(t) => t,
@@ -284,8 +286,11 @@ impl Batcher {
         // The HSM's part is done: the slot is free for the next tree while this one's leaves
         // are recorded (an fsync) and answered.
         let audit = self.audit.clone();
-        let partition: Option<Arc<str>> =
-            self.engine.partition_name(signed.partition).map(Arc::from);
+        let partition: Option<Arc<str>> = self
+            .engine
+            .health()
+            .partition_name(signed.partition)
+            .map(Arc::from);
         let root = self.root_entry(group, signed.version, root_hash, partition.clone(), n);
         let done = SignedTree {
             root,

@@ -493,7 +493,7 @@ async fn verify(
     signature: SignatureForm,
 ) -> Result<ResponseBody, EngineError> {
     let payload = Payload::new(scheme, payload)?;
-    let pk = state.engine.public_key(&key, version)?;
+    let pk = state.engine.keys().public_key(&key, version)?;
     let version = pk.version;
     state
         .verify
@@ -531,6 +531,7 @@ fn public_key(
 ) -> Result<ResponseBody, EngineError> {
     state
         .engine
+        .keys()
         .public_key(key, version)
         .map(|pk| ResponseBody::PublicKey {
             version: pk.version,
@@ -544,6 +545,7 @@ fn list_keys(state: &State, identity: &Arc<str>) -> ResponseBody {
     ResponseBody::Keys(
         state
             .engine
+            .keys()
             .list()
             .into_iter()
             .filter(|k| authz::may_list(state, identity, &k.name))
@@ -566,15 +568,20 @@ async fn admin_op(
             placement,
         } => {
             let placement = (!placement.is_empty()).then_some(placement);
-            let v = engine.create_key(&key, key_type, placement.as_deref())?;
+            let v = engine
+                .admin()
+                .create_key(&key, key_type, placement.as_deref())?;
             tracing::info!(identity = %who, key = %key, %key_type, "key created");
             Ok(ResponseBody::KeyVersion(v))
         }
-        Request::RotateKey { key } => Ok(ResponseBody::KeyVersion(engine.rotate_key(&key)?)),
-        Request::RetireKey { key, version } => {
-            Ok(ResponseBody::KeyVersion(engine.retire_key(&key, version)?))
+        Request::RotateKey { key } => {
+            Ok(ResponseBody::KeyVersion(engine.admin().rotate_key(&key)?))
         }
+        Request::RetireKey { key, version } => Ok(ResponseBody::KeyVersion(
+            engine.admin().retire_key(&key, version)?,
+        )),
         Request::DestroyKey { key, version } => engine
+            .admin()
             .destroy_key(&key, version)
             .map(|()| ResponseBody::Destroyed),
         other => Err(EngineError::Internal(format!(

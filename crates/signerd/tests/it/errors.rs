@@ -10,7 +10,8 @@ use crate::support;
 async fn unknown_key_and_bad_arguments_fail_before_the_hsm() {
     let engine = support::engine();
     let name = support::unique("args");
-    tokio::task::block_in_place(|| engine.create_key(&name, KeyType::EcP256, None)).unwrap();
+    tokio::task::block_in_place(|| engine.admin().create_key(&name, KeyType::EcP256, None))
+        .unwrap();
     let calls = support::hsm_calls(&engine);
 
     let unknown = KeyName::new("no-such-key").unwrap();
@@ -43,7 +44,7 @@ async fn unknown_key_and_bad_arguments_fail_before_the_hsm() {
         Status::NotFound
     );
     // The message names the version as a number (no `Debug` output such as `Some(7)`).
-    let err = engine.public_key(&name, Some(7)).unwrap_err();
+    let err = engine.keys().public_key(&name, Some(7)).unwrap_err();
     assert_eq!(err.to_string(), format!("not found: key {name} version 7"));
     // Expired deadline: answered, never sent to the HSM.
     let mut req = support::request(&name, support::random_payload(Scheme::EcdsaSha256, 0));
@@ -75,9 +76,11 @@ async fn deadline_passing_in_the_queue_skips_the_hsm() {
     let p0 = Some(["p0".to_owned()]);
     tokio::task::block_in_place(|| {
         engine
+            .admin()
             .create_key(&slow, KeyType::Rsa2048, p0.as_ref().map(|p| &p[..]))
             .unwrap();
         engine
+            .admin()
             .create_key(&fast, KeyType::EcP256, p0.as_ref().map(|p| &p[..]))
             .unwrap();
     });
@@ -127,7 +130,9 @@ async fn full_queue_answers_overloaded_at_once() {
     });
     let name = support::unique("full");
     tokio::task::block_in_place(|| {
-        engine.create_key(&name, KeyType::Rsa4096, Some(&["p0".to_owned()]))
+        engine
+            .admin()
+            .create_key(&name, KeyType::Rsa4096, Some(&["p0".to_owned()]))
     })
     .unwrap();
     let mut accepted = Vec::new();
@@ -241,7 +246,9 @@ async fn shed_of_twenty(burst_queue_wait: Duration) -> usize {
     });
     let name = support::unique("admit");
     tokio::task::block_in_place(|| {
-        engine.create_key(&name, KeyType::Rsa4096, Some(&["p0".to_owned()]))
+        engine
+            .admin()
+            .create_key(&name, KeyType::Rsa4096, Some(&["p0".to_owned()]))
     })
     .unwrap();
     // Teach the worker how long an RSA-4096 signature takes (its first job is not counted).

@@ -16,7 +16,7 @@ async fn sign_n(
     spki: &[u8],
     n: usize,
 ) -> Vec<String> {
-    let names = engine.partition_names_all();
+    let names = engine.health().partition_names();
     let mut used = Vec::new();
     for _ in 0..n {
         let payload = support::random_payload(Scheme::EcdsaSha256, 0);
@@ -51,21 +51,24 @@ async fn secondary_serves_only_while_the_primary_is_out_and_only_the_same_key() 
     });
     let both = support::unique("failover");
     let info =
-        tokio::task::block_in_place(|| engine.create_key(&both, KeyType::EcP256, None)).unwrap();
+        tokio::task::block_in_place(|| engine.admin().create_key(&both, KeyType::EcP256, None))
+            .unwrap();
     assert_eq!(info.partitions.len(), 2, "replicated to p0 and p1");
     let only_primary = support::unique("primary-only");
     tokio::task::block_in_place(|| {
-        engine.create_key(&only_primary, KeyType::EcP256, Some(&["p0".to_owned()]))
+        engine
+            .admin()
+            .create_key(&only_primary, KeyType::EcP256, Some(&["p0".to_owned()]))
     })
     .unwrap();
-    let spki = engine.public_key(&both, None).unwrap().spki_der;
+    let spki = engine.keys().public_key(&both, None).unwrap().spki_der;
 
     // Primary healthy: every signature comes from it, although the secondary is idle.
     let used = sign_n(&engine, &both, &spki, 40).await;
     assert!(used.iter().all(|p| p == "p0"), "{used:?}");
 
     // Primary out: the secondary serves the replicated key (same public key, verified) ...
-    engine.set_maintenance("p0", true).unwrap();
+    engine.health().set_maintenance("p0", true).unwrap();
     let used = sign_n(&engine, &both, &spki, 40).await;
     assert!(used.iter().all(|p| p == "p1"), "{used:?}");
     // ... and a key it does not hold is refused, never signed by another key.
@@ -76,7 +79,7 @@ async fn secondary_serves_only_while_the_primary_is_out_and_only_the_same_key() 
     }
 
     // Primary back (next health probe, about a second): it serves again, without a restart.
-    engine.set_maintenance("p0", false).unwrap();
+    engine.health().set_maintenance("p0", false).unwrap();
     let started = Instant::now();
     loop {
         let used = sign_n(&engine, &both, &spki, 1).await;

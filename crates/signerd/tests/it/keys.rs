@@ -17,24 +17,26 @@ async fn create_rotate_retire_destroy_and_reload() {
     let engine = support::engine();
     let name = support::unique("life");
     let v1 =
-        tokio::task::block_in_place(|| engine.create_key(&name, KeyType::EcP256, None)).unwrap();
+        tokio::task::block_in_place(|| engine.admin().create_key(&name, KeyType::EcP256, None))
+            .unwrap();
     assert_eq!((v1.version, v1.state), (1, KeyState::Active));
     assert_eq!(v1.partitions, vec!["p0".to_owned(), "p1".to_owned()]);
-    let again = tokio::task::block_in_place(|| engine.create_key(&name, KeyType::EcP256, None));
+    let again =
+        tokio::task::block_in_place(|| engine.admin().create_key(&name, KeyType::EcP256, None));
     assert_eq!(
         again.unwrap_err().status(),
         Status::InvalidArgument,
         "names are unique"
     );
-    let spki1 = engine.public_key(&name, Some(1)).unwrap().spki_der;
+    let spki1 = engine.keys().public_key(&name, Some(1)).unwrap().spki_der;
 
     let (req, _) = sign_req(&name, None);
     assert_eq!(engine.sign(req).await.unwrap().version, 1);
 
     // Rotate: v2 signs, v1 is verify/export only.
-    let v2 = tokio::task::block_in_place(|| engine.rotate_key(&name)).unwrap();
+    let v2 = tokio::task::block_in_place(|| engine.admin().rotate_key(&name)).unwrap();
     assert_eq!((v2.version, v2.state), (2, KeyState::Active));
-    let spki2 = engine.public_key(&name, None).unwrap().spki_der;
+    let spki2 = engine.keys().public_key(&name, None).unwrap().spki_der;
     assert_ne!(spki1, spki2, "a rotation makes a new key pair");
     let (req, digest) = sign_req(&name, None);
     let signed = engine.sign(req).await.unwrap();
@@ -43,41 +45,71 @@ async fn create_rotate_retire_destroy_and_reload() {
     let (req, _) = sign_req(&name, Some(1));
     let err = engine.sign(req).await.unwrap_err();
     assert!(matches!(err, EngineError::FailedPrecondition(_)), "{err}");
-    assert_eq!(engine.public_key(&name, Some(1)).unwrap().spki_der, spki1);
+    assert_eq!(
+        engine.keys().public_key(&name, Some(1)).unwrap().spki_der,
+        spki1
+    );
 
-    let info = engine.list().into_iter().find(|k| k.name == name).unwrap();
+    let info = engine
+        .keys()
+        .list()
+        .into_iter()
+        .find(|k| k.name == name)
+        .unwrap();
     assert_eq!(info.key_type, KeyType::EcP256);
     assert_eq!(info.signing_version, Some(2));
     let states: Vec<_> = info.versions.iter().map(|v| (v.version, v.state)).collect();
     assert_eq!(states, vec![(1, KeyState::Retired), (2, KeyState::Active)]);
 
     // Destroying an active version is refused; a retired one goes away.
-    let err = tokio::task::block_in_place(|| engine.destroy_key(&name, 2)).unwrap_err();
+    let err = tokio::task::block_in_place(|| engine.admin().destroy_key(&name, 2)).unwrap_err();
     assert!(matches!(err, EngineError::FailedPrecondition(_)), "{err}");
-    tokio::task::block_in_place(|| engine.destroy_key(&name, 1)).unwrap();
+    tokio::task::block_in_place(|| engine.admin().destroy_key(&name, 1)).unwrap();
     assert_eq!(
-        engine.public_key(&name, Some(1)).unwrap_err().status(),
+        engine
+            .keys()
+            .public_key(&name, Some(1))
+            .unwrap_err()
+            .status(),
         Status::NotFound
     );
 
     // A new engine over the same tokens sees exactly the same keys, versions and states.
     let second = support::engine();
-    let seen = second.list().into_iter().find(|k| k.name == name).unwrap();
+    let seen = second
+        .keys()
+        .list()
+        .into_iter()
+        .find(|k| k.name == name)
+        .unwrap();
     assert_eq!(
         seen,
-        engine.list().into_iter().find(|k| k.name == name).unwrap()
+        engine
+            .keys()
+            .list()
+            .into_iter()
+            .find(|k| k.name == name)
+            .unwrap()
     );
-    assert_eq!(second.public_key(&name, None).unwrap().spki_der, spki2);
+    assert_eq!(
+        second.keys().public_key(&name, None).unwrap().spki_der,
+        spki2
+    );
 
     // Retire v2: nothing signs any more, in either engine (the second learns it from the token
     // after a restart; the HSM refuses CKA_SIGN=false keys regardless).
-    tokio::task::block_in_place(|| engine.retire_key(&name, 2)).unwrap();
+    tokio::task::block_in_place(|| engine.admin().retire_key(&name, 2)).unwrap();
     let (req, _) = sign_req(&name, None);
     let err = engine.sign(req).await.unwrap_err();
     assert!(matches!(err, EngineError::FailedPrecondition(_)), "{err}");
     second.shutdown();
     let third = support::engine();
-    let seen = third.list().into_iter().find(|k| k.name == name).unwrap();
+    let seen = third
+        .keys()
+        .list()
+        .into_iter()
+        .find(|k| k.name == name)
+        .unwrap();
     assert_eq!(seen.signing_version, None);
     assert_eq!(seen.versions.len(), 1);
     assert_eq!(seen.versions[0].state, KeyState::Retired);
@@ -106,13 +138,15 @@ async fn retired_key_is_refused_by_the_token_itself() {
         support::engine_with(|c| c.providers.get_mut("softhsm").unwrap().session_key_copy = false);
     let name = support::unique("token-retire");
     tokio::task::block_in_place(|| {
-        stale.create_key(&name, KeyType::EcP256, Some(&["p0".to_owned()]))
+        stale
+            .admin()
+            .create_key(&name, KeyType::EcP256, Some(&["p0".to_owned()]))
     })
     .unwrap();
     let (req, _) = sign_req(&name, None);
     stale.sign(req).await.unwrap();
     let admin = support::engine();
-    tokio::task::block_in_place(|| admin.retire_key(&name, 1)).unwrap();
+    tokio::task::block_in_place(|| admin.admin().retire_key(&name, 1)).unwrap();
     let (req, _) = sign_req(&name, None);
     let err = stale.sign(req).await.unwrap_err();
     assert_eq!(err.status(), Status::InvalidArgument, "HSM refuses: {err}");
@@ -129,7 +163,9 @@ async fn placement_on_one_partition_routes_only_there() {
     let engine = support::engine();
     let name = support::unique("placed");
     let v = tokio::task::block_in_place(|| {
-        engine.create_key(&name, KeyType::EcP256, Some(&["p1".to_owned()]))
+        engine
+            .admin()
+            .create_key(&name, KeyType::EcP256, Some(&["p1".to_owned()]))
     })
     .unwrap();
     assert_eq!(v.partitions, vec!["p1".to_owned()]);
@@ -138,7 +174,7 @@ async fn placement_on_one_partition_routes_only_there() {
         assert_eq!(engine.sign(req).await.unwrap().partition, 1);
     }
     let err = tokio::task::block_in_place(|| {
-        engine.create_key(
+        engine.admin().create_key(
             &support::unique("x"),
             KeyType::EcP256,
             Some(&["nope".to_owned()]),
@@ -158,7 +194,7 @@ async fn hsm_verify_accepts_good_and_rejects_bad_signatures() {
         KeyType::Ed25519,
     ] {
         let name = support::unique(&format!("verify-{key_type}"));
-        tokio::task::block_in_place(|| engine.create_key(&name, key_type, None)).unwrap();
+        tokio::task::block_in_place(|| engine.admin().create_key(&name, key_type, None)).unwrap();
         let scheme = key_type.default_scheme();
         let payload = support::random_payload(scheme, 40);
         let signed = engine
@@ -166,8 +202,10 @@ async fn hsm_verify_accepts_good_and_rejects_bad_signatures() {
             .await
             .unwrap();
         let check = |sig: &[u8]| {
-            tokio::task::block_in_place(|| engine.verify_blocking(&name, None, &payload, sig))
-                .unwrap()
+            tokio::task::block_in_place(|| {
+                engine.keys().verify_blocking(&name, None, &payload, sig)
+            })
+            .unwrap()
         };
         assert_eq!(check(&signed.signature), (1, true), "{key_type}");
         let mut bad = signed.signature.clone();
@@ -185,11 +223,12 @@ async fn signing_recovers_when_the_token_is_logged_out() {
     // logs in again once (serialized), finds its key again and the request is signed.
     let engine = signerd::Engine::open(&support::fixture().isolated).unwrap();
     let name = support::unique("logout");
-    tokio::task::block_in_place(|| engine.create_key(&name, KeyType::EcP256, None)).unwrap();
-    let spki = engine.public_key(&name, None).unwrap().spki_der;
+    tokio::task::block_in_place(|| engine.admin().create_key(&name, KeyType::EcP256, None))
+        .unwrap();
+    let spki = engine.keys().public_key(&name, None).unwrap().spki_der;
     let (req, _) = sign_req(&name, None);
     engine.sign(req).await.unwrap();
-    let logins_before = engine.stats()[0].logins;
+    let logins_before = engine.health().stats()[0].logins;
     let raw = support::raw_session("signerd-2");
     raw.logout().unwrap();
     for _ in 0..20 {
@@ -207,7 +246,7 @@ async fn signing_recovers_when_the_token_is_logged_out() {
         info.session_state()
     );
     assert_eq!(
-        engine.stats()[0].logins,
+        engine.health().stats()[0].logins,
         logins_before + 1,
         "exactly one re-login"
     );

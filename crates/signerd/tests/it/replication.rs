@@ -15,14 +15,14 @@ async fn replicated_key_is_identical_signs_everywhere_and_stays_sealed() {
     let engine = support::engine();
     for key_type in [KeyType::EcP256, KeyType::EcP384, KeyType::Rsa2048] {
         let name = support::unique(&format!("repl-{key_type}"));
-        let info = tokio::task::block_in_place(|| engine.create_key(&name, key_type, None))
+        let info = tokio::task::block_in_place(|| engine.admin().create_key(&name, key_type, None))
             .unwrap_or_else(|e| panic!("create {key_type}: {e}"));
         assert_eq!(
             info.partitions.len(),
             2,
             "{key_type} placed on both partitions"
         );
-        let spki = engine.public_key(&name, None).unwrap().spki_der;
+        let spki = engine.keys().public_key(&name, None).unwrap().spki_der;
         let id = {
             let s = support::raw_session("signerd-0");
             let label = objects::key_label(&name, 1);
@@ -135,17 +135,20 @@ async fn unwrappable_key_types_stay_on_one_partition_and_say_so() {
     let engine = support::engine();
     let name = support::unique("ed-one");
     let info =
-        tokio::task::block_in_place(|| engine.create_key(&name, KeyType::Ed25519, None)).unwrap();
+        tokio::task::block_in_place(|| engine.admin().create_key(&name, KeyType::Ed25519, None))
+            .unwrap();
     assert_eq!(info.partitions.len(), 1, "{info:?}");
     let explicit = ["p0".to_owned(), "p1".to_owned()];
     let other = support::unique("ed-two");
     let err = tokio::task::block_in_place(|| {
-        engine.create_key(&other, KeyType::Ed25519, Some(&explicit))
+        engine
+            .admin()
+            .create_key(&other, KeyType::Ed25519, Some(&explicit))
     })
     .unwrap_err();
     assert!(err.to_string().contains("cannot wrap"), "{err}");
     assert!(
-        engine.list().iter().all(|k| k.name != other),
+        engine.keys().list().iter().all(|k| k.name != other),
         "nothing left behind"
     );
     for token in ["signerd-0", "signerd-1"] {

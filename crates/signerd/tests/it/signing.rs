@@ -11,10 +11,11 @@ async fn every_key_type_and_scheme_signs_and_verifies() {
     let engine = support::engine();
     for key_type in KeyType::ALL {
         let name = support::unique(&format!("alg-{key_type}"));
-        let created = tokio::task::block_in_place(|| engine.create_key(&name, key_type, None))
-            .unwrap_or_else(|e| panic!("create {key_type}: {e}"));
+        let created =
+            tokio::task::block_in_place(|| engine.admin().create_key(&name, key_type, None))
+                .unwrap_or_else(|e| panic!("create {key_type}: {e}"));
         assert_eq!(created.version, 1);
-        let spki = engine.public_key(&name, None).unwrap().spki_der;
+        let spki = engine.keys().public_key(&name, None).unwrap().spki_der;
         let schemes: Vec<Scheme> = Scheme::ALL
             .into_iter()
             .filter(|s| key_type.supports(*s))
@@ -55,9 +56,10 @@ async fn every_key_type_and_scheme_signs_and_verifies() {
 async fn many_concurrent_requests_are_each_answered_with_their_own_signature() {
     let engine = support::engine();
     let name = support::unique("concurrent");
-    tokio::task::block_in_place(|| engine.create_key(&name, KeyType::EcP256, None)).unwrap();
-    let spki = engine.public_key(&name, None).unwrap().spki_der;
-    let before = engine.stats();
+    tokio::task::block_in_place(|| engine.admin().create_key(&name, KeyType::EcP256, None))
+        .unwrap();
+    let spki = engine.keys().public_key(&name, None).unwrap().spki_der;
+    let before = engine.health().stats();
     const N: usize = 2000;
     let mut tasks = Vec::with_capacity(N);
     for _ in 0..N {
@@ -84,7 +86,7 @@ async fn many_concurrent_requests_are_each_answered_with_their_own_signature() {
         2,
         "both partitions signed: {per_partition:?}"
     );
-    let after = engine.stats();
+    let after = engine.health().stats();
     for (b, a) in before.iter().zip(&after) {
         assert!(a.signed > b.signed, "partition {} signed nothing", a.name);
     }
@@ -95,8 +97,9 @@ async fn many_concurrent_requests_are_each_answered_with_their_own_signature() {
 async fn shutdown_answers_everything_queued() {
     let engine = support::engine();
     let name = support::unique("drain");
-    tokio::task::block_in_place(|| engine.create_key(&name, KeyType::EcP256, None)).unwrap();
-    let spki = engine.public_key(&name, None).unwrap().spki_der;
+    tokio::task::block_in_place(|| engine.admin().create_key(&name, KeyType::EcP256, None))
+        .unwrap();
+    let spki = engine.keys().public_key(&name, None).unwrap().spki_der;
     let mut pending = Vec::new();
     for _ in 0..1500 {
         let payload = support::random_payload(Scheme::EcdsaSha256, 0);

@@ -144,5 +144,5 @@ pub fn raw_session(token_label: &str) -> Session {
 
 /// Total `C_Sign` calls across partitions.
 pub fn hsm_calls(engine: &Engine) -> u64 {
-    engine.stats().iter().map(|s| s.hsm_calls).sum()
+    engine.health().stats().iter().map(|s| s.hsm_calls).sum()
 }
