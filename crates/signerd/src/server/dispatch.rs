@@ -455,14 +455,7 @@ async fn sign_family(
         .into_iter()
         .map(|p| signer.submit(ctx.identity, key, version, scheme, p, deadline))
         .collect();
-    let mut items = Vec::with_capacity(pending.len());
-    for p in pending {
-        items.push(match p {
-            Ok(p) => p.wait(ctx.state, deadline).await,
-            Err(e) => Err(e),
-        });
-    }
-    Ok(items)
+    Ok(await_all(ctx.state, pending, deadline).await)
 }
 
 fn batch_item(r: Result<(Version, SignatureForm), EngineError>) -> BatchItem {
@@ -747,39 +740,104 @@ enum Pending {
 }
 
 impl Pending {
-    async fn wait(
-        self,
-        state: &State,
-        deadline: Instant,
-    ) -> Result<(Version, SignatureForm), EngineError> {
+    /// The answer, once the worker (or the batcher) gives it.
+    async fn answer(&mut self) -> Result<(Version, SignatureForm), EngineError> {
         match self {
-            Pending::Plain(rx) => await_reply(state, rx, deadline)
+            Pending::Plain(rx) => rx
                 .await
+                .unwrap_or_else(|_| Err(dropped()))
                 .map(|s| (s.version, SignatureForm::Plain(Bytes::from(s.signature)))),
-            Pending::Batch(rx) => await_reply(state, rx, deadline)
+            Pending::Batch(rx) => rx
                 .await
+                .unwrap_or_else(|_| Err(dropped()))
                 .map(|(v, sig)| (v, SignatureForm::Batch(sig))),
+        }
+    }
+
+    /// The answer if it is already there.
+    fn answer_now(mut self) -> Option<Result<(Version, SignatureForm), EngineError>> {
+        let answer = self.answer();
+        futures_now(answer)
+    }
+}
+
+/// Polls `f` once: its output if it is ready without waiting.
+fn futures_now<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+fn dropped() -> EngineError {
+    EngineError::Internal("worker dropped the request".into())
+}
+
+/// Why the rest of a request's calls stop waiting.
+#[derive(Clone, Copy)]
+enum GaveUp {
+    /// A little after the deadline, the HSM has not answered (a hung call).
+    Late,
+    /// The shutdown grace period ended.
+    ShutDown,
+}
+
+impl GaveUp {
+    fn error(self) -> EngineError {
+        match self {
+            GaveUp::Late => EngineError::DeadlineExceeded,
+            GaveUp::ShutDown => EngineError::Unavailable {
+                reason: "signer shut down before this request was signed".into(),
+                retry_after: DRAIN_RETRY_AFTER,
+            },
         }
     }
 }
 
-/// Waits for the worker's answer; answers DEADLINE_EXCEEDED a little after the deadline if the
-/// HSM has not answered (a hung call), and UNAVAILABLE when the shutdown grace period ends.
-async fn await_reply<T>(
+/// Waits for the answers of every call of one request, in order, under one timer and one
+/// shutdown watch for the whole request (not one per call): DEADLINE_EXCEEDED a little after
+/// the deadline for a call the HSM has not answered (a hung call), UNAVAILABLE when the
+/// shutdown grace period ends. A call that could not be queued keeps its own error.
+async fn await_all(
     state: &State,
-    rx: tokio::sync::oneshot::Receiver<Result<T, EngineError>>,
+    pending: Vec<Result<Pending, EngineError>>,
     deadline: Instant,
-) -> Result<T, EngineError> {
+) -> Vec<Result<(Version, SignatureForm), EngineError>> {
     let mut expired = state.expired.subscribe();
-    let late = tokio::time::Instant::from_std(deadline + Duration::from_millis(50));
-    tokio::select! {
-        r = rx => r.unwrap_or_else(|_| Err(EngineError::Internal("worker dropped the request".into()))),
-        () = tokio::time::sleep_until(late) => Err(EngineError::DeadlineExceeded),
-        _ = expired.wait_for(|e| *e) => Err(EngineError::Unavailable {
-            reason: "signer shut down before this request was signed".into(),
-            retry_after: DRAIN_RETRY_AFTER,
-        }),
+    let late = tokio::time::sleep_until(tokio::time::Instant::from_std(
+        deadline + Duration::from_millis(50),
+    ));
+    let mut late = std::pin::pin!(late);
+    let mut gave_up: Option<GaveUp> = None;
+    let mut items = Vec::with_capacity(pending.len());
+    for p in pending {
+        let mut p = match p {
+            Ok(p) => p,
+            Err(e) => {
+                items.push(Err(e));
+                continue;
+            }
+        };
+        if let Some(why) = gave_up {
+            items.push(p.answer_now().unwrap_or_else(|| Err(why.error())));
+            continue;
+        }
+        let waited = tokio::select! {
+            r = p.answer() => Ok(r),
+            () = &mut late => Err(GaveUp::Late),
+            _ = expired.wait_for(|e| *e) => Err(GaveUp::ShutDown),
+        };
+        items.push(match waited {
+            Ok(r) => r,
+            Err(why) => {
+                gave_up = Some(why);
+                p.answer_now().unwrap_or_else(|| Err(why.error()))
+            }
+        });
     }
+    items
 }
 
 async fn blocking<T: Send + 'static>(
