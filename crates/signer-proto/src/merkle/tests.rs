@@ -503,7 +503,7 @@ fn vector_json() -> serde_json::Value {
         "description": "signerd Merkle batch signature v1 (docs/BATCH.md): 5 payloads under one \
             ecdsa-sha256 root signature. payload_i = SHA-256(message_i); blinding_i = \
             SHA-256(\"blinding i\"); the P-256 private scalar is a test key; the root signature \
-            is RFC 6979 deterministic ECDSA. Regenerate: cargo test --lib \
+            is RFC 6979 deterministic ECDSA. Regenerate: cargo test -p signer-proto --lib \
             merkle::tests::write_vector -- --ignored",
         "scheme": scheme.as_str(),
         "scheme_code": scheme.code(),
