@@ -78,9 +78,30 @@ pub struct ServerConfig {
     /// Per-stream receive window in bytes. Default 1 MiB (one maximum-size frame).
     #[serde(default = "default_stream_window")]
     pub stream_receive_window: u32,
-    /// Per-connection receive window in bytes (bounds memory per connection). Default 8 MiB.
+    /// Per-connection receive window in bytes: what quinn buffers for a connection before the
+    /// daemon reads it. Default 8 MiB.
     #[serde(default = "default_conn_window")]
     pub connection_receive_window: u32,
+    /// Bytes of requests and answers that one connection's streams may hold at once in the
+    /// daemon (reserved from the length prefix before a request body is read, and from the
+    /// encoded size before an answer is written). A request that does not fit is answered
+    /// OVERLOADED without being read. Default 16 MiB; at least one maximum-size frame.
+    #[serde(default = "default_connection_request_budget")]
+    pub connection_request_budget: u64,
+    /// The same budget for all connections together. Default 256 MiB.
+    #[serde(default = "default_request_budget")]
+    pub request_budget: u64,
+    /// Request streams open at once across all connections; one more is answered OVERLOADED
+    /// at once. Default 65,536.
+    #[serde(default = "default_max_open_streams")]
+    pub max_open_streams: usize,
+    /// Longest the daemon waits to hand an answer to a peer that does not read it (its receive
+    /// window stays full); then the stream is reset and the answer dropped. Default 10 s.
+    #[serde(
+        default = "default_write_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub write_timeout: Duration,
     /// Close connections idle this long. Default 30 s.
     #[serde(
         default = "default_idle_timeout",
@@ -177,6 +198,22 @@ impl ServerConfig {
         if self.connection_receive_window < self.stream_receive_window {
             return Err("server.connection_receive_window must be >= stream_receive_window".into());
         }
+        let one_frame = (signer_proto::protocol::MAX_FRAME + 4) as u64;
+        if self.connection_request_budget < one_frame {
+            return Err(format!(
+                "server.connection_request_budget must be at least {one_frame} (one maximum-size \
+                 request frame)"
+            ));
+        }
+        if self.request_budget < self.connection_request_budget {
+            return Err("server.request_budget must be >= server.connection_request_budget".into());
+        }
+        if self.max_open_streams == 0 {
+            return Err("server.max_open_streams must be at least 1".into());
+        }
+        if self.write_timeout < Duration::from_millis(10) {
+            return Err("server.write_timeout must be at least 10ms".into());
+        }
         if self.idle_timeout < Duration::from_secs(1) {
             return Err("server.idle_timeout must be at least 1s".into());
         }
@@ -239,6 +276,18 @@ fn default_stream_window() -> u32 {
 }
 fn default_conn_window() -> u32 {
     8 << 20
+}
+fn default_connection_request_budget() -> u64 {
+    16 << 20
+}
+fn default_request_budget() -> u64 {
+    256 << 20
+}
+fn default_max_open_streams() -> usize {
+    65_536
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(30)

@@ -8,12 +8,14 @@ use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
 
 use super::batcher::{BatchReply, Batcher};
+use super::budget::{ByteBudget, Reservation};
 use super::{authz, verify_pool, InflightGuard, State};
 use crate::audit::AuditEntry;
 use crate::config::batch::BatchMode;
 use crate::engine::SignRequest;
 use crate::error::{EngineError, Status};
 use crate::pipeline::Reply;
+use crate::telemetry::OverloadReason;
 use signer_proto::keys::{KeyName, Payload, Scheme, Version};
 use signer_proto::protocol::{
     self, BatchItem, Op, Request, RequestFrame, ResponseBody, ResponseFrame, SignatureForm,
@@ -25,34 +27,55 @@ const STREAM_REFUSED: u32 = 1;
 const DRAIN_DELIVERY: Duration = Duration::from_secs(1);
 /// Retry hint while shutting down.
 const DRAIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Retry hint for a request refused because the request byte budget is exhausted.
+const MEMORY_RETRY_AFTER: Duration = Duration::from_millis(100);
 
 pub(super) async fn stream(
     mut send: SendStream,
     mut recv: RecvStream,
     state: Arc<State>,
     identity: Arc<str>,
+    budget: ByteBudget,
     _inflight: InflightGuard,
 ) {
     let received = Instant::now();
-    let read = tokio::time::timeout(
-        state.cfg.read_timeout,
-        recv.read_to_end(protocol::MAX_FRAME + 4),
-    )
-    .await;
-    let data = match read {
-        Ok(Ok(data)) => data,
-        Ok(Err(quinn::ReadToEndError::TooLong)) => {
-            let _ = recv.stop(VarInt::from_u32(STREAM_REFUSED));
-            let frame = error_frame(&EngineError::InvalidArgument(format!(
-                "request frame larger than {} bytes",
-                protocol::MAX_FRAME
-            )));
-            respond(&mut send, Op::Sign, &frame).await;
-            return;
-        }
+    let until = tokio::time::Instant::from_std(received + state.cfg.read_timeout);
+    let read = tokio::time::timeout_at(until, read_request(&mut recv, &budget)).await;
+    let refused = |e: EngineError| (Op::Sign, error_frame(&e));
+    let (data, reservation) = match read {
+        Ok(Ok(read)) => read,
         Ok(Err(e)) => {
-            tracing::debug!("request stream failed: {e}");
-            let _ = send.reset(VarInt::from_u32(STREAM_REFUSED));
+            let (op, frame) = match e {
+                ReadFailure::Stream(e) => {
+                    tracing::debug!("request stream failed: {e}");
+                    let _ = send.reset(VarInt::from_u32(STREAM_REFUSED));
+                    return;
+                }
+                ReadFailure::TooLarge => refused(EngineError::InvalidArgument(format!(
+                    "request frame larger than {} bytes",
+                    protocol::MAX_FRAME
+                ))),
+                ReadFailure::Trailing => refused(EngineError::InvalidArgument(
+                    "malformed request: the stream carries more bytes than its frame's length \
+                     prefix says"
+                        .into(),
+                )),
+                ReadFailure::NoBudget(len) => {
+                    tracing::debug!(
+                        bytes = len,
+                        "request refused unread: the request byte budget is exhausted"
+                    );
+                    state
+                        .engine
+                        .metrics()
+                        .overloaded(OverloadReason::RequestMemory);
+                    refused(EngineError::Overloaded {
+                        retry_after: MEMORY_RETRY_AFTER,
+                    })
+                }
+            };
+            let _ = recv.stop(VarInt::from_u32(STREAM_REFUSED));
+            respond(&mut send, op, &frame, &state, &budget).await;
             return;
         }
         Err(_) => {
@@ -60,11 +83,14 @@ pub(super) async fn stream(
             let frame = error_frame(&EngineError::InvalidArgument(
                 "request not received within the read timeout".into(),
             ));
-            respond(&mut send, Op::Sign, &frame).await;
+            respond(&mut send, Op::Sign, &frame, &state, &budget).await;
             return;
         }
     };
-    let (op, calls, frame) = match protocol::decode_request(&data) {
+    let decoded = protocol::decode_request(&data);
+    // The request's bytes are not kept while it is served (the decoded frame holds its own).
+    drop(data);
+    let (op, calls, frame) = match decoded {
         Ok(req) => {
             let op = req.request.op();
             let calls = Calls::of(&req);
@@ -78,12 +104,104 @@ pub(super) async fn stream(
             ))),
         ),
     };
-    respond(&mut send, op, &frame).await;
+    // Served: the request is gone; the answer reserves its own bytes.
+    drop(reservation);
+    respond(&mut send, op, &frame, &state, &budget).await;
     calls.meter(state.engine.metrics(), &frame, received.elapsed());
     if state.is_draining() {
         // The endpoint closes (discarding unsent data) once no request is in flight: while
         // draining, a request counts as in flight until the peer has its answer.
         let _ = tokio::time::timeout(DRAIN_DELIVERY, send.stopped()).await;
+    }
+}
+
+/// A stream over `server.max_open_streams`: answered OVERLOADED unread, by a task that holds
+/// nothing but the answer (and only for `server.write_timeout`).
+pub(super) async fn refuse_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    state: Arc<State>,
+    _inflight: InflightGuard,
+) {
+    let _ = recv.stop(VarInt::from_u32(STREAM_REFUSED));
+    state
+        .engine
+        .metrics()
+        .overloaded(OverloadReason::OpenStreams);
+    let frame = error_frame(&EngineError::Overloaded {
+        retry_after: MEMORY_RETRY_AFTER,
+    });
+    let mut buf = BytesMut::with_capacity(64);
+    if protocol::encode_response(Op::Sign, &frame, &mut buf).is_ok() {
+        let write = async {
+            send.write_chunk(buf.freeze()).await.ok()?;
+            send.finish().ok()
+        };
+        if tokio::time::timeout(state.cfg.write_timeout, write)
+            .await
+            .is_err()
+        {
+            let _ = send.reset(VarInt::from_u32(STREAM_REFUSED));
+        }
+    }
+}
+
+/// Why a request could not be read.
+enum ReadFailure {
+    /// The stream failed (reset, connection lost).
+    Stream(quinn::ReadError),
+    /// The length prefix says more than [`protocol::MAX_FRAME`].
+    TooLarge,
+    /// More bytes follow the frame.
+    Trailing,
+    /// A frame of this many bytes does not fit in the request byte budget now.
+    NoBudget(usize),
+}
+
+/// Reads one request frame: the length prefix first, then, once its bytes are reserved in the
+/// connection's and the daemon's budgets, the body. A stream that ends early is returned as it
+/// is (decoding says what is missing). The reservation lives as long as the caller keeps it.
+async fn read_request(
+    recv: &mut RecvStream,
+    budget: &ByteBudget,
+) -> Result<(Vec<u8>, Reservation), ReadFailure> {
+    let mut prefix = [0u8; 4];
+    let got = read_all(recv, &mut prefix).await?;
+    let len = if got < prefix.len() {
+        got
+    } else {
+        let len = protocol::frame_len(&prefix);
+        if len > protocol::MAX_FRAME {
+            return Err(ReadFailure::TooLarge);
+        }
+        len + prefix.len()
+    };
+    let reservation = budget.try_reserve(len).ok_or(ReadFailure::NoBudget(len))?;
+    let mut data = vec![0u8; len];
+    data[..got].copy_from_slice(&prefix[..got]);
+    if got == prefix.len() {
+        let body = read_all(recv, &mut data[got..]).await?;
+        data.truncate(got + body);
+        if data.len() == len
+            && recv
+                .read(&mut [0u8; 1])
+                .await
+                .map_err(ReadFailure::Stream)?
+                .is_some()
+        {
+            return Err(ReadFailure::Trailing);
+        }
+    }
+    Ok((data, reservation))
+}
+
+/// Fills `buf` from the stream, or as much of it as the stream holds before it ends; returns
+/// how many bytes were read.
+async fn read_all(recv: &mut RecvStream, buf: &mut [u8]) -> Result<usize, ReadFailure> {
+    match recv.read_exact(buf).await {
+        Ok(()) => Ok(buf.len()),
+        Err(quinn::ReadExactError::FinishedEarly(n)) => Ok(n),
+        Err(quinn::ReadExactError::ReadError(e)) => Err(ReadFailure::Stream(e)),
     }
 }
 
@@ -148,7 +266,16 @@ impl Calls {
     }
 }
 
-async fn respond(send: &mut SendStream, op: Op, frame: &ResponseFrame) {
+/// Encodes and writes the answer, then finishes the stream. Its bytes are reserved in the
+/// connection's and the daemon's budgets while it is handed over; a peer that does not take it
+/// within `server.write_timeout` has the stream reset and the answer dropped.
+async fn respond(
+    send: &mut SendStream,
+    op: Op,
+    frame: &ResponseFrame,
+    state: &State,
+    budget: &ByteBudget,
+) {
     let mut buf = BytesMut::with_capacity(128);
     let frame = match protocol::encode_response(op, frame, &mut buf) {
         Ok(()) => buf.freeze(),
@@ -163,9 +290,18 @@ async fn respond(send: &mut SendStream, op: Op, frame: &ResponseFrame) {
             buf.freeze()
         }
     };
-    // Handing over the encoded Bytes avoids a copy into a new buffer.
-    if send.write_chunk(frame).await.is_ok() {
-        let _ = send.finish();
+    let write = async {
+        let _held = budget.reserve(frame.len()).await?;
+        // Handing over the encoded Bytes avoids a copy into a new buffer.
+        send.write_chunk(frame).await.ok()?;
+        send.finish().ok()
+    };
+    match tokio::time::timeout(state.cfg.write_timeout, write).await {
+        Ok(_) => {}
+        Err(_) => {
+            tracing::debug!("answer not taken by the peer within the write timeout; stream reset");
+            let _ = send.reset(VarInt::from_u32(STREAM_REFUSED));
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod admission;
 mod authz;
 pub mod batcher;
+mod budget;
 mod dispatch;
 mod verify_pool;
 
@@ -28,6 +29,7 @@ use crate::Engine;
 use signer_proto::keys::KeyName;
 
 use admission::{Admission, Decision, Limits, Slot};
+use budget::ByteBudget;
 
 /// QUIC application error code sent when the server closes a connection for shutdown.
 pub const CLOSE_SHUTDOWN: u32 = 0;
@@ -106,6 +108,8 @@ pub(crate) struct State {
     admission: Arc<Mutex<Admission>>,
     /// Where `Verify` requests are checked (off the network runtime).
     pub(crate) verify: verify_pool::VerifyPool,
+    /// The request byte budget of all connections together (`server.request_budget`).
+    request_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl State {
@@ -171,6 +175,7 @@ impl Server {
             reason: e.to_string(),
         })?;
         let verify_threads = cfg.verify_threads();
+        let request_budget = budget::global(cfg.request_budget);
         let state = Arc::new(State {
             engine,
             cfg,
@@ -178,6 +183,7 @@ impl Server {
             draining: watch::Sender::new(false),
             expired: watch::Sender::new(false),
             inflight: AtomicUsize::new(0),
+            request_budget,
             idle: Notify::new(),
             admission: Arc::new(Mutex::new(Admission::new(limits, Instant::now()))),
             verify: verify_pool::VerifyPool::start(verify_threads)
@@ -387,15 +393,26 @@ async fn connection(
         }
     };
     tracing::debug!(%peer, identity = %identity, "connection established");
+    let budget = ByteBudget::new(state.cfg.connection_request_budget, &state.request_budget);
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 let guard = InflightGuard::new(&state);
+                if state.inflight.load(Ordering::SeqCst) > state.cfg.max_open_streams {
+                    tokio::spawn(dispatch::refuse_stream(
+                        send,
+                        recv,
+                        Arc::clone(&state),
+                        guard,
+                    ));
+                    continue;
+                }
                 tokio::spawn(dispatch::stream(
                     send,
                     recv,
                     Arc::clone(&state),
                     Arc::clone(&identity),
+                    budget.clone(),
                     guard,
                 ));
             }

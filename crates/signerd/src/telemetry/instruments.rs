@@ -29,16 +29,23 @@ pub enum OverloadReason {
     /// `burst_wait`: the expected queue wait exceeded the budget of a queue that keeps up
     /// (`engine.burst_queue_wait`): a burst too large to absorb.
     BurstWait,
+    /// `request_memory`: the request did not fit in its connection's or the daemon's request
+    /// byte budget (`server.connection_request_budget`, `server.request_budget`); not read.
+    RequestMemory,
+    /// `open_streams`: `server.max_open_streams` request streams were open.
+    OpenStreams,
 }
 
 impl OverloadReason {
     /// Every reason, in label order.
-    pub const ALL: [OverloadReason; 5] = [
+    pub const ALL: [OverloadReason; 7] = [
         OverloadReason::QueueFull,
         OverloadReason::QueueWait,
         OverloadReason::Deadline,
         OverloadReason::Quota,
         OverloadReason::BurstWait,
+        OverloadReason::RequestMemory,
+        OverloadReason::OpenStreams,
     ];
 
     /// The label value.

@@ -178,6 +178,8 @@ pub const OVERLOAD_REASONS: &[&str] = &[
     "deadline",
     "quota",
     "burst_wait",
+    "request_memory",
+    "open_streams",
 ];
 
 /// `outcome` label values of `signer_incoming_total`, in [`IncomingOutcome`] order: admitted,

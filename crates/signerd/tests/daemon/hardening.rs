@@ -407,3 +407,154 @@ async fn secret_files_are_private_and_a_readable_one_stops_the_daemon() {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 }
+
+/// The daemon's resident set (VmRSS), in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Security review finding 1: a client that opens every stream it may, sends a maximum-size
+/// frame that fails to decode only once it is read whole on each, and never reads an answer
+/// (receive window 0), from several connections. Before the request byte budget, the daemon
+/// kept every 1 MiB read buffer while it waited forever to write the answer: 4 connections ×
+/// 256 streams pinned ~1 GiB. Now requests are read only into reserved bytes, dropped after
+/// decoding, and an answer nobody takes is dropped after `write_timeout`; an ordinary client
+/// keeps signing throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_streams_that_never_read_cannot_make_the_daemon_hold_memory() {
+    const CONNECTIONS: usize = 4;
+    const STREAMS: usize = 256;
+    // The documented bound (docs/CONFIG.md, "Memory") for this config: the request budget
+    // (24 MiB) + quinn's receive windows (4 × 8 MiB) + the open streams' own state, with room
+    // for the allocator; the old code held 1 GiB here.
+    const BOUND: u64 = 160 << 20;
+    let mut d = Daemon::start_with(
+        "memory",
+        "max_streams_per_connection = 256\nconnection_request_budget = 4194304\n\
+         request_budget = 25165824\nwrite_timeout = \"2s\"",
+    )
+    .await;
+    let admin = d.admin().await;
+    let name = ec_key(&admin, "memory").await;
+    let app = d.app().await;
+    app.sign(&name, Scheme::EcdsaSha256, random_bytes(32))
+        .await
+        .unwrap();
+    let before = rss(d.pid());
+
+    let tls = signerd::tls::client_config(
+        &d.path("tls/ca.pem"),
+        &d.path("tls/client-app.pem"),
+        &d.path("tls/client-app.key"),
+    )
+    .unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut transport = quinn::TransportConfig::default();
+    // Never accept a byte of an answer.
+    transport.stream_receive_window(quinn::VarInt::from_u32(0));
+    transport.receive_window(quinn::VarInt::from_u32(0));
+    transport.keep_alive_interval(Some(Duration::from_secs(1)));
+    let mut client_cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    client_cfg.transport_config(Arc::new(transport));
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(client_cfg);
+    // A frame whose version byte is wrong: refused only after it is decoded, i.e. read whole.
+    let mut garbage = (protocol::MAX_FRAME as u32).to_be_bytes().to_vec();
+    garbage.extend(std::iter::repeat_n(0xEEu8, protocol::MAX_FRAME));
+    let garbage = bytes::Bytes::from(garbage);
+
+    let mut attackers = Vec::new();
+    let mut connections = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let conn = ep.connect(d.addr(), "localhost").unwrap().await.unwrap();
+        for _ in 0..STREAMS {
+            let conn = conn.clone();
+            let garbage = garbage.clone();
+            attackers.push(tokio::spawn(async move {
+                let Ok((mut send, recv)) = conn.open_bi().await else {
+                    return None;
+                };
+                let _ = send.write_chunk(garbage).await;
+                let _ = send.finish();
+                // Held, never read.
+                Some((send, recv))
+            }));
+        }
+        connections.push(conn);
+    }
+
+    // An ordinary client signs while the attack runs, and the daemon's RSS is sampled.
+    let mut peak = before;
+    let mut signed = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        let sig = app
+            .sign(&name, Scheme::EcdsaSha256, random_bytes(32))
+            .await
+            .expect("an ordinary client keeps signing during the attack");
+        assert!(!sig.signature.is_empty());
+        signed += 1;
+        peak = peak.max(rss(d.pid()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One deadline for all of them: a stream whose write the daemon refused or stalled is
+    // counted as not held.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until && attackers.iter().any(|a| !a.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut held = Vec::new();
+    let mut opened = 0;
+    for a in attackers {
+        if a.is_finished() {
+            if let Ok(Some(s)) = a.await {
+                opened += 1;
+                held.push(s);
+            }
+        } else {
+            opened += 1;
+            a.abort();
+        }
+    }
+    peak = peak.max(rss(d.pid()));
+    eprintln!(
+        "RSS before {} MiB, peak {} MiB during the attack ({} streams held open); {signed} signed",
+        before >> 20,
+        peak >> 20,
+        held.len()
+    );
+    assert!(
+        opened >= CONNECTIONS * STREAMS / 2,
+        "the attack did not open its streams ({opened} of {})",
+        CONNECTIONS * STREAMS
+    );
+    assert!(
+        peak.saturating_sub(before) < BOUND,
+        "the daemon grew by {} MiB under the attack (bound {} MiB)",
+        peak.saturating_sub(before) >> 20,
+        BOUND >> 20
+    );
+    // Refused unread or answered, each stream was counted: nothing waits for the connection
+    // to die before it shows up in the metrics.
+    let m = metrics(&d).await;
+    let counted = series(&m, "signer_overloaded_total{reason=\"request_memory\"}")
+        + series(
+            &m,
+            "signer_requests_total{op=\"sign\",status=\"INVALID_ARGUMENT\"}",
+        );
+    assert!(
+        counted >= (CONNECTIONS * STREAMS / 2) as f64,
+        "only {counted} hostile streams counted; metrics:\n{m}"
+    );
+    assert!(d.alive(), "daemon died; log:\n{}", d.log());
+    for c in connections {
+        c.close(0u32.into(), b"done");
+    }
+    drop(held);
+}
