@@ -3,7 +3,7 @@
 //!
 //! Sans-IO: [`Admission`] sees a clock value, the source IP and whether the source address is
 //! already validated, and answers a [`Decision`]; the accept loop carries it out. The rules, in
-//! order (docs/FAULT-SCENARIOS.md 14):
+//! order (docs/FAULTS.md 14):
 //!
 //! 1. At `max_connections` open (or half-open) connections: **refuse**.
 //! 2. At `max_handshakes` half-open handshakes (the hard cap): **refuse**.

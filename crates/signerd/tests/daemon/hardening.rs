@@ -1,4 +1,4 @@
-//! The front end under hostile clients (docs/FAULT-SCENARIOS.md 14–16): a handshake flood while a normal
+//! The front end under hostile clients (docs/FAULTS.md 14–16): a handshake flood while a normal
 //! client keeps signing, a client holding every stream open without sending, and certificates
 //! that are expired, revoked (CRL) or name no identity.
 

@@ -1,4 +1,4 @@
-//! Fault scenarios (numbered as in docs/FAULT-SCENARIOS.md): the real `signerd` binary on
+//! Fault scenarios (numbered as in docs/FAULTS.md): the real `signerd` binary on
 //! its own SoftHSM2 tokens, loaded through the fault-injecting PKCS#11 module
 //! (`pkcs11-fault`), driven over QUIC on loopback by the client library. Each test writes fault
 //! rules into `DIR/fault.toml` while the daemon runs and checks what the clients get (every

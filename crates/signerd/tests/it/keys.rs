@@ -219,7 +219,7 @@ async fn hsm_verify_accepts_good_and_rejects_bad_signatures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_recovers_when_the_token_is_logged_out() {
-    // Someone logs the token out under the running engine (docs/FAULT-SCENARIOS.md 4): the worker notices,
+    // Someone logs the token out under the running engine (docs/FAULTS.md 4): the worker notices,
     // logs in again once (serialized), finds its key again and the request is signed.
     let engine = signerd::Engine::open(&support::fixture().isolated).unwrap();
     let name = support::unique("logout");
