@@ -208,3 +208,8 @@ impl Health {
         }
     }
 }
+
+/// The names of `partitions`, in order.
+pub(super) fn names(partitions: &[Arc<Partition>]) -> Vec<String> {
+    partitions.iter().map(|p| p.name().to_owned()).collect()
+}

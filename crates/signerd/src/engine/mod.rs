@@ -315,11 +315,7 @@ impl EngineBuilder {
 
     /// Partition names, in index order.
     pub fn partition_names(&self) -> Vec<String> {
-        self.keys
-            .partitions
-            .iter()
-            .map(|p| p.name().to_owned())
-            .collect()
+        health::names(&self.keys.partitions)
     }
 
     /// A cheap probe that says whether any worker holds or has queued a job (more answers are

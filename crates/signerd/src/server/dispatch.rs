@@ -75,7 +75,7 @@ pub(super) async fn stream(
                 }
             };
             let _ = recv.stop(VarInt::from_u32(STREAM_REFUSED));
-            respond(&mut send, op, &frame, &state, &budget).await;
+            respond(&mut send, op, &frame, &state, None).await;
             return;
         }
         Err(_) => {
@@ -83,7 +83,7 @@ pub(super) async fn stream(
             let frame = error_frame(&EngineError::InvalidArgument(
                 "request not received within the read timeout".into(),
             ));
-            respond(&mut send, Op::Sign, &frame, &state, &budget).await;
+            respond(&mut send, Op::Sign, &frame, &state, None).await;
             return;
         }
     };
@@ -106,7 +106,7 @@ pub(super) async fn stream(
     };
     // Served: the request is gone; the answer reserves its own bytes.
     drop(reservation);
-    respond(&mut send, op, &frame, &state, &budget).await;
+    respond(&mut send, op, &frame, &state, Some(&budget)).await;
     calls.meter(state.engine.metrics(), &frame, received.elapsed());
     if state.is_draining() {
         // The endpoint closes (discarding unsent data) once no request is in flight: while
@@ -116,7 +116,7 @@ pub(super) async fn stream(
 }
 
 /// A stream over `server.max_open_streams`: answered OVERLOADED unread, by a task that holds
-/// nothing but the answer (and only for `server.write_timeout`).
+/// nothing but the answer (and at most for `server.write_timeout`).
 pub(super) async fn refuse_stream(
     mut send: SendStream,
     mut recv: RecvStream,
@@ -131,19 +131,7 @@ pub(super) async fn refuse_stream(
     let frame = error_frame(&EngineError::Overloaded {
         retry_after: MEMORY_RETRY_AFTER,
     });
-    let mut buf = BytesMut::with_capacity(64);
-    if protocol::encode_response(Op::Sign, &frame, &mut buf).is_ok() {
-        let write = async {
-            send.write_chunk(buf.freeze()).await.ok()?;
-            send.finish().ok()
-        };
-        if tokio::time::timeout(state.cfg.write_timeout, write)
-            .await
-            .is_err()
-        {
-            let _ = send.reset(VarInt::from_u32(STREAM_REFUSED));
-        }
-    }
+    respond(&mut send, Op::Sign, &frame, &state, None).await;
 }
 
 /// Why a request could not be read.
@@ -266,15 +254,18 @@ impl Calls {
     }
 }
 
-/// Encodes and writes the answer, then finishes the stream. Its bytes are reserved in the
-/// connection's and the daemon's budgets while it is handed over; a peer that does not take it
-/// within `server.write_timeout` has the stream reset and the answer dropped.
+/// Encodes and writes the answer, then finishes the stream; a peer that does not take it
+/// within `server.write_timeout` has the stream reset and the answer dropped. An answer to a
+/// served request reserves its bytes in the connection's and the daemon's budgets while it is
+/// handed over (`budget`); the refusal of a request that was not served (`None`: a few dozen
+/// bytes, one per open stream, which `server.max_open_streams` bounds) is written at once,
+/// without waiting for the budget it was refused for.
 async fn respond(
     send: &mut SendStream,
     op: Op,
     frame: &ResponseFrame,
     state: &State,
-    budget: &ByteBudget,
+    budget: Option<&ByteBudget>,
 ) {
     let mut buf = BytesMut::with_capacity(128);
     let frame = match protocol::encode_response(op, frame, &mut buf) {
@@ -291,17 +282,22 @@ async fn respond(
         }
     };
     let write = async {
-        let _held = budget.reserve(frame.len()).await?;
+        let _held = match budget {
+            Some(b) => Some(b.reserve(frame.len()).await?),
+            None => None,
+        };
         // Handing over the encoded Bytes avoids a copy into a new buffer.
         send.write_chunk(frame).await.ok()?;
         send.finish().ok()
     };
-    match tokio::time::timeout(state.cfg.write_timeout, write).await {
-        Ok(_) => {}
-        Err(_) => {
-            tracing::debug!("answer not taken by the peer within the write timeout; stream reset");
-            let _ = send.reset(VarInt::from_u32(STREAM_REFUSED));
-        }
+    if tokio::time::timeout(state.cfg.write_timeout, write)
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        tracing::debug!("answer not handed to the peer (write timeout or stream gone); reset");
+        let _ = send.reset(VarInt::from_u32(STREAM_REFUSED));
     }
 }
 
@@ -879,32 +875,38 @@ impl Pending {
     /// The answer, once the worker (or the batcher) gives it.
     async fn answer(&mut self) -> Result<(Version, SignatureForm), EngineError> {
         match self {
-            Pending::Plain(rx) => rx
-                .await
-                .unwrap_or_else(|_| Err(dropped()))
-                .map(|s| (s.version, SignatureForm::Plain(Bytes::from(s.signature)))),
-            Pending::Batch(rx) => rx
-                .await
-                .unwrap_or_else(|_| Err(dropped()))
-                .map(|(v, sig)| (v, SignatureForm::Batch(sig))),
+            Pending::Plain(rx) => rx.await.unwrap_or_else(|_| Err(dropped())).map(plain),
+            Pending::Batch(rx) => rx.await.unwrap_or_else(|_| Err(dropped())).map(batch),
         }
     }
 
     /// The answer if it is already there.
-    fn answer_now(mut self) -> Option<Result<(Version, SignatureForm), EngineError>> {
-        let answer = self.answer();
-        futures_now(answer)
+    fn answer_now(self) -> Option<Result<(Version, SignatureForm), EngineError>> {
+        use tokio::sync::oneshot::error::TryRecvError;
+        fn now<T>(
+            r: Result<Result<T, EngineError>, TryRecvError>,
+        ) -> Option<Result<T, EngineError>> {
+            match r {
+                Ok(answer) => Some(answer),
+                Err(TryRecvError::Closed) => Some(Err(dropped())),
+                Err(TryRecvError::Empty) => None,
+            }
+        }
+        match self {
+            Pending::Plain(mut rx) => now(rx.try_recv()).map(|r| r.map(plain)),
+            Pending::Batch(mut rx) => now(rx.try_recv()).map(|r| r.map(batch)),
+        }
     }
 }
 
-/// Polls `f` once: its output if it is ready without waiting.
-fn futures_now<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(v) => Some(v),
-        std::task::Poll::Pending => None,
-    }
+fn plain(s: crate::pipeline::Signed) -> (Version, SignatureForm) {
+    (s.version, SignatureForm::Plain(Bytes::from(s.signature)))
+}
+
+fn batch(
+    (version, signature): (Version, signer_proto::merkle::BatchSignature),
+) -> (Version, SignatureForm) {
+    (version, SignatureForm::Batch(signature))
 }
 
 fn dropped() -> EngineError {
