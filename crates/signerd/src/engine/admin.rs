@@ -118,6 +118,14 @@ impl KeyAdmin {
                 .map_err(|e| hsm_err(p, e))?
                 .ok_or_else(|| missing(p, v))?;
             objects::disable_signing(&session, private).map_err(|e| hsm_err(p, e))?;
+            // Workers' session copies were made with CKA_SIGN=true: destroy them before saying
+            // "retired". Workers make copies under ADMIN_LOCK (held here) and look at the state
+            // again first, so none is made after this.
+            let copies =
+                objects::destroy_session_copies(&session, &v.id).map_err(|e| hsm_err(p, e))?;
+            if copies > 0 {
+                tracing::debug!(key = %v.name, version = v.version, partition = %p.name(), copies, "destroyed the workers' session copies");
+            }
         }
         tracing::info!(key = %v.name, version = v.version, "key version retired");
         Ok(())

@@ -347,15 +347,64 @@ pub fn disable_signing(session: &Session, private: ObjectHandle) -> HsmResult<()
     Ok(session.update_attributes(private, &[Attribute::Sign(false)])?)
 }
 
-/// Destroys every object (private, public) of a key version. Returns how many were destroyed.
+/// Destroys every object (private, public, token or session) of a key version, then looks
+/// again: "destroyed" is never reported while any object with the id survives. Returns how many
+/// were destroyed.
 pub fn destroy_version(session: &Session, id: &[u8]) -> HsmResult<usize> {
     let mut n = 0;
     for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
-        let handles =
-            session.find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())])?;
-        for h in handles {
-            session.destroy_object(h)?;
-            n += 1;
+        n += destroy_matching(
+            session,
+            &[Attribute::Class(class), Attribute::Id(id.to_vec())],
+        )?;
+    }
+    let left: usize = [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY]
+        .into_iter()
+        .map(|class| {
+            session
+                .find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())])
+                .map(|found| found.len())
+        })
+        .sum::<Result<usize, _>>()?;
+    if left > 0 {
+        return Err(HsmError::Unexpected(format!(
+            "{left} objects of key id {} are still in the token after destroying {n}",
+            hex(id)
+        )));
+    }
+    Ok(n)
+}
+
+/// Destroys the session-object copies of a private key that this process's workers made
+/// (`session_key_copy`): session objects are visible to every session of the application, so
+/// one admin session reaches every worker's copies. Then looks again, and fails if any is left.
+/// Returns how many were destroyed.
+pub fn destroy_session_copies(session: &Session, id: &[u8]) -> HsmResult<usize> {
+    let copies = [
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Token(false),
+        Attribute::Id(id.to_vec()),
+    ];
+    let n = destroy_matching(session, &copies)?;
+    let left = session.find_objects(&copies)?.len();
+    if left > 0 {
+        return Err(HsmError::Unexpected(format!(
+            "{left} session copies of key id {} survived being destroyed",
+            hex(id)
+        )));
+    }
+    Ok(n)
+}
+
+/// Destroys every object matching `template`; an object that vanished meanwhile (another
+/// session destroyed it) is not an error.
+fn destroy_matching(session: &Session, template: &[Attribute]) -> HsmResult<usize> {
+    let mut n = 0;
+    for h in session.find_objects(template)? {
+        match session.destroy_object(h).map_err(HsmError::from) {
+            Ok(()) => n += 1,
+            Err(e) if e.class() == ErrorClass::StaleHandle => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(n)

@@ -354,9 +354,10 @@ impl Worker {
         }
         let version = Arc::clone(&job.version);
         if version.state() != KeyState::Active {
-            if let Some(h) = self.handles.remove(&version.uid) {
-                self.drop_copy(h);
-            }
+            // Its session copy, if any, was destroyed by the retire (`KeyAdmin`), which found
+            // every worker's copies: forget the handle, never use it again (not even to destroy
+            // it: its number may name another object now).
+            self.handles.remove(&version.uid);
             return Err(EngineError::FailedPrecondition(format!(
                 "{} version {} is retired and cannot sign",
                 version.name, version.version
@@ -514,6 +515,11 @@ impl Worker {
             // SoftHSM2 can corrupt its object store when objects are created concurrently
             // (softhsm/SoftHSMv2#573): copies are made one at a time, like admin writes.
             let _serial = crate::engine::admin::ADMIN_LOCK.lock();
+            if version.state() != KeyState::Active {
+                // Retired while we waited for the lock: the retire has already destroyed the
+                // copies; make none. The token object no longer signs (CKA_SIGN=false).
+                return Ok(token_key);
+            }
             objects::session_copy(session, token_key)?
         } else {
             token_key
@@ -535,14 +541,6 @@ impl Worker {
         self.session_generation = self.partition.module().generation();
         self.session = Some(self.partition.open_session()?);
         Ok(())
-    }
-
-    fn drop_copy(&self, h: ObjectHandle) {
-        if self.partition.spec().session_key_copy {
-            if let Some(s) = &self.session {
-                let _ = s.destroy_object(h);
-            }
-        }
     }
 
     /// The caller's answer for a failed call that is not retried ([`classify::handling`]).

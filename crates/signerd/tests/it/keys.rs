@@ -276,3 +276,91 @@ fn init_dev_twice_is_safe_and_keeps_everything() {
     );
     assert_eq!(std::fs::read(&f.setup.config).unwrap(), config_before);
 }
+
+/// The session-object copies of `name` v`version` that this process's workers hold, and whether
+/// each may still sign (`CKA_SIGN`).
+fn session_copies(token: &str, name: &signerd::KeyName, version: u32) -> Vec<bool> {
+    use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+    let session = support::raw_session(token);
+    let label = format!("signerd:{name}:v{version}").into_bytes();
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Token(false),
+            Attribute::Label(label),
+        ])
+        .unwrap();
+    found
+        .into_iter()
+        .map(|h| {
+            session
+                .get_attributes(h, &[AttributeType::Sign])
+                .unwrap()
+                .into_iter()
+                .any(|a| a == Attribute::Sign(true))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retire_destroys_every_workers_session_copy_before_it_returns() {
+    // With session_key_copy (the default), each worker signs with a session-object copy made
+    // while the version was active (CKA_SIGN=true). Retire must not leave any behind.
+    let engine = support::engine();
+    assert!(engine.workers() > 1, "the test needs several workers");
+    let name = support::unique("copies");
+    tokio::task::block_in_place(|| engine.admin().create_key(&name, KeyType::EcP256, None))
+        .unwrap();
+    let tokens = ["signerd-0", "signerd-1"];
+    let copies = |name| -> Vec<bool> {
+        tokens
+            .iter()
+            .flat_map(|t| session_copies(t, name, 1))
+            .collect()
+    };
+    let mut signs = tokio::task::JoinSet::new();
+    for _ in 0..400 {
+        let (engine, req) = (engine.clone(), sign_req(&name, None).0);
+        signs.spawn(async move { engine.sign(req).await });
+    }
+    while let Some(s) = signs.join_next().await {
+        s.unwrap().unwrap();
+    }
+    let before = copies(&name);
+    assert!(
+        before.len() > 1 && before.iter().all(|s| *s),
+        "several workers signed with their own copies: {before:?}"
+    );
+
+    tokio::task::block_in_place(|| engine.admin().retire_key(&name, 1)).unwrap();
+    assert_eq!(
+        copies(&name),
+        Vec::<bool>::new(),
+        "no session copy outlives the retire"
+    );
+    // Every worker refuses the old version, and makes no new copy for it.
+    let mut signs = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let (engine, req) = (engine.clone(), sign_req(&name, Some(1)).0);
+        signs.spawn(async move { engine.sign(req).await });
+    }
+    while let Some(s) = signs.join_next().await {
+        let err = s.unwrap().unwrap_err();
+        assert!(matches!(err, EngineError::FailedPrecondition(_)), "{err}");
+    }
+    assert!(copies(&name).is_empty());
+
+    tokio::task::block_in_place(|| engine.admin().destroy_key(&name, 1)).unwrap();
+    for token in tokens {
+        let left = support::raw_session(token)
+            .find_objects(&[cryptoki::object::Attribute::Label(
+                format!("signerd:{name}:v1").into_bytes(),
+            )])
+            .unwrap();
+        assert!(
+            left.is_empty(),
+            "destroy leaves nothing in {token}: {left:?}"
+        );
+    }
+    engine.shutdown();
+}
