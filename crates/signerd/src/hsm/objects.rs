@@ -79,6 +79,9 @@ pub fn generate(
         Attribute::Sensitive(true),
         Attribute::Extractable(for_replication),
         Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Derive(false),
+        Attribute::Unwrap(false),
         Attribute::Label(label),
         Attribute::Id(id.to_vec()),
     ];
@@ -119,7 +122,8 @@ pub fn session_copy(session: &Session, key: ObjectHandle) -> HsmResult<ObjectHan
     Ok(session.copy_object(key, &[Attribute::Token(false)])?)
 }
 
-/// Lists every key version in the token, with its type, state and public key.
+/// Lists every key version in the token, with its type, state and public key. A private key
+/// found extractable is sealed first, or left out (logged as an error) if it cannot be.
 pub fn scan(session: &Session) -> HsmResult<Vec<FoundKey>> {
     let handles = session.find_objects(&[
         Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -130,7 +134,12 @@ pub fn scan(session: &Session) -> HsmResult<Vec<FoundKey>> {
         // Another process may destroy objects while we look: skip what vanished.
         let attrs = match session.get_attributes(
             h,
-            &[AttributeType::Label, AttributeType::Id, AttributeType::Sign],
+            &[
+                AttributeType::Label,
+                AttributeType::Id,
+                AttributeType::Sign,
+                AttributeType::Extractable,
+            ],
         ) {
             Ok(a) => a,
             Err(e) => match HsmError::from(e) {
@@ -139,17 +148,40 @@ pub fn scan(session: &Session) -> HsmResult<Vec<FoundKey>> {
             },
         };
         let (mut label, mut id, mut can_sign) = (None, None, false);
+        // A token that does not say counts as extractable: sealing is idempotent.
+        let mut extractable = true;
         for a in attrs {
             match a {
                 Attribute::Label(l) => label = String::from_utf8(l).ok(),
                 Attribute::Id(i) => id = Some(i),
                 Attribute::Sign(s) => can_sign = s,
+                Attribute::Extractable(e) => extractable = e,
                 _ => {}
             }
         }
         let (Some((name, version)), Some(id)) = (label.as_deref().and_then(parse_label), id) else {
             continue;
         };
+        if extractable {
+            // Left extractable by a create or replication that never reached its seal (a crash,
+            // a failed rollback). Never served that way: sealed now, or not served at all.
+            match seal(session, h) {
+                Ok(()) => tracing::warn!(
+                    key = %name,
+                    version,
+                    "private key was extractable (an interrupted create or replication); sealed it (CKA_EXTRACTABLE=false)"
+                ),
+                Err(e) if e.class() == ErrorClass::StaleHandle => continue,
+                Err(e) => {
+                    tracing::error!(
+                        key = %name,
+                        version,
+                        "private key is extractable and could not be sealed ({e}); refusing to serve it until it is"
+                    );
+                    continue;
+                }
+            }
+        }
         let Some(public) = find_public(session, &id)? else {
             tracing::warn!(key = %name, version, "private key without public key object; skipped");
             continue;
@@ -264,6 +296,9 @@ pub fn unwrap_copy(
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Derive(false),
+        Attribute::Unwrap(false),
         Attribute::WrapWithTrusted(true),
         Attribute::Label(label.clone()),
         Attribute::Id(id.to_vec()),

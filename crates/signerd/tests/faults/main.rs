@@ -31,6 +31,7 @@ mod verify;
 
 mod audit;
 mod hang;
+mod keys;
 mod load;
 mod partitions;
 mod requests;

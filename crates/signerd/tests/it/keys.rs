@@ -364,3 +364,54 @@ async fn retire_destroys_every_workers_session_copy_before_it_returns() {
     }
     engine.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_keys_can_only_sign_and_never_leave_the_token() {
+    // Generated (p0) and unwrapped (p1) copies alike: sensitive, sealed, and no use but signing.
+    use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+    let engine = support::engine();
+    for key_type in [KeyType::EcP256, KeyType::Ed25519] {
+        let name = support::unique("sealed");
+        let v = tokio::task::block_in_place(|| engine.admin().create_key(&name, key_type, None))
+            .unwrap();
+        for (i, partition) in v.partitions.iter().enumerate() {
+            let token = format!("signerd-{}", &partition[1..]);
+            let session = support::raw_session(&token);
+            let found = session
+                .find_objects(&[
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::Token(true),
+                    Attribute::Label(format!("signerd:{name}:v1").into_bytes()),
+                ])
+                .unwrap();
+            assert_eq!(found.len(), 1, "{token}");
+            let attrs = session
+                .get_attributes(
+                    found[0],
+                    &[
+                        AttributeType::Sensitive,
+                        AttributeType::Extractable,
+                        AttributeType::Sign,
+                        AttributeType::Decrypt,
+                        AttributeType::Derive,
+                        AttributeType::Unwrap,
+                    ],
+                )
+                .unwrap();
+            for want in [
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Sign(true),
+                Attribute::Decrypt(false),
+                Attribute::Derive(false),
+                Attribute::Unwrap(false),
+            ] {
+                assert!(
+                    attrs.contains(&want),
+                    "{key_type} copy {i} in {token}: want {want:?}, token has {attrs:?}"
+                );
+            }
+        }
+    }
+    engine.shutdown();
+}
