@@ -111,7 +111,7 @@ pub fn signing_session(
     part: &Partition,
     key: &objects::FoundKey,
 ) -> Result<(Session, ObjectHandle), String> {
-    let label = objects::key_label(&key.name, key.version).into_bytes();
+    let label = objects::key_label(&key.name, key.version, key.role).into_bytes();
     let s = part.open_session().map_err(|e| e.to_string())?;
     let keys = s
         .find_objects(&[

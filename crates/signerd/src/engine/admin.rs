@@ -14,6 +14,7 @@ use super::keys::Keys;
 use super::registry::VersionEntry;
 use super::VersionInfo;
 use crate::error::EngineError;
+use crate::hsm::objects::KeyRole;
 use crate::hsm::{mechanism, objects, HsmError, Partition};
 use signer_proto::keys::{KeyName, KeyState, KeyType, Payload, Version};
 
@@ -47,8 +48,19 @@ impl KeyAdmin {
                 "key {name} already exists; rotate it to make a new version"
             )));
         }
+        self.create_with_role(name, key_type, placement, KeyRole::Client)
+    }
+
+    /// [`KeyAdmin::create_key`] for a key marked in the token as `role`.
+    pub(super) fn create_with_role(
+        &self,
+        name: &KeyName,
+        key_type: KeyType,
+        placement: Option<&[String]>,
+        role: KeyRole,
+    ) -> Result<VersionInfo, EngineError> {
         let targets = self.placement(placement)?;
-        let v = self.create_version(name, key_type, 1, &targets, placement.is_none())?;
+        let v = self.create_version(name, key_type, 1, role, &targets, placement.is_none())?;
         Ok(self.info(&v))
     }
 
@@ -71,7 +83,19 @@ impl KeyAdmin {
             .iter()
             .map(|i| Arc::clone(&self.keys.partitions[*i]))
             .collect();
-        let v = self.create_version(name, entry.key_type, entry.latest() + 1, &targets, false)?;
+        let role = if entry.is_audit() {
+            KeyRole::Audit
+        } else {
+            KeyRole::Client
+        };
+        let v = self.create_version(
+            name,
+            entry.key_type,
+            entry.latest() + 1,
+            role,
+            &targets,
+            false,
+        )?;
         for old in entry.versions.values() {
             if old.state() == KeyState::Active {
                 self.retire_version(old)?;
@@ -163,6 +187,7 @@ impl KeyAdmin {
         name: &KeyName,
         key_type: KeyType,
         version: Version,
+        role: KeyRole,
         targets: &[Arc<Partition>],
         best_effort: bool,
     ) -> Result<Arc<VersionEntry>, EngineError> {
@@ -178,15 +203,22 @@ impl KeyAdmin {
             let copies = targets[1..]
                 .iter()
                 .any(|t| t.spec().replicate && source.spec().replicate);
-            let (public, private) = objects::generate(&src, key_type, name, version, &id, copies)
-                .map_err(|e| hsm_err(source, e))?;
+            let (public, private) =
+                objects::generate(&src, key_type, name, version, role, &id, copies)
+                    .map_err(|e| hsm_err(source, e))?;
             let (_, spki) = objects::public_key(&src, public).map_err(|e| hsm_err(source, e))?;
             let mut holders = vec![source.index()];
             for target in &targets[1..] {
                 touched.push(target);
                 if target.spec().replicate && source.spec().replicate {
-                    let copied =
-                        replicate_to(&src, public, private, target, key_type, name, version, &id)?;
+                    let copied = replicate_to(
+                        &src,
+                        public,
+                        private,
+                        target,
+                        (key_type, name, version, role),
+                        &id,
+                    )?;
                     if !copied {
                         let why = format!(
                             "the PKCS#11 module of partition {} cannot wrap {key_type} private \
@@ -233,15 +265,16 @@ impl KeyAdmin {
         })();
         match result {
             Ok((spki, holders)) => {
-                let v = Arc::new(VersionEntry::new(
-                    name.clone(),
+                let found = objects::FoundKey {
+                    name: name.clone(),
                     version,
-                    key_type,
                     id,
+                    key_type,
+                    can_sign: true,
                     spki,
-                    holders,
-                    KeyState::Active,
-                ));
+                    role,
+                };
+                let v = Arc::new(VersionEntry::new(found, holders));
                 self.keys.registry.insert(Arc::clone(&v));
                 tracing::info!(key = %name, version, %key_type, partitions = v.partitions.len(), "key version created");
                 Ok(v)
@@ -272,15 +305,12 @@ impl KeyAdmin {
 /// target's copy of the same KEK as a sensitive, non-extractable token object. Then proves the
 /// copy is the same key: it signs a random challenge that the source's public key verifies.
 /// Returns false, having changed nothing, when the module cannot wrap this key type.
-#[allow(clippy::too_many_arguments)]
 fn replicate_to(
     src: &Session,
     public: ObjectHandle,
     private: ObjectHandle,
     target: &Partition,
-    key_type: KeyType,
-    name: &KeyName,
-    version: Version,
+    (key_type, name, version, role): (KeyType, &KeyName, Version, KeyRole),
     id: &[u8],
 ) -> Result<bool, EngineError> {
     let kek_missing = |where_: &str| {
@@ -310,6 +340,7 @@ fn replicate_to(
         key_type,
         name,
         version,
+        role,
         id,
         public_attrs,
     )

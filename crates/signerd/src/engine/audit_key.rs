@@ -15,6 +15,7 @@ use cryptoki::session::Session;
 use super::admin::KeyAdmin;
 use super::registry::VersionEntry;
 use crate::error::EngineError;
+use crate::hsm::objects::KeyRole;
 use crate::hsm::{mechanism, objects, HsmError, Partition};
 use signer_proto::keys::{KeyName, KeyType, Scheme, Version};
 
@@ -111,18 +112,36 @@ impl Drop for AuditKeySigner {
 
 impl KeyAdmin {
     /// The signer for the audit key `name`, creating the key (ECDSA P-256, on every partition
-    /// when replication is on) if it does not exist yet. Refuses a key of another type.
+    /// when replication is on, labelled as an audit key in the token) if it does not exist yet.
+    /// Refuses a key of another type, and never adopts a key that is not marked as an audit key
+    /// in the token: clients may have signed with it.
     pub fn audit_key_signer(&self, name: &KeyName) -> Result<AuditKeySigner, EngineError> {
-        if self.keys.registry.key(name).is_none() {
-            let v = self.create_key(name, KeyType::EcP256, None)?;
-            tracing::info!(key = %name, version = v.version, partitions = ?v.partitions, "created the audit key");
-        }
-        if let Some(key_type) = self.keys.registry.key(name).map(|k| k.key_type) {
-            if key_type != KeyType::EcP256 {
-                return Err(EngineError::FailedPrecondition(format!(
-                    "audit key {name} is a {key_type} key; it must be ec-p256"
-                )));
+        {
+            let _serial = super::admin::ADMIN_LOCK.lock();
+            if self.keys.registry.key(name).is_none() {
+                let v = self.create_with_role(name, KeyType::EcP256, None, KeyRole::Audit)?;
+                tracing::info!(key = %name, version = v.version, partitions = ?v.partitions, "created the audit key");
             }
+        }
+        let entry = self
+            .keys
+            .registry
+            .key(name)
+            .ok_or_else(|| EngineError::NotFound(format!("audit key {name}")))?;
+        if !entry.is_audit() {
+            return Err(EngineError::FailedPrecondition(format!(
+                "key {name} exists but is not marked as an audit key in the token (its labels \
+                 start with {:?}, not {:?}); clients may have signed with it, so it is never \
+                 adopted. Set [audit] key to a name that is not in use; signerd creates it",
+                objects::LABEL_PREFIX,
+                objects::AUDIT_LABEL_PREFIX
+            )));
+        }
+        if entry.key_type != KeyType::EcP256 {
+            return Err(EngineError::FailedPrecondition(format!(
+                "audit key {name} is a {} key; it must be ec-p256",
+                entry.key_type
+            )));
         }
         let version = self
             .keys

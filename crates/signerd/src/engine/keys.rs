@@ -48,6 +48,12 @@ impl Keys {
             .collect()
     }
 
+    /// Whether `name` is marked as an audit key in the tokens: clients may read its public key
+    /// and nothing else.
+    pub fn is_audit_key(&self, name: &KeyName) -> bool {
+        self.registry.key(name).is_some_and(|k| k.is_audit())
+    }
+
     /// How many keys exist.
     pub fn count(&self) -> usize {
         self.registry.snapshot().len()

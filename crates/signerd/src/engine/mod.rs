@@ -44,7 +44,7 @@ use crate::secret::Pin;
 use crate::telemetry::{Metrics, OverloadReason};
 use cryptoki::session::Session;
 use registry::{Registry, VersionEntry};
-use signer_proto::keys::{KeyName, KeyState, KeyType, Payload, Version};
+use signer_proto::keys::{KeyName, KeyType, Payload, Version};
 use watchdog::{Watchdog, WorkerHandle};
 
 /// Retry hint for a full queue.
@@ -733,14 +733,18 @@ fn load_keys(partitions: &[Arc<Partition>], registry: &Registry) -> Result<(), O
                     merged.insert(key, (k, vec![p.index()]));
                 }
                 Some((first, holders)) => {
-                    if first.id == k.id && first.spki == k.spki && first.key_type == k.key_type {
+                    if first.id == k.id
+                        && first.spki == k.spki
+                        && first.key_type == k.key_type
+                        && first.role == k.role
+                    {
                         first.can_sign &= k.can_sign;
                         holders.push(p.index());
                     } else {
                         tracing::error!(
                             key = %k.name, version = k.version, partition = %p.name(),
-                            "copy differs from the one on another partition (id or public key); \
-                             not using it"
+                            "copy differs from the one on another partition (id, public key or \
+                             role); not using it"
                         );
                     }
                 }
@@ -748,14 +752,7 @@ fn load_keys(partitions: &[Arc<Partition>], registry: &Registry) -> Result<(), O
         }
     }
     for ((_, _), (k, holders)) in merged {
-        let state = if k.can_sign {
-            KeyState::Active
-        } else {
-            KeyState::Retired
-        };
-        registry.insert(Arc::new(VersionEntry::new(
-            k.name, k.version, k.key_type, k.id, k.spki, holders, state,
-        )));
+        registry.insert(Arc::new(VersionEntry::new(k, holders)));
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::error::EngineError;
+use crate::hsm::objects::{FoundKey, KeyRole};
 use signer_proto::keys::{KeyName, KeyState, KeyType, Scheme, Version};
 
 /// One version of a named key.
@@ -27,30 +28,31 @@ pub struct VersionEntry {
     pub spki: Vec<u8>,
     /// Indices of the partitions holding this version.
     pub partitions: Vec<usize>,
+    /// Client key or audit key, as its label in the token says.
+    pub role: KeyRole,
     state: AtomicU8,
 }
 
 static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 
 impl VersionEntry {
-    /// A new entry.
-    pub fn new(
-        name: KeyName,
-        version: Version,
-        key_type: KeyType,
-        id: Vec<u8>,
-        spki: Vec<u8>,
-        partitions: Vec<usize>,
-        state: KeyState,
-    ) -> VersionEntry {
+    /// A new entry for a key version found in (or just made in) the tokens, held by
+    /// `partitions`; active if the key may sign.
+    pub fn new(key: FoundKey, partitions: Vec<usize>) -> VersionEntry {
+        let state = if key.can_sign {
+            KeyState::Active
+        } else {
+            KeyState::Retired
+        };
         VersionEntry {
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
-            name,
-            version,
-            key_type,
-            id,
-            spki,
+            name: key.name,
+            version: key.version,
+            key_type: key.key_type,
+            id: key.id,
+            spki: key.spki,
             partitions,
+            role: key.role,
             state: AtomicU8::new(state as u8),
         }
     }
@@ -59,13 +61,16 @@ impl VersionEntry {
     #[doc(hidden)]
     pub fn for_tests(name: KeyName, version: Version, key_type: KeyType, id: Vec<u8>) -> Self {
         VersionEntry::new(
-            name,
-            version,
-            key_type,
-            id,
-            Vec::new(),
+            FoundKey {
+                name,
+                version,
+                id,
+                key_type,
+                can_sign: true,
+                spki: Vec::new(),
+                role: KeyRole::Client,
+            },
             vec![0],
-            KeyState::Active,
         )
     }
 
@@ -100,6 +105,11 @@ impl KeyEntry {
             .values()
             .rev()
             .find(|v| v.state() == KeyState::Active)
+    }
+
+    /// Whether this is an audit key: any of its versions is marked so in the token.
+    pub fn is_audit(&self) -> bool {
+        self.versions.values().any(|v| v.role == KeyRole::Audit)
     }
 
     /// The highest version number (active or not).
@@ -215,13 +225,16 @@ mod tests {
 
     fn v(name: &str, version: Version, state: KeyState) -> Arc<VersionEntry> {
         Arc::new(VersionEntry::new(
-            KeyName::new(name).unwrap(),
-            version,
-            KeyType::EcP256,
-            vec![version as u8],
-            vec![],
+            FoundKey {
+                name: KeyName::new(name).unwrap(),
+                version,
+                id: vec![version as u8],
+                key_type: KeyType::EcP256,
+                can_sign: state == KeyState::Active,
+                spki: vec![],
+                role: KeyRole::Client,
+            },
             vec![0, 1],
-            state,
         ))
     }
 

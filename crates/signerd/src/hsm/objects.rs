@@ -2,7 +2,7 @@
 //! under the trusted KEK, retirement and destruction.
 //!
 //! All key metadata lives in the token: a key version is a private/public key pair with
-//! `CKA_LABEL = "signerd:{name}:v{version}"` and a random 16-byte `CKA_ID` shared by its copies on
+//! `CKA_LABEL = "signerd:{name}:v{version}"` (`"signerd-audit:..."` for audit keys) and a random 16-byte `CKA_ID` shared by its copies on
 //! every partition; its type comes from `CKA_KEY_TYPE` and the curve or modulus; its state is
 //! `CKA_SIGN` on the private key (false = retired, enforced by the HSM itself).
 
@@ -16,6 +16,28 @@ use signer_proto::keys::{KeyName, KeyType, Version};
 
 /// Prefix of the labels of our key objects.
 pub const LABEL_PREFIX: &str = "signerd:";
+/// Prefix of the labels of audit keys: the mark, kept in the token itself, that a key signs
+/// audit checkpoints and nothing else. Clients never reach a key so labelled (only its public
+/// key), whatever the config says, and a key without it is never adopted as an audit key.
+pub const AUDIT_LABEL_PREFIX: &str = "signerd-audit:";
+
+/// What a key is for, as its label in the token says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyRole {
+    /// Signs for clients.
+    Client,
+    /// Signs the daemon's audit checkpoints, nothing else.
+    Audit,
+}
+
+impl KeyRole {
+    fn prefix(self) -> &'static str {
+        match self {
+            KeyRole::Client => LABEL_PREFIX,
+            KeyRole::Audit => AUDIT_LABEL_PREFIX,
+        }
+    }
+}
 /// Label of the trusted key-encryption key used to replicate keys between partitions.
 pub const KEK_LABEL: &str = "signerd-kek";
 /// Length of key version ids (`CKA_ID`).
@@ -36,19 +58,23 @@ pub struct FoundKey {
     pub can_sign: bool,
     /// SubjectPublicKeyInfo DER from the public key object.
     pub spki: Vec<u8>,
+    /// What the label says the key is for.
+    pub role: KeyRole,
 }
 
 /// The label of a key version's objects.
-pub fn key_label(name: &KeyName, version: Version) -> String {
-    format!("{LABEL_PREFIX}{name}:v{version}")
+pub fn key_label(name: &KeyName, version: Version, role: KeyRole) -> String {
+    format!("{}{name}:v{version}", role.prefix())
 }
 
 /// Parses a label written by [`key_label`]; `None` for labels that are not ours.
-pub fn parse_label(label: &str) -> Option<(KeyName, Version)> {
-    let rest = label.strip_prefix(LABEL_PREFIX)?;
+pub fn parse_label(label: &str) -> Option<(KeyName, Version, KeyRole)> {
+    let (role, rest) = [KeyRole::Audit, KeyRole::Client]
+        .into_iter()
+        .find_map(|r| Some((r, label.strip_prefix(r.prefix())?)))?;
     let (name, v) = rest.rsplit_once(":v")?;
     let version: Version = v.parse().ok().filter(|v| *v >= 1)?;
-    Some((KeyName::new(name).ok()?, version))
+    Some((KeyName::new(name).ok()?, version, role))
 }
 
 /// Generates a key pair inside the token: private key sensitive and a token object.
@@ -62,10 +88,11 @@ pub fn generate(
     key_type: KeyType,
     name: &KeyName,
     version: Version,
+    role: KeyRole,
     id: &[u8],
     for_replication: bool,
 ) -> HsmResult<(ObjectHandle, ObjectHandle)> {
-    let label = key_label(name, version).into_bytes();
+    let label = key_label(name, version, role).into_bytes();
     let mut public = vec![
         Attribute::Token(true),
         Attribute::Private(false),
@@ -159,7 +186,8 @@ pub fn scan(session: &Session) -> HsmResult<Vec<FoundKey>> {
                 _ => {}
             }
         }
-        let (Some((name, version)), Some(id)) = (label.as_deref().and_then(parse_label), id) else {
+        let (Some((name, version, role)), Some(id)) = (label.as_deref().and_then(parse_label), id)
+        else {
             continue;
         };
         if extractable {
@@ -198,6 +226,7 @@ pub fn scan(session: &Session) -> HsmResult<Vec<FoundKey>> {
             key_type,
             can_sign,
             spki,
+            role,
         });
     }
     Ok(out)
@@ -283,10 +312,11 @@ pub fn unwrap_copy(
     key_type: KeyType,
     name: &KeyName,
     version: Version,
+    role: KeyRole,
     id: &[u8],
     source_public: Vec<Attribute>,
 ) -> HsmResult<(ObjectHandle, ObjectHandle)> {
-    let label = key_label(name, version).into_bytes();
+    let label = key_label(name, version, role).into_bytes();
     let ck_type = ck_key_type(key_type);
     let template = [
         Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -495,15 +525,23 @@ mod tests {
             "':' is not allowed in names, so labels are unambiguous"
         );
         let name = KeyName::new("payments-v2").unwrap();
-        let label = key_label(&name, 12);
+        let label = key_label(&name, 12, KeyRole::Client);
         assert_eq!(label, "signerd:payments-v2:v12");
-        assert_eq!(parse_label(&label), Some((name, 12)));
+        assert_eq!(
+            parse_label(&label),
+            Some((name.clone(), 12, KeyRole::Client))
+        );
+        let audit = key_label(&name, 3, KeyRole::Audit);
+        assert_eq!(audit, "signerd-audit:payments-v2:v3");
+        assert_eq!(parse_label(&audit), Some((name, 3, KeyRole::Audit)));
         for other in [
             "signerd:x",
             "signerd:x:v0",
             "signerd:x:vq",
             "other:x:v1",
             "signerd::v1",
+            "signerd-audit::v1",
+            "signerd-auditx:v1",
         ] {
             assert_eq!(parse_label(other), None, "{other}");
         }

@@ -442,12 +442,14 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// The audit log's own key serves only its public key, whatever the policy says.
+    /// An audit key serves only its public key, whatever the policy says: the key marked as one
+    /// in the tokens (whatever the config names, even with the audit log disabled), and the name
+    /// the config reserves for it (so no client can create it first).
     async fn protect_audit_key(&self) -> Option<ResponseFrame> {
-        let (Some(reserved), Some(key)) = (&self.state.extras.audit_key, &self.subject) else {
-            return None;
-        };
-        if reserved != key || self.op == Op::GetPublicKey {
+        let key = self.subject.as_ref()?;
+        let reserved = self.state.extras.audit_key.as_ref() == Some(key)
+            || self.state.engine.keys().is_audit_key(key);
+        if !reserved || self.op == Op::GetPublicKey {
             return None;
         }
         tracing::warn!(identity = &**self.identity, op = self.op.as_str(), key = %key, "operation on the audit key denied");

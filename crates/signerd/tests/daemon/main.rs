@@ -8,6 +8,7 @@ mod daemon;
 mod verify;
 
 mod admin;
+mod audit_key;
 mod bad_input;
 mod batch;
 mod cli;

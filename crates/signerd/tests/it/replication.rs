@@ -25,7 +25,7 @@ async fn replicated_key_is_identical_signs_everywhere_and_stays_sealed() {
         let spki = engine.keys().public_key(&name, None).unwrap().spki_der;
         let id = {
             let s = support::raw_session("signerd-0");
-            let label = objects::key_label(&name, 1);
+            let label = objects::key_label(&name, 1, objects::KeyRole::Client);
             let found = s
                 .find_objects(&[
                     Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -153,7 +153,7 @@ async fn unwrappable_key_types_stay_on_one_partition_and_say_so() {
     );
     for token in ["signerd-0", "signerd-1"] {
         let s = support::raw_session(token);
-        let label = objects::key_label(&other, 1).into_bytes();
+        let label = objects::key_label(&other, 1, objects::KeyRole::Client).into_bytes();
         assert!(
             s.find_objects(&[Attribute::Label(label)])
                 .unwrap()
@@ -162,7 +162,7 @@ async fn unwrappable_key_types_stay_on_one_partition_and_say_so() {
         );
     }
     let s = support::raw_session("signerd-0");
-    let label = objects::key_label(&name, 1).into_bytes();
+    let label = objects::key_label(&name, 1, objects::KeyRole::Client).into_bytes();
     let private = s
         .find_objects(&[
             Attribute::Class(ObjectClass::PRIVATE_KEY),
