@@ -1,6 +1,7 @@
 //! Key lifecycle: create (generate in one partition, replicate wrapped to the others), rotate,
 //! retire, destroy. These block on the HSM: call them from a blocking context. They are
-//! serialized with each other; signing continues meanwhile.
+//! serialized with each other; signing continues meanwhile. Each holds the modules' call locks
+//! while it runs ([`AdminWork`]), so a module re-initialization never leaves it a stale handle.
 
 use std::sync::Arc;
 
@@ -24,6 +25,14 @@ use signer_proto::keys::{KeyName, KeyState, KeyType, Payload, Version};
 /// parsec project serializes for the same reason).
 pub(crate) static ADMIN_LOCK: Mutex<()> = Mutex::new(());
 
+/// One admin op's hold on the HSMs: the call lock of every module (so no module is
+/// re-initialized while the op runs: every session and object handle it opens stays valid until
+/// it ends), then [`ADMIN_LOCK`]. Taken in that order, the order workers take them in.
+pub(crate) struct AdminWork<'a> {
+    _calls: Vec<parking_lot::RwLockReadGuard<'a, ()>>,
+    _serial: parking_lot::MutexGuard<'static, ()>,
+}
+
 /// The admin side of the key registry: create, rotate, retire, destroy. Every change goes to
 /// the tokens first and to the registry after, so the registry never names an object that does
 /// not exist.
@@ -33,6 +42,20 @@ pub struct KeyAdmin {
 }
 
 impl KeyAdmin {
+    /// Starts a unit of admin work ([`AdminWork`]).
+    pub(crate) fn work(&self) -> AdminWork<'_> {
+        let mut modules: Vec<&Arc<crate::hsm::Module>> = Vec::new();
+        for p in self.keys.partitions.iter() {
+            if !modules.iter().any(|m| Arc::ptr_eq(m, p.module())) {
+                modules.push(p.module());
+            }
+        }
+        AdminWork {
+            _calls: modules.into_iter().map(|m| m.calls()).collect(),
+            _serial: ADMIN_LOCK.lock(),
+        }
+    }
+
     /// Creates key `name` (version 1) of `key_type`. The key pair is generated inside the first
     /// placement partition and copied, wrapped under the trusted KEK, to the others. `placement`
     /// names partitions; `None` means every partition.
@@ -42,7 +65,7 @@ impl KeyAdmin {
         key_type: KeyType,
         placement: Option<&[String]>,
     ) -> Result<VersionInfo, EngineError> {
-        let _serial = ADMIN_LOCK.lock();
+        let _work = self.work();
         if self.keys.registry.key(name).is_some() {
             return Err(EngineError::InvalidArgument(format!(
                 "key {name} already exists; rotate it to make a new version"
@@ -67,7 +90,7 @@ impl KeyAdmin {
     /// Creates version N+1 of `name` on the partitions holding its latest version, makes it the
     /// signing version and retires every older active version.
     pub fn rotate_key(&self, name: &KeyName) -> Result<VersionInfo, EngineError> {
-        let _serial = ADMIN_LOCK.lock();
+        let _work = self.work();
         let entry = self
             .keys
             .registry
@@ -107,7 +130,7 @@ impl KeyAdmin {
     /// Stops `version` of `name` from signing, in the engine at once and in every token
     /// (`CKA_SIGN=false`). It stays available for verification and public-key export.
     pub fn retire_key(&self, name: &KeyName, version: Version) -> Result<VersionInfo, EngineError> {
-        let _serial = ADMIN_LOCK.lock();
+        let _work = self.work();
         let v = self.keys.registry.for_reading(name, Some(version))?;
         self.retire_version(&v)?;
         Ok(self.info(&v))
@@ -115,7 +138,7 @@ impl KeyAdmin {
 
     /// Deletes `version` of `name` from every token. Only retired versions can be destroyed.
     pub fn destroy_key(&self, name: &KeyName, version: Version) -> Result<(), EngineError> {
-        let _serial = ADMIN_LOCK.lock();
+        let _work = self.work();
         let v = self.keys.registry.for_reading(name, Some(version))?;
         if v.state() == KeyState::Active {
             return Err(EngineError::FailedPrecondition(format!(

@@ -24,9 +24,17 @@ use signer_proto::keys::{KeyName, KeyType, Scheme, Version};
 pub struct AuditKeySigner {
     partitions: Vec<Arc<Partition>>,
     version: Arc<VersionEntry>,
-    /// Which of `version.partitions` to try first, and the session and key handle there.
+    /// Which of `version.partitions` to try first.
     current: usize,
-    open: Option<(Session, ObjectHandle)>,
+    /// The session and key handle there, and the module generation they belong to.
+    open: Option<Open>,
+}
+
+struct Open {
+    session: Session,
+    key: ObjectHandle,
+    partition: usize,
+    generation: u64,
 }
 
 impl std::fmt::Debug for AuditKeySigner {
@@ -75,9 +83,22 @@ impl AuditKeySigner {
     }
 
     fn try_sign(&mut self, digest: &[u8; 32]) -> Result<Vec<u8>, HsmError> {
+        let p = self.version.partitions[self.current % self.version.partitions.len()];
+        let partition = Arc::clone(&self.partitions[p]);
+        let module = Arc::clone(partition.module());
+        // One unit of HSM work, like a worker's call: no re-initialization while it runs, and
+        // a session from before the last one is forgotten (its handle number may now name
+        // another thread's session), never used or closed.
+        let _calls = module.calls();
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.partition != p || o.generation != module.generation())
+        {
+            self.close_or_forget();
+        }
         if self.open.is_none() {
-            let p = self.version.partitions[self.current % self.version.partitions.len()];
-            let partition = &self.partitions[p];
+            let generation = module.generation();
             let session = partition.open_session()?;
             let key = objects::find_private(&session, &self.version.id)?.ok_or_else(|| {
                 HsmError::Unexpected(format!(
@@ -87,20 +108,40 @@ impl AuditKeySigner {
                     partition.name()
                 ))
             })?;
-            self.open = Some((session, key));
+            self.open = Some(Open {
+                session,
+                key,
+                partition: p,
+                generation,
+            });
         }
-        let (session, key) = self
+        let open = self
             .open
             .as_ref()
             .ok_or_else(|| HsmError::Unexpected("audit session missing".into()))?;
-        let raw = session.sign(&Mechanism::Ecdsa, *key, digest)?;
+        let raw = open.session.sign(&Mechanism::Ecdsa, open.key, digest)?;
         mechanism::encode_signature(Scheme::EcdsaSha256, raw)
     }
 
-    fn close(&mut self) {
-        if let Some((session, _)) = self.open.take() {
-            let _ = session.close();
+    /// Drops the session: closed if it belongs to its module's current generation, else
+    /// forgotten. Call with that module's call lock held.
+    fn close_or_forget(&mut self) {
+        if let Some(open) = self.open.take() {
+            if open.generation == self.partitions[open.partition].module().generation() {
+                let _ = open.session.close();
+            } else {
+                std::mem::forget(open.session);
+            }
         }
+    }
+
+    fn close(&mut self) {
+        let Some(p) = self.open.as_ref().map(|o| o.partition) else {
+            return;
+        };
+        let module = Arc::clone(self.partitions[p].module());
+        let _calls = module.calls();
+        self.close_or_forget();
     }
 }
 
@@ -117,7 +158,7 @@ impl KeyAdmin {
     /// in the token: clients may have signed with it.
     pub fn audit_key_signer(&self, name: &KeyName) -> Result<AuditKeySigner, EngineError> {
         {
-            let _serial = super::admin::ADMIN_LOCK.lock();
+            let _work = self.work();
             if self.keys.registry.key(name).is_none() {
                 let v = self.create_with_role(name, KeyType::EcP256, None, KeyRole::Audit)?;
                 tracing::info!(key = %name, version = v.version, partitions = ?v.partitions, "created the audit key");
