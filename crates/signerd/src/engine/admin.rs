@@ -106,16 +106,11 @@ impl KeyAdmin {
             .iter()
             .map(|i| Arc::clone(&self.keys.partitions[*i]))
             .collect();
-        let role = if entry.is_audit() {
-            KeyRole::Audit
-        } else {
-            KeyRole::Client
-        };
         let v = self.create_version(
             name,
             entry.key_type,
             entry.latest() + 1,
-            role,
+            entry.role(),
             &targets,
             false,
         )?;
@@ -166,8 +161,8 @@ impl KeyAdmin {
                 .ok_or_else(|| missing(p, v))?;
             objects::disable_signing(&session, private).map_err(|e| hsm_err(p, e))?;
             // Workers' session copies were made with CKA_SIGN=true: destroy them before saying
-            // "retired". Workers make copies under ADMIN_LOCK (held here) and look at the state
-            // again first, so none is made after this.
+            // "retired". Workers make copies under ADMIN_LOCK (held here, in `AdminWork`) and
+            // look at the state again first, so none is made after this.
             let copies =
                 objects::destroy_session_copies(&session, &v.id).map_err(|e| hsm_err(p, e))?;
             if copies > 0 {

@@ -169,7 +169,7 @@ impl KeyAdmin {
             .registry
             .key(name)
             .ok_or_else(|| EngineError::NotFound(format!("audit key {name}")))?;
-        if !entry.is_audit() {
+        if entry.role() != KeyRole::Audit {
             return Err(EngineError::FailedPrecondition(format!(
                 "key {name} exists but is not marked as an audit key in the token (its labels \
                  start with {:?}, not {:?}); clients may have signed with it, so it is never \

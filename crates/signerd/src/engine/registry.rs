@@ -107,9 +107,13 @@ impl KeyEntry {
             .find(|v| v.state() == KeyState::Active)
     }
 
-    /// Whether this is an audit key: any of its versions is marked so in the token.
-    pub fn is_audit(&self) -> bool {
-        self.versions.values().any(|v| v.role == KeyRole::Audit)
+    /// What the key is for: an audit key if any of its versions is marked so in the token.
+    pub fn role(&self) -> KeyRole {
+        if self.versions.values().any(|v| v.role == KeyRole::Audit) {
+            KeyRole::Audit
+        } else {
+            KeyRole::Client
+        }
     }
 
     /// The highest version number (active or not).
@@ -189,6 +193,14 @@ impl Registry {
     /// A copy of one key's entry.
     pub fn key(&self, name: &KeyName) -> Option<KeyEntry> {
         self.keys.read().get(name).cloned()
+    }
+
+    /// Whether `name` is an audit key (checked on every request: no copy of the entry).
+    pub fn is_audit(&self, name: &KeyName) -> bool {
+        self.keys
+            .read()
+            .get(name)
+            .is_some_and(|k| k.role() == KeyRole::Audit)
     }
 
     /// A snapshot of all keys.

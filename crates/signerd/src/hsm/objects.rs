@@ -2,9 +2,10 @@
 //! under the trusted KEK, retirement and destruction.
 //!
 //! All key metadata lives in the token: a key version is a private/public key pair with
-//! `CKA_LABEL = "signerd:{name}:v{version}"` (`"signerd-audit:..."` for audit keys) and a random 16-byte `CKA_ID` shared by its copies on
-//! every partition; its type comes from `CKA_KEY_TYPE` and the curve or modulus; its state is
-//! `CKA_SIGN` on the private key (false = retired, enforced by the HSM itself).
+//! `CKA_LABEL = "signerd:{name}:v{version}"` (`"signerd-audit:..."` for audit keys) and a random
+//! 16-byte `CKA_ID` shared by its copies on every partition; its type comes from `CKA_KEY_TYPE`
+//! and the curve or modulus; its state is `CKA_SIGN` on the private key (false = retired,
+//! enforced by the HSM itself).
 
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass, ObjectHandle};
@@ -412,65 +413,50 @@ pub fn disable_signing(session: &Session, private: ObjectHandle) -> HsmResult<()
     Ok(session.update_attributes(private, &[Attribute::Sign(false)])?)
 }
 
-/// Destroys every object (private, public, token or session) of a key version, then looks
-/// again: "destroyed" is never reported while any object with the id survives. Returns how many
-/// were destroyed.
+/// Destroys every object (private, public, token or session) of a key version: "destroyed" is
+/// never reported while any object with the id survives. Returns how many were destroyed.
 pub fn destroy_version(session: &Session, id: &[u8]) -> HsmResult<usize> {
     let mut n = 0;
     for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
-        n += destroy_matching(
-            session,
-            &[Attribute::Class(class), Attribute::Id(id.to_vec())],
-        )?;
-    }
-    let left: usize = [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY]
-        .into_iter()
-        .map(|class| {
-            session
-                .find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())])
-                .map(|found| found.len())
-        })
-        .sum::<Result<usize, _>>()?;
-    if left > 0 {
-        return Err(HsmError::Unexpected(format!(
-            "{left} objects of key id {} are still in the token after destroying {n}",
-            hex(id)
-        )));
+        n += destroy_all(session, id, &[Attribute::Class(class)])?;
     }
     Ok(n)
 }
 
 /// Destroys the session-object copies of a private key that this process's workers made
 /// (`session_key_copy`): session objects are visible to every session of the application, so
-/// one admin session reaches every worker's copies. Then looks again, and fails if any is left.
-/// Returns how many were destroyed.
+/// one admin session reaches every worker's copies. Returns how many were destroyed.
 pub fn destroy_session_copies(session: &Session, id: &[u8]) -> HsmResult<usize> {
-    let copies = [
-        Attribute::Class(ObjectClass::PRIVATE_KEY),
-        Attribute::Token(false),
-        Attribute::Id(id.to_vec()),
-    ];
-    let n = destroy_matching(session, &copies)?;
-    let left = session.find_objects(&copies)?.len();
-    if left > 0 {
-        return Err(HsmError::Unexpected(format!(
-            "{left} session copies of key id {} survived being destroyed",
-            hex(id)
-        )));
-    }
-    Ok(n)
+    destroy_all(
+        session,
+        id,
+        &[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Token(false),
+        ],
+    )
 }
 
-/// Destroys every object matching `template`; an object that vanished meanwhile (another
-/// session destroyed it) is not an error.
-fn destroy_matching(session: &Session, template: &[Attribute]) -> HsmResult<usize> {
+/// Destroys every object with key id `id` that matches `template`, then looks again and fails
+/// if any is left. An object that vanished meanwhile (another session destroyed it) is not an
+/// error. Returns how many were destroyed.
+fn destroy_all(session: &Session, id: &[u8], template: &[Attribute]) -> HsmResult<usize> {
+    let mut template = template.to_vec();
+    template.push(Attribute::Id(id.to_vec()));
     let mut n = 0;
-    for h in session.find_objects(template)? {
+    for h in session.find_objects(&template)? {
         match session.destroy_object(h).map_err(HsmError::from) {
             Ok(()) => n += 1,
             Err(e) if e.class() == ErrorClass::StaleHandle => {}
             Err(e) => return Err(e),
         }
+    }
+    let left = session.find_objects(&template)?.len();
+    if left > 0 {
+        return Err(HsmError::Unexpected(format!(
+            "{left} objects of key id {} are still in the token after destroying {n}",
+            hex(id)
+        )));
     }
     Ok(n)
 }
