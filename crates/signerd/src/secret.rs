@@ -98,19 +98,28 @@ impl Pin {
     }
 }
 
-/// Reads a secret file, refusing files readable by group or others.
+/// Reads a secret file, refusing files readable by group or others, and anything but a regular
+/// file. The file is opened once and its mode is read from the opened handle (`fstat`), so the
+/// file that was checked is the file that is read: swapping another file in at the path between a
+/// check and a read cannot work.
 pub fn read_private_file(path: &Path) -> Result<String, PinError> {
+    use std::io::Read;
     let read_err = |e: std::io::Error| PinError::Read {
         path: path.to_owned(),
         reason: e.to_string(),
     };
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(PinError::Read {
+            path: path.to_owned(),
+            reason: "not a regular file".into(),
+        });
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(read_err)?
-            .permissions()
-            .mode();
+        let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(PinError::Permissions {
                 path: path.to_owned(),
@@ -118,7 +127,9 @@ pub fn read_private_file(path: &Path) -> Result<String, PinError> {
             });
         }
     }
-    std::fs::read_to_string(path).map_err(read_err)
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_err)?;
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -149,6 +160,62 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let pin = Pin::load(&PinSource::File(path)).unwrap();
         assert_eq!(pin.expose(), "s3cret");
+    }
+
+    /// The file checked is the file read: a thread swaps a group-readable file and a private
+    /// one in at the path as fast as it can; a read returns the private file's text or refuses,
+    /// never the group-readable file's text. (Checking the path's mode, then opening the path
+    /// again, returned it within a few thousand tries.)
+    #[cfg(unix)]
+    #[test]
+    fn checked_file_is_the_file_read() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user.pin");
+        let make = |name: &str, text: &str, mode: u32| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        };
+        make("user.pin", "private", 0o600);
+        let stop = AtomicBool::new(false);
+        let leaked = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let (text, mode) = if i.is_multiple_of(2) {
+                        ("open", 0o644)
+                    } else {
+                        ("private", 0o600)
+                    };
+                    let p = make(&format!("next-{i}"), text, mode);
+                    std::fs::rename(&p, &path).unwrap();
+                    i += 1;
+                }
+            });
+            let mut leaked = 0;
+            for _ in 0..20_000 {
+                match read_private_file(&path) {
+                    Ok(text) if text == "open" => leaked += 1,
+                    Ok(text) => assert_eq!(text, "private"),
+                    Err(PinError::Permissions { mode, .. }) => assert_eq!(mode, 0o644),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            leaked
+        });
+        assert_eq!(leaked, 0, "group-readable file read {leaked} times");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_private_file(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
     #[test]

@@ -240,9 +240,12 @@ pub fn verify_with(path: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport
             0
         } else {
             // Records of this log only: after an anchor, the archive's are not counted.
-            let from = report.covered_seq.map_or(0, |c| c + 1);
-            let from = from.max(opts.after.map_or(0, |a| a.seq + 1));
-            (p.seq + 1).saturating_sub(from)
+            // Seqs come from the file: a crafted log may carry u64::MAX, so no `+ 1` on them.
+            let last_covered = report.covered_seq.max(opts.after.map(|a| a.seq));
+            match last_covered {
+                Some(c) => p.seq.saturating_sub(c),
+                None => p.seq.saturating_add(1),
+            }
         };
     }
     match v.bad {
@@ -503,7 +506,8 @@ impl Verifier {
                 } else if after_seal {
                     return Err("only a restart may follow a seal".into());
                 }
-                self.report.dropped_bytes += s.dropped_bytes;
+                self.report.dropped_bytes =
+                    self.report.dropped_bytes.saturating_add(s.dropped_bytes);
             }
             _ if after_seal => return Err("only a restart may follow a seal".into()),
             Body::Entry => self.report.entries += 1,

@@ -26,6 +26,16 @@ pub fn run(path: &Path) -> Result<(), CliError> {
         Some(_) => Some(telemetry::install().map_err(|e| CliError::new(1, e))?),
         None => None,
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(server_cfg.runtime_threads())
+        .enable_all()
+        .thread_name("signerd-rt")
+        .build()
+        .map_err(|e| CliError::new(1, format!("cannot start the runtime: {e}")))?;
+    // SIGHUP's default action ends the process: take it over before anything slow (opening the
+    // tokens can take seconds), so a reload sent while the daemon starts is never fatal. One
+    // that arrives before the policy is loaded is answered by the reload loop once it runs.
+    let hangups = watch_sighup(&runtime);
     let policy = load_policy(&server_cfg)?;
     let opened = EngineBuilder::open(&cfg).map_err(super::open_error)?;
     // The audit log needs the engine's audit key (made on first start) before the workers it
@@ -39,12 +49,6 @@ pub fn run(path: &Path) -> Result<(), CliError> {
             return Err(e);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(server_cfg.runtime_threads())
-        .enable_all()
-        .thread_name("signerd-rt")
-        .build()
-        .map_err(|e| CliError::new(1, format!("cannot start the runtime: {e}")))?;
     let result = runtime.block_on(async {
         let partitions = engine.health().partition_names().join(", ");
         let keys = engine.keys().list().len();
@@ -61,7 +65,7 @@ pub fn run(path: &Path) -> Result<(), CliError> {
                 )
             }),
         };
-        let reloader = tokio::spawn(reload_on_sighup(policy));
+        let reloader = tokio::spawn(reload_on_sighup(policy, hangups));
         let server = Server::bind_with(engine.clone(), server_cfg, extras).map_err(|e| match e {
             ServeError::Bind { .. } => CliError::new(EXIT_UNAVAILABLE, e),
             _ => CliError::new(EXIT_USAGE, e),
@@ -300,18 +304,39 @@ fn load_policy(server: &ServerConfig) -> Result<Option<Arc<LivePolicy>>, CliErro
     Ok(Some(Arc::new(live)))
 }
 
-/// Reloads the policy on every SIGHUP until aborted. An invalid file leaves the old policy in
-/// force; connections and requests in flight are not disturbed either way.
-async fn reload_on_sighup(policy: Option<Arc<LivePolicy>>) {
+/// SIGHUPs, from now on (`None` if they cannot be watched; the reason is logged).
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = ();
+
+/// Starts watching SIGHUP (replacing its default action, which ends the process).
+fn watch_sighup(runtime: &tokio::runtime::Runtime) -> Hangups {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
+        let _in_runtime = runtime.enter();
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!("cannot watch SIGHUP ({e}); the policy cannot be reloaded");
-                return;
+                None
             }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = runtime;
+    }
+}
+
+/// Reloads the policy on every SIGHUP until aborted. An invalid file leaves the old policy in
+/// force; connections and requests in flight are not disturbed either way.
+async fn reload_on_sighup(policy: Option<Arc<LivePolicy>>, hangups: Hangups) {
+    #[cfg(unix)]
+    {
+        let Some(mut hup) = hangups else {
+            return;
         };
         while hup.recv().await.is_some() {
             let Some(live) = &policy else {
@@ -337,7 +362,7 @@ async fn reload_on_sighup(policy: Option<Arc<LivePolicy>>) {
     }
     #[cfg(not(unix))]
     {
-        let _ = policy;
+        let _ = (policy, hangups);
         std::future::pending::<()>().await;
     }
 }

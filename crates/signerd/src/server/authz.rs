@@ -64,13 +64,12 @@ pub(super) fn authorize(
         return Ok(());
     }
     tracing::debug!(identity, op = op.as_str(), key = %key, "denied by policy: {decision}");
-    let why = match decision.matched {
-        Some((rule, _, _)) => format!("denied by policy rule {:?}", &*rule.name),
-        None => "no policy rule allows it".to_owned(),
-    };
+    // The client learns that the policy refused, not which rule did or whether one names the
+    // key: the rules are the operators' to read (audit log, `signerd policy check`).
     Err(Denial {
         message: format!(
-            "identity {identity:?} may not run {} on key {key}: {why}",
+            "identity {identity:?} may not run {} on key {key}: not allowed by the access \
+             policy",
             op_name(op)
         ),
         detail: decision.to_string(),

@@ -637,3 +637,53 @@ fn pacing_waits_only_when_more_records_are_coming() {
     assert!(first < pace / 2, "{first:?}");
     assert!(second >= pace / 2, "{second:?}");
 }
+
+/// Renumbers crafted records 0.. and links each to the one before (no checkpoints can cover
+/// them: only a log without any verifies after this).
+fn rechain(records: &mut [Vec<u8>]) {
+    let mut prev = [0u8; 32];
+    for (seq, line) in records.iter_mut().enumerate() {
+        let text = String::from_utf8(line.clone()).unwrap();
+        let rest = &text[text.find(",\"prev\":").unwrap() + ",\"prev\":".len() + 66..];
+        *line = format!(
+            "{{\"seq\":{seq},\"prev\":\"{}\"{rest}",
+            record::to_hex(&prev)
+        )
+        .into_bytes();
+        prev = sha256(line);
+    }
+}
+
+/// Crafted restart records that each claim u64::MAX dropped bytes are reported (the total
+/// saturates) instead of overflowing the verifier's sum (a panic in debug builds).
+#[test]
+fn crafted_dropped_byte_counts_do_not_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sealed_log(dir.path(), 2);
+    let mut data = std::fs::read(&path).unwrap();
+    data.extend_from_slice(b"{\"seq\":9");
+    std::fs::write(&path, &data).unwrap();
+    let log = AuditLog::open(cfg(dir.path()), Box::new(SoftSigner::new(1))).unwrap();
+    drop(log);
+    let all = lines(&path);
+    let restart = all
+        .iter()
+        .find(|l| json(l)["dropped_bytes"] == 8)
+        .unwrap()
+        .clone();
+    let crafted = String::from_utf8(restart)
+        .unwrap()
+        .replacen(
+            "\"dropped_bytes\":8",
+            &format!("\"dropped_bytes\":{}", u64::MAX),
+            1,
+        )
+        .replacen("\"prior\":\"sealed\"", "\"prior\":\"unclean\"", 1)
+        .into_bytes();
+    let mut records = vec![all[0].clone(), crafted.clone(), crafted];
+    rechain(&mut records);
+    write_lines(&path, &records);
+    let r = verify(&path, None, true).unwrap();
+    assert_eq!(r.restarts, 2);
+    assert_eq!(r.dropped_bytes, u64::MAX);
+}

@@ -272,3 +272,39 @@ fn swapping_the_checkpoint_key_midway_is_detected() {
     assert_eq!((bad.line, bad.seq), (i as u64 + 1, i as u64), "{bad}");
     assert!(bad.reason.contains("must use one key"), "{bad}");
 }
+
+/// A crafted log whose record carries the largest seq (after an anchor just below it) is
+/// reported, never a panic or a wrapped count: the verifier's arithmetic on seqs from the file
+/// is checked. (It added 1 to the head's seq unchecked: an overflow panic in debug builds, a
+/// wrapped `uncovered` in release.)
+#[test]
+fn largest_seq_in_a_crafted_log_is_reported_not_overflowed() {
+    let (_d, path, l) = one_file_log(3);
+    // The log's first record is its genesis start; as a segment after an archive, a rotation.
+    let text = String::from_utf8(l[0].clone())
+        .unwrap()
+        .replacen("genesis", "rotate", 1);
+    // `{"seq":N,"prev":"HEX",REST}`: keep REST, put the largest seq after a made-up anchor.
+    let rest = &text[text.find(",\"prev\":").unwrap() + ",\"prev\":".len() + 66..];
+    let anchor_hash = [7u8; 32];
+    let line = format!(
+        "{{\"seq\":{},\"prev\":\"{}\"{rest}",
+        u64::MAX,
+        to_hex(&anchor_hash)
+    );
+    write_lines(&path, &[line.into_bytes()]);
+    let anchor = Anchor {
+        seq: u64::MAX - 1,
+        hash: anchor_hash,
+    };
+    let opts = VerifyOptions {
+        trusted_spki: None,
+        live: true,
+        after: Some(anchor),
+        prefix: false,
+    };
+    let report = verify_with(&path, &opts).unwrap();
+    assert_eq!(report.head_seq, Some(u64::MAX));
+    assert_eq!(report.records, 1);
+    assert_eq!(report.uncovered, 1);
+}
