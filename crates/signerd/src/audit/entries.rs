@@ -10,6 +10,9 @@ use signer_proto::{Status, Version};
 
 use super::{sha256, AuditEntry};
 
+/// The status of an intent record ([`AuditEntry::intent`]): not an answer, so not a [`Status`].
+pub const STARTED: &str = "started";
+
 impl AuditEntry {
     /// A record of `op` by `identity`, answered `status`, stamped now; the builder methods below
     /// add what the op names.
@@ -25,6 +28,14 @@ impl AuditEntry {
             partition: None,
             detail: None,
         }
+    }
+
+    /// The intent to run the administrative op `op` (status `started`), written and made
+    /// durable before the op touches the HSM; its outcome is a second record of the same op.
+    pub fn intent(op: &'static str, identity: Arc<str>) -> AuditEntry {
+        let mut entry = AuditEntry::new(op, identity, Status::Ok);
+        entry.status = STARTED;
+        entry
     }
 
     /// A connection refused for want of a usable client identity (no identity: `-`).

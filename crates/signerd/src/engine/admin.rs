@@ -83,7 +83,9 @@ impl KeyAdmin {
         role: KeyRole,
     ) -> Result<VersionInfo, EngineError> {
         let targets = self.placement(placement)?;
-        let v = self.create_version(name, key_type, 1, role, &targets, placement.is_none())?;
+        let version = self.next_version(name, 0)?;
+        let v =
+            self.create_version(name, key_type, version, role, &targets, placement.is_none())?;
         Ok(self.info(&v))
     }
 
@@ -106,14 +108,9 @@ impl KeyAdmin {
             .iter()
             .map(|i| Arc::clone(&self.keys.partitions[*i]))
             .collect();
-        let v = self.create_version(
-            name,
-            entry.key_type,
-            entry.latest() + 1,
-            entry.role(),
-            &targets,
-            false,
-        )?;
+        let version = self.next_version(name, entry.latest())?;
+        let v =
+            self.create_version(name, entry.key_type, version, entry.role(), &targets, false)?;
         for old in entry.versions.values() {
             if old.state() == KeyState::Active {
                 self.retire_version(old)?;
@@ -173,6 +170,28 @@ impl KeyAdmin {
         Ok(())
     }
 
+    /// The number of `name`'s next version: one past the highest it has ever had, in the
+    /// registry (`known`) or in any partition's high-water mark (which destroy leaves in
+    /// place), so a number is never given to two different keys. A partition whose mark cannot
+    /// be read is skipped with a warning (it holds a number higher than the others only if
+    /// versions were made on it alone).
+    fn next_version(&self, name: &KeyName, known: Version) -> Result<Version, EngineError> {
+        let mut highest = known;
+        for p in self.keys.partitions.iter() {
+            let mark = p.open_session().and_then(|s| objects::high_water(&s, name));
+            match mark {
+                Ok(Some(v)) => highest = highest.max(v),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(key = %name, partition = %p.name(), "cannot read the version mark: {e}")
+                }
+            }
+        }
+        highest.checked_add(1).ok_or_else(|| {
+            EngineError::FailedPrecondition(format!("key {name} has used every version number"))
+        })
+    }
+
     fn placement(&self, names: Option<&[String]>) -> Result<Vec<Arc<Partition>>, EngineError> {
         let all = &self.keys.partitions;
         let Some(names) = names else {
@@ -213,6 +232,12 @@ impl KeyAdmin {
             reason: "no healthy partition to create the key in".into(),
             retry_after: std::time::Duration::from_secs(1),
         })?;
+        // The version number is taken before anything is generated: marked in every target.
+        for t in targets {
+            t.open_session()
+                .and_then(|s| objects::raise_high_water(&s, name, version))
+                .map_err(|e| hsm_err(t, e))?;
+        }
         let mut id = vec![0u8; objects::ID_LEN];
         rand::rngs::OsRng.fill_bytes(&mut id);
         let mut touched: Vec<&Arc<Partition>> = vec![source];

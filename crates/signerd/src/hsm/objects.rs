@@ -408,6 +408,70 @@ pub fn seal(session: &Session, private: ObjectHandle) -> HsmResult<()> {
     }
 }
 
+/// Label prefix of the token data objects that hold each key name's version high-water mark.
+pub const HIGH_WATER_PREFIX: &str = "signerd-versions:";
+
+fn high_water_template(name: &KeyName) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Label(format!("{HIGH_WATER_PREFIX}{name}").into_bytes()),
+    ]
+}
+
+/// The highest version number ever given to `name` in this token, kept in a data object that
+/// outlives the versions themselves (destroy leaves it), so a number is never handed out twice.
+/// `None`: no mark (a key made before marks existed, or never made here).
+pub fn high_water(session: &Session, name: &KeyName) -> HsmResult<Option<Version>> {
+    let found = session.find_objects(&high_water_template(name))?;
+    let mut highest = None;
+    for h in found {
+        let attrs = session.get_attributes(h, &[AttributeType::Value])?;
+        let value = attrs.into_iter().find_map(|a| match a {
+            Attribute::Value(v) => Some(v),
+            _ => None,
+        });
+        let v = value
+            .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| {
+                HsmError::Unexpected(format!(
+                    "the version mark of {name} in this token is not a 4-byte number"
+                ))
+            })?;
+        highest = highest.max(Some(v));
+    }
+    Ok(highest)
+}
+
+/// Raises `name`'s high-water mark in this token to `version` (never lowering it). Called
+/// before a version is generated, so a crash after leaves the mark at or above every version
+/// that exists. A data object's value cannot be changed in place (SoftHSM2 refuses
+/// `CKA_VALUE` updates), so the new mark is created first and the older ones destroyed after:
+/// a crash in between leaves two marks, and the highest counts.
+pub fn raise_high_water(session: &Session, name: &KeyName, version: Version) -> HsmResult<()> {
+    if high_water(session, name)?.is_some_and(|v| v >= version) {
+        return Ok(());
+    }
+    let template = high_water_template(name);
+    let older = session.find_objects(&template)?;
+    let mut t = template;
+    t.extend([
+        Attribute::Private(true),
+        Attribute::Application(b"signerd".to_vec()),
+        Attribute::Value(version.to_be_bytes().to_vec()),
+    ]);
+    session.create_object(&t)?;
+    for h in older {
+        match session.destroy_object(h).map_err(HsmError::from) {
+            Ok(()) => {}
+            Err(e) if e.class() == ErrorClass::StaleHandle => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Stops a private key from signing (`CKA_SIGN=false`); the HSM then refuses to sign with it.
 pub fn disable_signing(session: &Session, private: ObjectHandle) -> HsmResult<()> {
     Ok(session.update_attributes(private, &[Attribute::Sign(false)])?)

@@ -70,15 +70,15 @@ impl LivePolicy {
         Ok(summary)
     }
 
-    /// Applies `identity`'s quota (if the policy gives it one) to a request of `signatures`
-    /// signatures. `Ok(None)`: no quota applies.
+    /// Applies `identity`'s quota in `policy` (the request's snapshot, see [`Self::current`]), if it
+    /// gives one, to a request of `signatures` signatures. `Ok(None)`: no quota applies.
     pub fn admit(
         &self,
+        policy: &Policy,
         identity: &Arc<str>,
         signatures: u32,
         now: Instant,
     ) -> Result<Option<QuotaGuard>, QuotaRefusal> {
-        let policy = self.current();
         let Some((_, limit)) = policy.quota_for(identity) else {
             return Ok(None);
         };
@@ -89,12 +89,13 @@ impl LivePolicy {
     /// `None` when it does not (the destroy proceeds at once).
     pub fn destroy_approval(
         &self,
+        policy: &Policy,
         key: &KeyName,
         version: Version,
         identity: &Arc<str>,
         now: Instant,
     ) -> Option<ApprovalStep> {
-        let approval = self.current().approval();
+        let approval = policy.approval();
         if !approval.destroy_key {
             return None;
         }

@@ -14,7 +14,7 @@ use super::State;
 use crate::error::{EngineError, Status};
 use crate::policy::approval::ApprovalStep;
 use crate::policy::quota::{QuotaGuard, QuotaRefusal};
-use crate::policy::{op_name, Query};
+use crate::policy::{op_name, Policy, Query};
 use crate::telemetry::OverloadReason;
 use signer_proto::keys::{KeyName, Scheme, Version};
 use signer_proto::protocol::{Op, Request};
@@ -30,16 +30,25 @@ pub(super) struct Denial {
     pub detail: String,
 }
 
-/// Decides whether `identity` may run `op` on `key` (with `scheme`). `ListKeys` names no key
-/// and is always allowed: its answer is filtered with [`may_list`].
+/// The policy one request is decided by: read once, when the request is decoded, and used for
+/// every decision about it (authorization, quota, approval, the listing filter), so a reload
+/// meanwhile never mixes two policies in one request. `None`: no policy file.
+pub(super) fn snapshot(state: &State) -> Option<Arc<Policy>> {
+    state.extras.policy.as_ref().map(|live| live.current())
+}
+
+/// Decides whether `identity` may run `op` on `key` (with `scheme`) under `policy` (the
+/// request's [`snapshot`]). `ListKeys` names no key and is always allowed: its answer is
+/// filtered with [`may_list`].
 pub(super) fn authorize(
     state: &State,
+    policy: Option<&Policy>,
     identity: &str,
     op: Op,
     key: Option<&KeyName>,
     scheme: Option<Scheme>,
 ) -> Result<(), Denial> {
-    let Some(live) = &state.extras.policy else {
+    let Some(policy) = policy else {
         if op.is_admin() && !state.cfg.admins.iter().any(|a| a == identity) {
             tracing::warn!(identity, op = op.as_str(), "admin operation denied");
             let message = format!("identity {identity:?} may not run {}", op.as_str());
@@ -53,7 +62,6 @@ pub(super) fn authorize(
     let Some(key) = key else {
         return Ok(());
     };
-    let policy = live.current();
     let decision = policy.decide(&Query {
         identity,
         key: key.as_str(),
@@ -78,23 +86,22 @@ pub(super) fn authorize(
 
 /// Whether `identity` sees `key` in a `list_keys` answer: every key without a policy; with
 /// one, the keys it may use with some non-admin op.
-pub(super) fn may_list(state: &State, identity: &str, key: &KeyName) -> bool {
-    match &state.extras.policy {
-        None => true,
-        Some(live) => live.current().may_use(identity, key.as_str()),
-    }
+pub(super) fn may_list(policy: Option<&Policy>, identity: &str, key: &KeyName) -> bool {
+    policy.is_none_or(|p| p.may_use(identity, key.as_str()))
 }
 
-/// Applies the caller's quota to a sign, sign_batch or verify request (a verify takes a slot,
-/// no signatures). `Ok(Some(guard))` holds an in-flight slot until dropped; `Ok(None)`: no quota
-/// applies (or another op).
-/// Refusals are counted in `signer_overloaded_total{reason="quota"}`.
+/// Applies the caller's quota (in `policy`, the request's [`snapshot`]) to a sign, sign_batch,
+/// verify or list_keys request (a verify takes a slot, no signatures; a listing costs as much as
+/// one signature: it is work on the daemon's threads that grows with the keys and rules).
+/// `Ok(Some(guard))` holds an in-flight slot until dropped; `Ok(None)`: no quota applies (or
+/// another op). Refusals are counted in `signer_overloaded_total{reason="quota"}`.
 pub(super) fn admit(
     state: &State,
+    policy: Option<&Policy>,
     identity: &Arc<str>,
     request: &Request,
 ) -> Result<Option<QuotaGuard>, EngineError> {
-    let Some(live) = &state.extras.policy else {
+    let (Some(live), Some(policy)) = (&state.extras.policy, policy) else {
         return Ok(None);
     };
     let signatures = match request {
@@ -104,9 +111,10 @@ pub(super) fn admit(
         // in-flight slots while it waits for and runs on the verify threads: one identity's
         // flood of them cannot fill the shared verify queue beyond its cap.
         Request::Verify { .. } => 0,
+        Request::ListKeys => 1,
         _ => return Ok(None),
     };
-    match live.admit(identity, signatures, Instant::now()) {
+    match live.admit(policy, identity, signatures, Instant::now()) {
         Ok(guard) => Ok(guard),
         Err(QuotaRefusal::TooLarge { asked, burst }) => Err(EngineError::InvalidArgument(format!(
             "a batch of {asked} signatures can never fit this identity's quota (burst \
@@ -140,22 +148,53 @@ pub(super) enum DestroyGate {
     },
     /// Refused without recording anything.
     Refused(EngineError),
+    /// Approved, but the requester is no longer allowed to destroy the key: refused (and
+    /// audited as a denial), the pending request dropped.
+    RequesterDenied {
+        /// The answer's message.
+        message: String,
+        /// The audit record's detail.
+        detail: String,
+    },
 }
 
-/// Runs a `destroy_key` of `key` version `version` by `identity` through the approval table.
+/// Runs a `destroy_key` of `key` version `version` by `identity` through the approval table
+/// (the approver is already authorized under `policy`, the request's [`snapshot`]). The
+/// requester of an approved operation is authorized again under `policy`: an admin whose right
+/// was taken away (policy reload) since the request cannot have it carried out by an approval.
 pub(super) fn destroy_gate(
     state: &State,
+    policy: Option<&Policy>,
     key: &KeyName,
     version: Version,
     identity: &Arc<str>,
 ) -> DestroyGate {
-    let Some(live) = &state.extras.policy else {
+    let (Some(live), Some(policy)) = (&state.extras.policy, policy) else {
         return DestroyGate::Proceed;
     };
     let what = format!("destroy_key of {key} v{version}");
-    match live.destroy_approval(key, version, identity, Instant::now()) {
+    match live.destroy_approval(policy, key, version, identity, Instant::now()) {
         None => DestroyGate::Proceed,
-        Some(ApprovalStep::Approved { requester }) => DestroyGate::Approved { requester },
+        Some(ApprovalStep::Approved { requester }) => {
+            let asked = Query {
+                identity: &requester,
+                key: key.as_str(),
+                op: Op::DestroyKey,
+                scheme: None,
+            };
+            let decision = policy.decide(&asked);
+            if decision.allowed {
+                DestroyGate::Approved { requester }
+            } else {
+                DestroyGate::RequesterDenied {
+                    message: format!(
+                        "{what} was requested by {requester:?}, who may no longer run it; the \
+                         request is dropped (nothing was destroyed)"
+                    ),
+                    detail: format!("requester {requester:?} re-authorized: {decision}"),
+                }
+            }
+        }
         Some(ApprovalStep::Requested { expires_in }) => DestroyGate::Pending {
             message: format!(
                 "approval pending: {what} is recorded and needs a second admin: the same \

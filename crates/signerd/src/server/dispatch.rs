@@ -325,7 +325,7 @@ async fn handle(
     }
     // Quotas apply to signing and verify requests, after authorization and before anything is
     // queued; the guard holds an in-flight slot until the answer.
-    let _quota = match authz::admit(state, identity, &req.request) {
+    let _quota = match authz::admit(state, ctx.policy(), identity, &req.request) {
         Ok(guard) => guard,
         Err(e) => return error_frame(&e),
     };
@@ -377,7 +377,7 @@ async fn handle(
             signature,
         } => verify(state, key, version, scheme, payload, signature).await,
         Request::GetPublicKey { key, version } => public_key(state, &key, version),
-        Request::ListKeys => Ok(list_keys(state, identity)),
+        Request::ListKeys => list_keys(state, ctx.policy.clone(), identity).await,
         admin => return ctx.admin(admin, approval).await,
     };
     match result {
@@ -395,6 +395,8 @@ struct Ctx<'a> {
     op: Op,
     subject: Option<KeyName>,
     subject_version: Option<Version>,
+    /// The one policy snapshot every decision about this request reads.
+    policy: Option<Arc<crate::policy::Policy>>,
 }
 
 /// How a two-admin approval check let an admin op through: its audit op text and note.
@@ -414,7 +416,13 @@ impl<'a> Ctx<'a> {
             op: calls.policy_op(),
             subject,
             subject_version,
+            policy: authz::snapshot(state),
         }
+    }
+
+    /// The request's policy snapshot.
+    fn policy(&self) -> Option<&crate::policy::Policy> {
+        self.policy.as_deref()
     }
 
     /// A draining daemon takes no new request.
@@ -432,6 +440,7 @@ impl<'a> Ctx<'a> {
         let scheme = authz::scheme_of(&req.request);
         match authz::authorize(
             self.state,
+            self.policy(),
             self.identity,
             self.op,
             self.subject.as_ref(),
@@ -485,7 +494,7 @@ impl<'a> Ctx<'a> {
         let Request::DestroyKey { key, version } = request else {
             return Ok(approval);
         };
-        match authz::destroy_gate(self.state, key, *version, self.identity) {
+        match authz::destroy_gate(self.state, self.policy(), key, *version, self.identity) {
             authz::DestroyGate::Proceed => Ok(approval),
             authz::DestroyGate::Approved { requester } => {
                 approval.op = "destroy_key.approve";
@@ -503,6 +512,9 @@ impl<'a> Ctx<'a> {
                 .await,
             )),
             authz::DestroyGate::Refused(e) => Err(Box::new(error_frame(&e))),
+            authz::DestroyGate::RequesterDenied { message, detail } => {
+                Err(Box::new(self.deny(message, detail).await))
+            }
         }
     }
 
@@ -542,9 +554,30 @@ impl<'a> Ctx<'a> {
         status_frame(Status::PermissionDenied, message)
     }
 
-    /// The admin ops: run off the runtime, then audited (an op that ran but could not be
-    /// audited is answered INTERNAL, saying so).
+    /// The admin ops: an intent record first (durable before the HSM is touched: an op whose
+    /// intent cannot be recorded is not run), then the op, off the runtime, then its outcome
+    /// (an op that ran but whose outcome could not be audited is answered INTERNAL, saying so).
+    /// A crash between the two leaves the intent without an outcome: the log shows that the op
+    /// was attempted, and the tokens what it did.
     async fn admin(&self, request: Request, approval: Approval) -> ResponseFrame {
+        if let Some(audit) = &self.state.extras.audit {
+            let intent = AuditEntry::intent(approval.op, Arc::clone(self.identity))
+                .key(self.subject.clone().map(|k| k.shared()))
+                .version(self.subject_version);
+            if let Err(e) = audit.append(intent).await {
+                tracing::error!(
+                    op = self.op.as_str(),
+                    "administrative operation not run: its intent could not be audited: {e}"
+                );
+                return error_frame(&EngineError::Unavailable {
+                    reason: format!(
+                        "{} was not run: its audit record could not be written: {e}",
+                        self.op.as_str()
+                    ),
+                    retry_after: DRAIN_RETRY_AFTER,
+                });
+            }
+        }
         let result = admin_op(self.state, self.identity, request).await;
         let audited = audit_admin(
             self.state,
@@ -667,17 +700,24 @@ fn public_key(
         })
 }
 
-/// Every key the caller may see.
-fn list_keys(state: &State, identity: &Arc<str>) -> ResponseBody {
-    ResponseBody::Keys(
-        state
-            .engine
-            .keys()
-            .list()
-            .into_iter()
-            .filter(|k| authz::may_list(state, identity, &k.name))
-            .collect(),
-    )
+/// Every key the caller may see, filtered under the request's policy snapshot off the network
+/// runtime (keys × rules glob matches; the listing is quota-counted too, see [`authz::admit`]).
+async fn list_keys(
+    state: &State,
+    policy: Option<Arc<crate::policy::Policy>>,
+    identity: &Arc<str>,
+) -> Result<ResponseBody, EngineError> {
+    let engine = state.engine.clone();
+    let identity = Arc::clone(identity);
+    blocking(move || {
+        let keys = engine.keys().list();
+        Ok(ResponseBody::Keys(
+            keys.into_iter()
+                .filter(|k| authz::may_list(policy.as_deref(), &identity, &k.name))
+                .collect(),
+        ))
+    })
+    .await
 }
 
 /// Runs one admin op off the network runtime (they call the HSM and may take seconds).

@@ -297,6 +297,10 @@ async fn quota_exceeded_is_overloaded_with_retry_after_and_spares_others() {
         ),
         other => panic!("expected OVERLOADED with retry-after, got {other:?}"),
     }
+    // A listing costs one signature from the rate (it was free: a flood of them ran keys x
+    // rules matches unmetered): refused with the bucket empty.
+    let (status, _) = status_of(app.list_keys().await);
+    assert_eq!(status, Status::Overloaded);
     // A verification takes no signatures from the rate: it passes with the bucket empty.
     assert!(app
         .verify(&key, None, Scheme::EcdsaSha256, digest, first.signature)
@@ -385,12 +389,84 @@ async fn destroy_key_needs_two_different_admins() {
         requests.iter().filter(|r| r["identity"] == ADMIN).count(),
         2
     );
+    // The approval's intent is recorded (durably) before the destroy runs, then its outcome.
     let approvals = of("destroy_key.approve");
-    assert_eq!(approvals.len(), 1, "{approvals:?}");
-    assert_eq!(approvals[0]["identity"], APP);
-    assert_eq!(approvals[0]["status"], "ok");
+    assert_eq!(approvals.len(), 2, "{approvals:?}");
+    assert_eq!(approvals[0]["status"], "started");
     assert_eq!(approvals[0]["version"], 1);
-    assert!(approvals[0]["detail"].as_str().unwrap().contains(ADMIN));
+    assert_eq!(approvals[1]["identity"], APP);
+    assert_eq!(approvals[1]["status"], "ok");
+    assert_eq!(approvals[1]["version"], 1);
+    assert!(approvals[1]["detail"].as_str().unwrap().contains(ADMIN));
+    // Every admin op: intent, then outcome.
+    for op in ["create_key", "rotate_key"] {
+        let records = of(op);
+        let statuses: Vec<_> = records
+            .iter()
+            .map(|r| r["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(statuses, ["started", "ok"], "{op}: {records:?}");
+    }
+}
+
+/// The requester of a pending destroy is authorized again when the approval arrives: an admin
+/// whose destroy right a reload took away cannot have the destroy carried out by a second
+/// admin's approval. (The approval alone was checked: the old code destroyed the version.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_re_authorizes_the_requester() {
+    let approver = format!(
+        "[[rule]]\nname = \"second-admin\"\neffect = \"allow\"\nidentities = [\"{APP}\"]\n\
+         keys = [\"*\"]\nops = [\"*\"]\n\n[approval]\ndestroy_key = true\nwindow = \"10m\"\n"
+    );
+    let d = start("policy-reauthorize", &policy(&approver)).await;
+    let first = d.admin().await;
+    let second = d.app().await;
+    let key = unique("reauth");
+    first
+        .create_key(&key, KeyType::EcP256, vec![])
+        .await
+        .unwrap();
+    first.rotate_key(&key).await.unwrap();
+    let (status, message) = status_of(first.destroy_key(&key, 1).await);
+    assert_eq!(status, Status::PermissionDenied);
+    assert!(message.starts_with("approval pending"), "{message}");
+
+    // The requester loses destroy_key (it keeps the other admin ops).
+    let reduced = format!(
+        "[[rule]]\nname = \"admin-no-destroy\"\neffect = \"allow\"\nidentities = [\"{ADMIN}\"]\n\
+         keys = [\"*\"]\nops = [\"create_key\", \"rotate_key\", \"retire_key\", \"list\", \"public_key\"]\n\n{approver}"
+    );
+    std::fs::write(d.path("policy.toml"), reduced).unwrap();
+    d.hangup();
+    d.wait_log("access policy reloaded", 1).await;
+
+    let (status, message) = status_of(second.destroy_key(&key, 1).await);
+    assert_eq!(status, Status::PermissionDenied, "{message}");
+    assert!(message.contains("may no longer run it"), "{message}");
+    let listed = first.list_keys().await.unwrap();
+    let versions: Vec<u32> = listed
+        .iter()
+        .find(|k| k.name.as_str() == key)
+        .unwrap()
+        .versions
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(versions, [1, 2], "nothing was destroyed");
+    let denied: Vec<_> = audit_entries(&d)
+        .into_iter()
+        .filter(|r| {
+            r["key"] == key.as_str() && r["status"] == "permission_denied" && r["identity"] == APP
+        })
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert!(
+        denied[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("re-authorized"),
+        "{denied:?}"
+    );
 }
 
 #[test]

@@ -415,3 +415,53 @@ async fn private_keys_can_only_sign_and_never_leave_the_token() {
     }
     engine.shutdown();
 }
+
+/// Version numbers are never handed out twice, even after the latest version is destroyed, or
+/// every version and the name is created again, or the engine restarts: a high-water mark kept
+/// in the tokens outlives the versions. (The next number was the registry's latest + 1: destroy
+/// v2, rotate, and a different key pair was v2 again; audit records and signatures naming
+/// "v2" became ambiguous.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_numbers_are_never_reused() {
+    let engine = support::engine();
+    let admin = engine.admin();
+    let name = support::unique("hwm");
+    let run = |f: &dyn Fn() -> Result<signerd::VersionInfo, EngineError>| {
+        tokio::task::block_in_place(f).unwrap().version
+    };
+    assert_eq!(run(&|| admin.create_key(&name, KeyType::EcP256, None)), 1);
+    assert_eq!(run(&|| admin.rotate_key(&name)), 2);
+    let spki2 = engine.keys().public_key(&name, Some(2)).unwrap().spki_der;
+    run(&|| admin.retire_key(&name, 2));
+    tokio::task::block_in_place(|| admin.destroy_key(&name, 2)).unwrap();
+    assert_eq!(run(&|| admin.rotate_key(&name)), 3, "v2 is not reused");
+    assert_ne!(
+        engine.keys().public_key(&name, Some(3)).unwrap().spki_der,
+        spki2
+    );
+    assert_eq!(
+        engine
+            .keys()
+            .public_key(&name, Some(2))
+            .unwrap_err()
+            .status(),
+        Status::NotFound
+    );
+
+    // Every version gone, the name made again: it goes on from the mark.
+    for v in [1, 3] {
+        let _ = tokio::task::block_in_place(|| admin.retire_key(&name, v));
+        tokio::task::block_in_place(|| admin.destroy_key(&name, v)).unwrap();
+    }
+    assert!(engine.keys().list().iter().all(|k| k.name != name));
+    assert_eq!(run(&|| admin.create_key(&name, KeyType::EcP256, None)), 4);
+    engine.shutdown();
+
+    // A new engine over the same tokens continues from the mark too.
+    let second = support::engine();
+    let admin = second.admin();
+    run(&|| admin.retire_key(&name, 4));
+    tokio::task::block_in_place(|| admin.destroy_key(&name, 4)).unwrap();
+    assert_eq!(run(&|| admin.create_key(&name, KeyType::EcP256, None)), 5);
+    second.shutdown();
+}
