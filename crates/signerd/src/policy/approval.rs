@@ -1,6 +1,9 @@
 //! Two-admin approval: the first admin's request becomes a pending operation; a different admin
 //! sending the same request (same op, key and version) within the window approves it, and only
-//! then is it carried out. The same admin sending it again approves nothing. Sans-IO: every
+//! then is it carried out. The same admin sending it again approves nothing. Both admins must
+//! be listed individually in the policy rule that grants them `destroy_key` (a literal
+//! identity, not a pattern; [`ApprovalStep::NotListed`]): "different admin" means different
+//! identity, and only an identity written out as itself is taken as one person. Sans-IO: every
 //! call takes `now`; expired entries are dropped on every call.
 
 use std::collections::HashMap;
@@ -38,6 +41,11 @@ pub enum ApprovalStep {
     },
     /// [`MAX_PENDING`] operations are pending already; nothing was recorded.
     Full,
+    /// The admin is granted `destroy_key` on this key only through an identity pattern, never
+    /// listed individually ([`super::Policy::lists_individually`]): it may neither request nor
+    /// approve, as one person could hold two certificates the pattern matches. Nothing was
+    /// recorded. (Decided by [`super::LivePolicy::destroy_approval`], not by [`Approvals`].)
+    NotListed,
 }
 
 #[derive(Debug)]

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::glob::Glob;
 use super::quota::QuotaLimit;
 use super::{approval, parse_op, ApprovalConfig, Effect, OpSet, Policy, QuotaRule, Rule, Subject};
+use crate::tls::check_identity_pattern;
 use signer_proto::keys::{KeyName, Scheme};
 
 /// Largest policy file read (bytes). A policy is a few kilobytes; this bounds a mistake.
@@ -178,8 +179,8 @@ impl RawPolicy {
             if members.is_empty() || members.len() > MAX_ENTRIES {
                 return Err(format!("groups.{name}: list 1 to {MAX_ENTRIES} identities"));
             }
-            if let Some(m) = members.iter().find(|m| m.is_empty()) {
-                return Err(format!("groups.{name}: empty identity {m:?}"));
+            for m in members {
+                identity_pattern(&format!("groups.{name}"), m)?;
             }
             groups.insert(name.clone(), Arc::from(name.as_str()));
         }
@@ -304,11 +305,8 @@ fn subjects(
     }
     let mut out = Vec::new();
     for id in identities {
-        if id.is_empty() {
-            return Err(format!("{at}: an identity is empty"));
-        }
         out.push(Subject {
-            pattern: Glob::new(id),
+            pattern: identity_pattern(at, id)?,
             group: None,
         });
     }
@@ -324,6 +322,14 @@ fn subjects(
         }));
     }
     Ok(out)
+}
+
+/// An identity or an identity pattern ([`check_identity_pattern`]: no control character, no
+/// surrounding whitespace, no `[` `]`). Identities never contain `*` or `?`, so an entry with
+/// one is a glob and an entry without is one identity.
+fn identity_pattern(at: &str, id: &str) -> Result<Glob, String> {
+    check_identity_pattern(id).map_err(|reason| format!("{at}: identity {id:?} {reason}"))?;
+    Ok(Glob::new(id))
 }
 
 /// A key name or a pattern: a literal must be a valid key name (a typo would silently match

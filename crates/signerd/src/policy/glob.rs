@@ -1,9 +1,13 @@
 //! A small glob matcher for key names and identities: `*` matches any run of characters (also
-//! none), `?` exactly one character, everything else itself. No character classes, no escapes:
-//! key names cannot contain `*` or `?`, and identities that do can still be listed exactly
-//! (a pattern without wildcards compares for equality).
+//! none), `?` exactly one character, everything else itself. No character classes, no escapes,
+//! and none needed: neither key names nor identities can contain `*` or `?` (the TLS layer
+//! refuses such identities, [`crate::tls::check_identity`]), so a pattern holding one is always
+//! a glob, and a pattern without one is a single name, compared for equality.
 
 use std::fmt;
+
+/// The wildcard characters: `*` (any run of characters) and `?` (one character).
+pub const WILDCARDS: [char; 2] = ['*', '?'];
 
 /// A compiled pattern. Matching is linear in `pattern × text` at worst (no backtracking blow-up).
 #[derive(Clone, PartialEq, Eq)]
@@ -18,7 +22,7 @@ impl Glob {
     pub fn new(pattern: &str) -> Glob {
         Glob {
             pattern: pattern.into(),
-            literal: !pattern.contains(['*', '?']),
+            literal: !pattern.contains(WILDCARDS),
         }
     }
 

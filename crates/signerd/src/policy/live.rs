@@ -11,8 +11,9 @@ use parking_lot::{Mutex, RwLock};
 
 use super::approval::{ApprovalStep, Approvals};
 use super::quota::{QuotaGuard, QuotaRefusal, QuotaTable};
-use super::{Policy, PolicyError};
+use super::{Policy, PolicyError, Query};
 use signer_proto::keys::{KeyName, Version};
+use signer_proto::protocol::Op;
 
 /// A loaded policy file and the state that goes with it.
 #[derive(Debug)]
@@ -86,7 +87,10 @@ impl LivePolicy {
     }
 
     /// Runs a `destroy_key` through the approval table when the policy asks for two admins;
-    /// `None` when it does not (the destroy proceeds at once).
+    /// `None` when it does not (the destroy proceeds at once). An identity the policy does not
+    /// list individually for `destroy_key` on `key` ([`Policy::lists_individually`]) gets
+    /// [`ApprovalStep::NotListed`], as requester and as approver, and the table is not touched:
+    /// the one place the two-admin rule for patterns and groups is decided.
     pub fn destroy_approval(
         &self,
         policy: &Policy,
@@ -98,6 +102,15 @@ impl LivePolicy {
         let approval = policy.approval();
         if !approval.destroy_key {
             return None;
+        }
+        let query = Query {
+            identity,
+            key: key.as_str(),
+            op: Op::DestroyKey,
+            scheme: None,
+        };
+        if !policy.lists_individually(&query) {
+            return Some(ApprovalStep::NotListed);
         }
         Some(
             self.approvals

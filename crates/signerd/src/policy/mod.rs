@@ -13,6 +13,12 @@
 //!   one of its `groups`), the key matches one of its `keys` (exact names or `*`/`?` globs, see
 //!   [`glob`]), the op is one of its `ops` (`*` = all), and, when the rule lists `schemes`, the
 //!   request carries one of them (a rule with `schemes` never matches an op without a scheme).
+//! - Identities never contain `*`, `?`, `[`, `]` or control characters (the TLS layer refuses
+//!   such certificates, [`crate::tls::check_identity`]); so an identity entry with `*` or `?`
+//!   is always a glob, one without is exactly one identity, and entries with `[`, `]`, control
+//!   characters or surrounding whitespace are refused at load.
+//! - Two-admin approval counts only admins listed individually: see
+//!   [`Policy::lists_individually`].
 //! - `list_keys` itself is always answered, but lists only the keys the caller may use with some
 //!   non-admin op ([`Policy::may_use`]).
 //!
@@ -153,6 +159,17 @@ pub struct Rule {
 impl Rule {
     /// The subject and key pattern through which this rule matches the query, if it does.
     fn matches(&self, q: &Query<'_>) -> Option<(&Subject, &Glob)> {
+        let key = self.covers(q)?;
+        let subject = self
+            .subjects
+            .iter()
+            .find(|s| s.pattern.matches(q.identity))?;
+        Some((subject, key))
+    }
+
+    /// The key pattern through which this rule covers the query's op, scheme and key (whoever
+    /// asks), if it does.
+    fn covers(&self, q: &Query<'_>) -> Option<&Glob> {
         if !self.ops.contains(q.op) {
             return None;
         }
@@ -161,12 +178,15 @@ impl Rule {
                 return None;
             }
         }
-        let key = self.keys.iter().find(|k| k.matches(q.key))?;
-        let subject = self
-            .subjects
+        self.keys.iter().find(|k| k.matches(q.key))
+    }
+
+    /// Whether the query's identity is listed in this rule as itself: a literal entry (in
+    /// `identities` or in a group), not through a pattern.
+    fn lists(&self, identity: &str) -> bool {
+        self.subjects
             .iter()
-            .find(|s| s.pattern.matches(q.identity))?;
-        Some((subject, key))
+            .any(|s| s.pattern.is_literal() && s.pattern.matches(identity))
     }
 }
 
@@ -294,6 +314,18 @@ impl Policy {
                 scheme,
             })
             .allowed
+        })
+    }
+
+    /// Whether some allow rule grants the query through an entry that lists its identity
+    /// individually (a literal identity in the rule's `identities` or in one of its groups, not
+    /// a pattern). This does not decide the request (deny rules are [`Policy::decide`]'s); it
+    /// is the rule of two-admin approval ([`live::LivePolicy::destroy_approval`]): an admin
+    /// granted `destroy_key` only through a pattern can neither request nor approve a destroy,
+    /// since one person could hold two certificates the pattern matches.
+    pub fn lists_individually(&self, q: &Query<'_>) -> bool {
+        self.rules.iter().any(|rule| {
+            rule.effect == Effect::Allow && rule.covers(q).is_some() && rule.lists(q.identity)
         })
     }
 

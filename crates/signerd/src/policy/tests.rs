@@ -267,6 +267,155 @@ fn example_policy_is_valid() {
     assert!(!p.rules().is_empty());
 }
 
+#[test]
+fn identity_patterns_with_controls_brackets_or_padding_are_rejected_at_load() {
+    let rule = |id: &str| {
+        format!(
+            "[[rule]]\nname = \"r\"\neffect = \"allow\"\nidentities = [\"{id}\"]\nkeys = [\"k\"]\n\
+             ops = [\"sign\"]\n"
+        )
+    };
+    let cases = [
+        // TOML escapes: the policy holds the control character itself.
+        (
+            rule("spiffe://ex.org/a\\u0000"),
+            "rule \"r\": identity \"spiffe://ex.org/a\\0\" contains the control character U+0000",
+        ),
+        (
+            rule("spiffe://ex.org/a\\tb"),
+            "contains the control character U+0009",
+        ),
+        (
+            rule("spiffe://ex.org/\\u007f"),
+            "contains the control character U+007F",
+        ),
+        (
+            rule("spiffe://ex.org/[ab]"),
+            "identity \"spiffe://ex.org/[ab]\" contains '[', which is reserved",
+        ),
+        (rule(" spiffe://ex.org/a"), "begins or ends with whitespace"),
+        (rule(""), "rule \"r\": identity \"\" is empty"),
+        (
+            "[groups]\nops = [\"spiffe://ex.org/ok\", \"spiffe://ex.org/b\\nad\"]\n".to_owned(),
+            "groups.ops: identity \"spiffe://ex.org/b\\nad\" contains the control character U+000A",
+        ),
+        (
+            "[[quota]]\nname = \"q\"\nidentities = [\"x\\r\"]\nrate = 1\n".to_owned(),
+            "quota \"q\": identity \"x\\r\" contains the control character U+000D",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = Policy::parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains(want),
+            "expected {want:?} in {err:?} for\n{text}"
+        );
+    }
+    // Wildcards are what makes an entry a glob; inner spaces are fine (a commonName may hold one).
+    let p = Policy::parse(&rule("spiffe://ex.org/*")).unwrap();
+    assert!(decide(&p, "spiffe://ex.org/x", "k", Op::Sign, None).0);
+    assert!(Policy::parse(&rule("Alice Smith")).is_ok());
+}
+
+/// Admins of `ops-*` (a pattern) and of `alice`, `bob` (listed), all granted every op, with
+/// two-admin destroy.
+const APPROVAL_POLICY: &str = r#"
+[groups]
+listed = ["spiffe://ex.org/ops/alice", "spiffe://ex.org/ops/bob"]
+globbed = ["spiffe://ex.org/ops-*"]
+
+[[rule]]
+name = "listed-admins"
+effect = "allow"
+groups = ["listed"]
+keys = ["*"]
+ops = ["*"]
+
+[[rule]]
+name = "globbed-admins"
+effect = "allow"
+groups = ["globbed"]
+identities = ["spiffe://ex.org/team/?"]
+keys = ["*"]
+ops = ["*"]
+
+[[rule]]
+name = "carol-rotates"
+effect = "allow"
+identities = ["spiffe://ex.org/carol"]
+keys = ["*"]
+ops = ["rotate_key"]
+
+[[rule]]
+name = "carol-destroys-by-pattern"
+effect = "allow"
+identities = ["spiffe://ex.org/caro?"]
+keys = ["*"]
+ops = ["destroy_key"]
+
+[approval]
+destroy_key = true
+"#;
+
+#[test]
+fn two_admin_approval_counts_only_individually_listed_admins() {
+    use approval::ApprovalStep;
+    let policy = Policy::parse(APPROVAL_POLICY).unwrap();
+    let live = LivePolicy::new(std::path::Path::new("policy.toml"), policy);
+    let key = signer_proto::keys::KeyName::new("k").unwrap();
+    let t0 = std::time::Instant::now();
+    let step = |id: &str, version: u32| {
+        let id: Arc<str> = id.into();
+        live.destroy_approval(&live.current(), &key, version, &id, t0)
+    };
+    // Both allowed destroy_key by the policy, through a pattern.
+    for id in [
+        "spiffe://ex.org/ops-alice",
+        "spiffe://ex.org/team/1",
+        "spiffe://ex.org/carol",
+    ] {
+        let q = Query {
+            identity: id,
+            key: "k",
+            op: Op::DestroyKey,
+            scheme: None,
+        };
+        assert!(live.current().decide(&q).allowed, "{id}");
+        assert!(!live.current().lists_individually(&q), "{id}");
+    }
+
+    // One person with two certificates the pattern matches cannot approve their own destroy:
+    // neither the request nor the approval counts. (Carol is listed, but not for destroy_key.)
+    let first = step("spiffe://ex.org/ops-alice", 1);
+    let second = step("spiffe://ex.org/ops-alice-2", 1);
+    assert!(
+        !matches!(second, Some(ApprovalStep::Approved { .. })),
+        "{second:?}"
+    );
+    assert_eq!(first, Some(ApprovalStep::NotListed));
+    assert_eq!(second, Some(ApprovalStep::NotListed));
+    assert_eq!(
+        step("spiffe://ex.org/carol", 1),
+        Some(ApprovalStep::NotListed)
+    );
+    // A listed admin's request cannot be approved by a globbed one either.
+    assert!(matches!(
+        step("spiffe://ex.org/ops/alice", 2),
+        Some(ApprovalStep::Requested { .. })
+    ));
+    assert_eq!(
+        step("spiffe://ex.org/team/1", 2),
+        Some(ApprovalStep::NotListed)
+    );
+    // Two individually listed admins: approved.
+    assert_eq!(
+        step("spiffe://ex.org/ops/bob", 2),
+        Some(ApprovalStep::Approved {
+            requester: "spiffe://ex.org/ops/alice".into()
+        })
+    );
+}
+
 // ---- properties over generated policies ----
 
 const IDENTITIES: &[&str] = &["a", "b", "c", "svc-1", "svc-22"];

@@ -148,14 +148,10 @@ pub(super) enum DestroyGate {
     },
     /// Refused without recording anything.
     Refused(EngineError),
-    /// Approved, but the requester is no longer allowed to destroy the key: refused (and
-    /// audited as a denial), the pending request dropped.
-    RequesterDenied {
-        /// The answer's message.
-        message: String,
-        /// The audit record's detail.
-        detail: String,
-    },
+    /// Denied: by the two-admin rule (the identity is not listed individually; nothing
+    /// recorded), or, when approved, because the requester may no longer destroy the key (the
+    /// pending request dropped). Answered and audited as a denial.
+    Denied(Denial),
 }
 
 /// Runs a `destroy_key` of `key` version `version` by `identity` through the approval table
@@ -183,16 +179,16 @@ pub(super) fn destroy_gate(
                 scheme: None,
             };
             let decision = policy.decide(&asked);
-            if decision.allowed {
+            if decision.allowed && policy.lists_individually(&asked) {
                 DestroyGate::Approved { requester }
             } else {
-                DestroyGate::RequesterDenied {
+                DestroyGate::Denied(Denial {
                     message: format!(
                         "{what} was requested by {requester:?}, who may no longer run it; the \
                          request is dropped (nothing was destroyed)"
                     ),
                     detail: format!("requester {requester:?} re-authorized: {decision}"),
-                }
+                })
             }
         }
         Some(ApprovalStep::Requested { expires_in }) => DestroyGate::Pending {
@@ -209,6 +205,18 @@ pub(super) fn destroy_gate(
                 expires_in.as_secs()
             ),
         },
+        Some(ApprovalStep::NotListed) => {
+            let message = format!(
+                "identity {:?} may not request or approve {what}: two-admin approval counts only \
+                 admins the policy lists individually (not through a pattern), and this identity \
+                 is granted destroy_key on {key} only through one",
+                &**identity
+            );
+            DestroyGate::Denied(Denial {
+                detail: message.clone(),
+                message,
+            })
+        }
         Some(ApprovalStep::Full) => DestroyGate::Refused(EngineError::Unavailable {
             reason: "too many operations await approval".into(),
             retry_after: APPROVAL_FULL_RETRY,

@@ -512,9 +512,7 @@ impl<'a> Ctx<'a> {
                 .await,
             )),
             authz::DestroyGate::Refused(e) => Err(Box::new(error_frame(&e))),
-            authz::DestroyGate::RequesterDenied { message, detail } => {
-                Err(Box::new(self.deny(message, detail).await))
-            }
+            authz::DestroyGate::Denied(d) => Err(Box::new(self.deny(d.message, d.detail).await)),
         }
     }
 

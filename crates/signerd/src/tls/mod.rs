@@ -24,19 +24,20 @@ use rustls::ServerConfig;
 use signer_client::tls::{pem, provider, rustls_err};
 
 pub use dev_pki::{generate_dev_pki, generate_foreign_client, DevPki};
-pub use identity::identity_of;
+pub use identity::{check_identity, check_identity_pattern, identity_of, RESERVED};
 pub use signer_client::tls::{client_config, TlsError, ALPN};
 
 /// Which certificate field names the caller.
 ///
 /// In config files: `"san-uri"`, `"san-dns"` or `"common-name"`. The mapping is explicit: a
-/// certificate without the chosen field has no identity (no fallback to another field).
+/// certificate without the chosen field, or with more than one of it, has no identity (no
+/// fallback to another field, no choice among several; see [`identity_of`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum IdentitySource {
-    /// The first URI in the subjectAltName extension (e.g. `signerd://dev/app`).
+    /// The URI in the subjectAltName extension (e.g. `signerd://dev/app`); exactly one.
     SanUri,
-    /// The first DNS name in the subjectAltName extension.
+    /// The DNS name in the subjectAltName extension, lowercased; exactly one.
     SanDns,
     /// The subject's commonName (exactly one must be present).
     CommonName,

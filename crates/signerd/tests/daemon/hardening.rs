@@ -205,13 +205,13 @@ async fn a_client_holding_every_stream_silent_is_cut_by_the_read_timeout() {
 }
 
 /// A CA made by the test, allowed to sign certificates and CRLs.
-struct TestCa {
-    cert: rcgen::Certificate,
+pub(crate) struct TestCa {
+    pub(crate) cert: rcgen::Certificate,
     key: rcgen::KeyPair,
 }
 
 impl TestCa {
-    fn new() -> TestCa {
+    pub(crate) fn new() -> TestCa {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -226,14 +226,14 @@ impl TestCa {
         TestCa { cert, key }
     }
 
-    /// Issues a client certificate (serial, optional SAN URI, optional expiry in the past) and
+    /// Issues a client certificate (serial, its SAN URIs, optional expiry in the past) and
     /// writes `NAME.pem` and `NAME.key` (mode 0600) into `dir`.
-    fn issue(
+    pub(crate) fn issue(
         &self,
         dir: &Path,
         name: &str,
         serial: u64,
-        uri: Option<&str>,
+        uris: &[&str],
         expired: bool,
     ) -> (PathBuf, PathBuf) {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -243,11 +243,10 @@ impl TestCa {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
-        if let Some(uri) = uri {
-            params.subject_alt_names = vec![rcgen::SanType::URI(
-                rcgen::Ia5String::try_from(uri.to_owned()).unwrap(),
-            )];
-        }
+        params.subject_alt_names = uris
+            .iter()
+            .map(|uri| rcgen::SanType::URI(rcgen::Ia5String::try_from(*uri).unwrap()))
+            .collect();
         if expired {
             params.not_before = rcgen::date_time_ymd(2020, 1, 1);
             params.not_after = rcgen::date_time_ymd(2021, 1, 1);
@@ -304,15 +303,15 @@ async fn expired_revoked_and_nameless_client_certificates_are_refused() {
     let tls = d.path("tls");
     std::fs::write(tls.join("test-ca.pem"), ca.cert.pem()).unwrap();
     std::fs::write(tls.join("test.crl"), ca.crl(&[666])).unwrap();
-    let (app_cert, app_key) = ca.issue(&tls, "new-app", 1, Some("signerd://dev/app"), false);
+    let (app_cert, app_key) = ca.issue(&tls, "new-app", 1, &["signerd://dev/app"], false);
     std::fs::copy(&app_cert, tls.join("client-app.pem")).unwrap();
     write_private(
         &tls.join("client-app.key"),
         &std::fs::read_to_string(&app_key).unwrap(),
     );
-    let revoked = ca.issue(&tls, "revoked", 666, Some("signerd://test/revoked"), false);
-    let expired = ca.issue(&tls, "expired", 7, Some("signerd://test/expired"), true);
-    let nameless = ca.issue(&tls, "nameless", 8, None, false);
+    let revoked = ca.issue(&tls, "revoked", 666, &["signerd://test/revoked"], false);
+    let expired = ca.issue(&tls, "expired", 7, &["signerd://test/expired"], true);
+    let nameless = ca.issue(&tls, "nameless", 8, &[], false);
     let cfg = d.path("signerd.toml");
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         "client_ca = \"tls/ca.pem\"",

@@ -13,6 +13,7 @@ mod bad_input;
 mod batch;
 mod cli;
 mod hardening;
+mod identities;
 mod observability;
 mod policy;
 mod shutdown;
