@@ -20,6 +20,10 @@ pub struct Config {
     pub target: Option<PathBuf>,
     /// Where to write the stats file, if anywhere.
     pub stats: Option<PathBuf>,
+    /// `own_handles = true`: hand the application this module's own session and object handles,
+    /// never reused, and record calls that arrive with a handle from before the last
+    /// `C_Finalize` (see `handles.rs`). Takes effect at the next `C_Initialize`.
+    pub own_handles: bool,
     /// The rules, in file order (which is also the order in which they are applied).
     pub rules: Vec<RuleSpec>,
 }
@@ -162,6 +166,7 @@ impl Config {
             seed: raw.seed,
             target: raw.target,
             stats: raw.stats,
+            own_handles: raw.own_handles.unwrap_or(false),
             rules,
         })
     }
@@ -173,6 +178,7 @@ struct RawConfig {
     seed: Option<u64>,
     target: Option<PathBuf>,
     stats: Option<PathBuf>,
+    own_handles: Option<bool>,
     #[serde(default)]
     rule: Vec<RawRule>,
 }
@@ -400,6 +406,7 @@ mod tests {
             seed = 42
             target = "/usr/lib/softhsm/libsofthsm2.so"
             stats = "/tmp/s.json"
+            own_handles = true
             [[rule]]
             function = "C_Sign"
             token = "signerd-0"
@@ -433,6 +440,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.seed, Some(42));
+        assert!(c.own_handles);
         assert_eq!(c.rules.len(), 5);
         let r = &c.rules[0];
         assert_eq!(

@@ -17,6 +17,7 @@ mod capacity;
 pub mod config;
 mod engine;
 mod ffi;
+mod handles;
 pub mod names;
 mod rng;
 mod rules;

@@ -26,6 +26,18 @@ pub struct Stats {
     pub injected_total: u64,
     /// The rules in force, in file order.
     pub rules: Vec<RuleStats>,
+    /// Whether the application gets this module's own handles (`own_handles`, as of the last
+    /// `C_Initialize`).
+    #[serde(default)]
+    pub own_handles: bool,
+    /// With `own_handles`: calls, per function, that arrived with a session handle handed out
+    /// before the last `C_Finalize` (answered `CKR_SESSION_HANDLE_INVALID`, not forwarded).
+    #[serde(default)]
+    pub stale_sessions: BTreeMap<String, u64>,
+    /// With `own_handles`: calls, per function, that arrived with an object handle handed out
+    /// before the last `C_Finalize` (answered `CKR_OBJECT_HANDLE_INVALID`, not forwarded).
+    #[serde(default)]
+    pub stale_objects: BTreeMap<String, u64>,
 }
 
 /// One rule's counters (kept across reloads while the rule's text is unchanged).
@@ -63,6 +75,14 @@ impl Stats {
     /// The rule called `name`.
     pub fn rule(&self, name: &str) -> Option<&RuleStats> {
         self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// Calls that arrived with a session or object handle from before the last `C_Finalize`.
+    pub fn stale_calls(&self) -> u64 {
+        self.stale_sessions
+            .values()
+            .chain(self.stale_objects.values())
+            .sum()
     }
 
     /// Calls of one function.

@@ -13,6 +13,7 @@ use cryptoki_sys::*;
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::Config;
+use crate::handles::Handles;
 use crate::names::{FUNCTIONS, FUNCTION_COUNT};
 use crate::rng::entropy_seed;
 use crate::rules::{At, RuleSet};
@@ -54,7 +55,9 @@ pub(crate) struct Engine {
     injected_total: AtomicU64,
     finalizes: AtomicU64,
     dirty: AtomicBool,
+    /// The slot of each open session, by the application's handle.
     sessions: RwLock<HashMap<CK_SESSION_HANDLE, CK_SLOT_ID>>,
+    handles: Handles,
     labels: RwLock<HashMap<CK_SLOT_ID, Arc<str>>>,
     target: OnceLock<Target>,
     target_lock: Mutex<()>,
@@ -124,6 +127,7 @@ impl Engine {
             finalizes: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             sessions: RwLock::new(HashMap::new()),
+            handles: Handles::new(),
             labels: RwLock::new(HashMap::new()),
             target: OnceLock::new(),
             target_lock: Mutex::new(()),
@@ -283,16 +287,28 @@ impl Engine {
 
     // ---- sessions and tokens ----
 
+    /// The handle translation (`own_handles`).
+    pub(crate) fn handles(&self) -> &Handles {
+        &self.handles
+    }
+
     pub(crate) fn session_opened(&self, session: CK_SESSION_HANDLE, slot: CK_SLOT_ID) {
         self.sessions.write().insert(session, slot);
     }
 
     pub(crate) fn session_closed(&self, session: CK_SESSION_HANDLE) {
         self.sessions.write().remove(&session);
+        self.handles.session_closed(session);
     }
 
     pub(crate) fn slot_sessions_closed(&self, slot: CK_SLOT_ID) {
-        self.sessions.write().retain(|_, s| *s != slot);
+        self.sessions.write().retain(|h, s| {
+            let keep = *s != slot;
+            if !keep {
+                self.handles.session_closed(*h);
+            }
+            keep
+        });
     }
 
     /// Records a successful C_Finalize (ends `until_finalize` rules).
@@ -403,6 +419,7 @@ impl Engine {
                 }
             })
             .collect();
+        let (stale_sessions, stale_objects) = self.handles.stale();
         Stats {
             generation: set.generation,
             config_errors: self.config_errors.load(Ordering::Relaxed),
@@ -412,6 +429,9 @@ impl Engine {
             finalizes: self.finalizes.load(Ordering::Relaxed),
             injected_total: self.injected_total.load(Ordering::Relaxed),
             rules,
+            own_handles: self.handles.own(),
+            stale_sessions,
+            stale_objects,
         }
     }
 

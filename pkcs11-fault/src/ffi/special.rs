@@ -37,6 +37,7 @@ pub(super) unsafe extern "C" fn C_Initialize(init_args: *mut c_void) -> CK_RV {
         );
         if rv == CKR_OK {
             eng.forget_all();
+            eng.handles().initialized(eng.rules().config.own_handles);
             eng.start_watcher();
         }
         rv
@@ -63,6 +64,7 @@ pub(super) unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
         );
         if rv == CKR_OK {
             eng.finalized();
+            eng.handles().finalized();
             eng.stop_watcher();
             eng.forget_all();
             eng.write_stats(true);
@@ -236,7 +238,8 @@ pub(super) unsafe extern "C" fn C_InitToken(
     })
 }
 
-/// Forwards; on success records which slot the new session belongs to.
+/// Forwards; on success records which slot the new session belongs to (and, with
+/// `own_handles`, hands the application our handle for it).
 pub(super) unsafe extern "C" fn C_OpenSession(
     slot: CK_SLOT_ID,
     flags: CK_FLAGS,
@@ -262,7 +265,10 @@ pub(super) unsafe extern "C" fn C_OpenSession(
                 let rv = unsafe { f(slot, flags, application, notify, session) };
                 if rv == CKR_OK && !session.is_null() {
                     // SAFETY: non-null, and just written by the wrapped module.
-                    eng.session_opened(unsafe { *session }, slot);
+                    let ours = eng.handles().session_opened(unsafe { *session });
+                    // SAFETY: as above: the application's out-pointer, valid for writing.
+                    unsafe { *session = ours };
+                    eng.session_opened(ours, slot);
                 }
                 rv
             },
@@ -272,6 +278,8 @@ pub(super) unsafe extern "C" fn C_OpenSession(
 }
 
 /// Forwards (also for a removed token, so applications can clean up); forgets the session.
+/// With `own_handles`, a session from before the last `C_Finalize` is counted as stale and not
+/// forwarded: its number may name another session of the wrapped module now.
 pub(super) unsafe extern "C" fn C_CloseSession(session: CK_SESSION_HANDLE) -> CK_RV {
     guard(|| {
         let eng = engine();
@@ -286,8 +294,13 @@ pub(super) unsafe extern "C" fn C_CloseSession(session: CK_SESSION_HANDLE) -> CK
             Ctx::Session(session),
             false,
             || {
-                // SAFETY: the application's argument, unchanged, to the wrapped function.
-                let rv = unsafe { f(session) };
+                let theirs = match eng.handles().session(fid("C_CloseSession"), session) {
+                    Ok(h) => h,
+                    Err(rv) => return rv,
+                };
+                // SAFETY: the application's session (the wrapped module's handle for it) to the
+                // wrapped function.
+                let rv = unsafe { f(theirs) };
                 if matches!(rv, CKR_OK | CKR_SESSION_HANDLE_INVALID | CKR_SESSION_CLOSED) {
                     eng.session_closed(session);
                 }

@@ -67,6 +67,11 @@ pub fn module_path() -> PathBuf {
 /// SIGNERD_FAULT_CONFIG (to an empty file the tests then rewrite) or leave it unset.
 /// Call once per process, before any other use of the module.
 pub fn setup(name: &str, config: bool) -> Hsm {
+    setup_with(name, config.then_some(""))
+}
+
+/// As [`setup`], with `config` (if any) the config file's text at the first `C_Initialize`.
+pub fn setup_with(name: &str, config: Option<&str>) -> Hsm {
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     remove_stale_dirs(&tmp, &format!("pkcs11-fault-{name}-"));
     let dir = tmp.join(format!("pkcs11-fault-{name}-{}", std::process::id()));
@@ -84,9 +89,9 @@ pub fn setup(name: &str, config: bool) -> Hsm {
     // Set before the module is loaded, while this process has no other threads using the env.
     std::env::set_var("SOFTHSM2_CONF", &conf);
     std::env::remove_var("SIGNERD_FAULT_TARGET");
-    let config_path = if config {
+    let config_path = if let Some(text) = config {
         let p = dir.join("fault.toml");
-        std::fs::write(&p, "").unwrap();
+        std::fs::write(&p, text).unwrap();
         std::env::set_var("SIGNERD_FAULT_CONFIG", &p);
         Some(p)
     } else {

@@ -34,6 +34,7 @@ mod hang;
 mod keys;
 mod load;
 mod partitions;
+mod reinit;
 mod requests;
 mod startup;
 mod throttle;

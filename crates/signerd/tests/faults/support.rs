@@ -50,6 +50,8 @@ pub struct Daemon {
     pub dir: PathBuf,
     pub admin_port: u16,
     child: Option<Child>,
+    /// Top-level keys of `DIR/fault.toml` kept above the rules (see [`Daemon::own_handles`]).
+    fault_header: String,
 }
 
 impl Daemon {
@@ -86,10 +88,10 @@ impl Daemon {
             dir,
             admin_port,
             child: None,
+            fault_header: String::new(),
         };
         let fault_config = d.path("fault.toml");
-        let stats = d.path("stats.json");
-        write_atomic(&fault_config, &fault_file(&stats, ""));
+        d.write_faults("");
         let module = fault_module();
         d.edit_config(|cfg| {
             let provider = table(table(cfg, "providers"), "softhsm");
@@ -128,6 +130,15 @@ impl Daemon {
         });
         d.serve().await;
         d
+    }
+
+    /// Makes the fault module hand out its own, never reused session and object handles and
+    /// count calls on handles from before its last `C_Finalize` (`own_handles = true`; the
+    /// stats' `stale_sessions`, `stale_objects`). Call before [`Daemon::serve`]: the module
+    /// reads it at `C_Initialize`.
+    pub fn own_handles(&mut self) {
+        self.fault_header = "own_handles = true\n".into();
+        self.write_faults("");
     }
 
     /// Rewrites `DIR/signerd.toml` (parsed as TOML; comments are lost).
@@ -243,7 +254,7 @@ impl Daemon {
     pub fn write_faults(&self, rules: &str) {
         write_atomic(
             &self.path("fault.toml"),
-            &fault_file(&self.path("stats.json"), rules),
+            &fault_file(&self.path("stats.json"), &self.fault_header, rules),
         );
     }
 
@@ -463,8 +474,8 @@ fn table<'a>(t: &'a mut toml::Table, key: &str) -> &'a mut toml::Table {
         .unwrap_or_else(|| panic!("{key} is not a table"))
 }
 
-fn fault_file(stats: &Path, rules: &str) -> String {
-    format!("stats = \"{}\"\n\n{rules}\n", stats.display())
+fn fault_file(stats: &Path, header: &str, rules: &str) -> String {
+    format!("stats = \"{}\"\n{header}\n{rules}\n", stats.display())
 }
 
 /// Writes a temporary file and renames it over `path`, so the module never reads half a file.
