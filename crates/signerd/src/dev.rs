@@ -12,9 +12,10 @@ use cryptoki::object::{Attribute, KeyType as CkKeyType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::slot::Slot;
 use rand::RngCore;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::hsm::module::set_module_env;
+use crate::hsm::raw::{RawCalls, TemplateAttribute};
 use crate::hsm::{find_softhsm2, objects, HsmError, Module};
 use crate::secret::Pin;
 
@@ -176,8 +177,40 @@ pub fn init_dev(dir: &Path, partitions: usize, ports: DevPorts) -> Result<DevSet
     })
 }
 
+/// What a key unwrapped under the KEK must be (`CKA_UNWRAP_TEMPLATE`): a private key, private,
+/// sensitive and non-extractable, only ever wrappable under a trusted key again, and good for
+/// nothing but signing (DECRYPT, DERIVE, UNWRAP false). [`objects::unwrap_copy`]'s template
+/// says the same: the token refuses an unwrap whose template contradicts this one (or, as
+/// SoftHSM2 does, lacks one of its attributes) with `CKR_TEMPLATE_INCONSISTENT`.
+pub fn kek_unwrap_template() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::WrapWithTrusted(true),
+        Attribute::Decrypt(false),
+        Attribute::Derive(false),
+        Attribute::Unwrap(false),
+    ]
+}
+
+/// What the KEK may wrap (`CKA_WRAP_TEMPLATE`): only sensitive private keys marked
+/// `CKA_WRAP_WITH_TRUSTED`, as [`objects::generate`] makes them for replication (and still
+/// extractable: PKCS#11 wraps nothing else). Not secret keys, not the KEK itself.
+pub fn kek_wrap_template() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(true),
+        Attribute::WrapWithTrusted(true),
+    ]
+}
+
 /// The one-time key-encryption-key ceremony: the same AES-256 key, imported by the SO into every
-/// token as a trusted, sensitive, non-extractable wrap/unwrap key. Signing keys marked
+/// token as a trusted, sensitive, non-extractable wrap/unwrap key with a wrap template and an
+/// unwrap template ([`kek_wrap_template`], [`kek_unwrap_template`]; made through
+/// [`crate::hsm::raw`], as cryptoki has no attribute for them). Signing keys marked
 /// `CKA_WRAP_WITH_TRUSTED` can be wrapped only under it. The key value is random, exists in this
 /// process only while it is imported, and is zeroized right after.
 fn establish_kek(module: &Arc<Module>, slots: &[(Slot, String, Pin)]) -> Result<(), DevError> {
@@ -198,6 +231,8 @@ fn establish_kek(module: &Arc<Module>, slots: &[(Slot, String, Pin)]) -> Result<
              be recreated (it is non-extractable). Remove the dev directory and run init again."
         )));
     }
+    let raw = RawCalls::open(module)?;
+    let (wrap, unwrap) = (kek_wrap_template(), kek_unwrap_template());
     let first = ctx.open_rw_session(slots[0].0).map_err(HsmError::from)?;
     let mut value = Zeroizing::new(vec![0u8; 32]);
     first
@@ -208,7 +243,7 @@ fn establish_kek(module: &Arc<Module>, slots: &[(Slot, String, Pin)]) -> Result<
         let s = ctx.open_rw_session(*slot).map_err(HsmError::from)?;
         s.login(UserType::So, Some(&so_pin.auth_pin()))
             .map_err(HsmError::from)?;
-        let template = [
+        let mut template = [
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(CkKeyType::AES),
             Attribute::Token(true),
@@ -223,8 +258,20 @@ fn establish_kek(module: &Arc<Module>, slots: &[(Slot, String, Pin)]) -> Result<
             Attribute::Label(objects::KEK_LABEL.as_bytes().to_vec()),
             Attribute::Value(value.to_vec()),
         ];
-        let created = s.create_object(&template).map_err(HsmError::from);
+        let created = raw.create_object(
+            &s,
+            &template,
+            &[
+                (TemplateAttribute::Wrap, &wrap),
+                (TemplateAttribute::Unwrap, &unwrap),
+            ],
+        );
         let _ = s.logout();
+        for a in &mut template {
+            if let Attribute::Value(v) = a {
+                v.zeroize();
+            }
+        }
         created?;
     }
     Ok(())

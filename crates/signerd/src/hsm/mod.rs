@@ -7,6 +7,7 @@ pub mod mechanism;
 pub mod module;
 pub mod objects;
 pub mod partition;
+pub mod raw;
 pub mod uri;
 
 pub use error::{ErrorClass, HsmError, HsmResult};

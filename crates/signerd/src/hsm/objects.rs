@@ -303,6 +303,27 @@ pub fn wrap_private(session: &Session, kek: ObjectHandle, key: ObjectHandle) -> 
     Ok(session.wrap_key(&Mechanism::AesKeyWrapPad, kek, key)?)
 }
 
+/// The template of a private key copy unwrapped by [`unwrap_copy`] (without its label and id): a
+/// sensitive, non-extractable token object that signs and does nothing else, wrappable again
+/// only under a trusted key. It names every attribute of the KEK's `CKA_UNWRAP_TEMPLATE`
+/// (`crate::dev::kek_unwrap_template`) with the same value: tokens refuse an unwrap that
+/// contradicts it (SoftHSM2 also one that lacks any of them).
+pub fn unwrap_template(key_type: KeyType) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(ck_key_type(key_type)),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Derive(false),
+        Attribute::Unwrap(false),
+        Attribute::WrapWithTrusted(true),
+    ]
+}
+
 /// Unwraps a private key into this token as a sensitive, non-extractable token object and creates
 /// the matching public key object from `source_public` (attributes read from the source token).
 #[allow(clippy::too_many_arguments)]
@@ -319,21 +340,8 @@ pub fn unwrap_copy(
 ) -> HsmResult<(ObjectHandle, ObjectHandle)> {
     let label = key_label(name, version, role).into_bytes();
     let ck_type = ck_key_type(key_type);
-    let template = [
-        Attribute::Class(ObjectClass::PRIVATE_KEY),
-        Attribute::KeyType(ck_type),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Sign(true),
-        Attribute::Decrypt(false),
-        Attribute::Derive(false),
-        Attribute::Unwrap(false),
-        Attribute::WrapWithTrusted(true),
-        Attribute::Label(label.clone()),
-        Attribute::Id(id.to_vec()),
-    ];
+    let mut template = unwrap_template(key_type);
+    template.extend([Attribute::Label(label.clone()), Attribute::Id(id.to_vec())]);
     let private = session.unwrap_key(&Mechanism::AesKeyWrapPad, kek, wrapped, &template)?;
     let mut public = vec![
         Attribute::Class(ObjectClass::PUBLIC_KEY),

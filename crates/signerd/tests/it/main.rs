@@ -10,6 +10,7 @@ mod batch_python;
 mod dev_pki_python;
 mod errors;
 mod failover;
+mod kek;
 mod keys;
 mod replication;
 mod signing;

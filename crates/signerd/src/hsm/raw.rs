@@ -1,0 +1,194 @@
+//! The two PKCS#11 calls that cryptoki 0.12 cannot make: `C_CreateObject` and
+//! `C_GetAttributeValue` with attributes whose value is itself a template (`CKA_WRAP_TEMPLATE`,
+//! `CKA_UNWRAP_TEMPLATE`, PKCS#11 v2.40 §4.9, §10.1: an array of `CK_ATTRIBUTE`). cryptoki's
+//! `Attribute` has no variant for them, so the key-encryption key ceremony ([`crate::dev`]) and
+//! the tests that check it call the module's own function list here.
+//!
+//! `unsafe` is allowed in this module only (the workspace denies it elsewhere): it is the FFI
+//! to the same module cryptoki already loaded, for these two functions and nothing else. The
+//! function list comes from that module's `C_GetFunctionList` (the dynamic loader hands back the
+//! loaded copy for the same path); sessions and object handles are cryptoki's, so the calls run
+//! in the context cryptoki initialized. Every buffer handed to the module lives on this side for
+//! the whole call.
+#![allow(unsafe_code)]
+
+use std::ptr;
+
+use cryptoki::context::Function;
+use cryptoki::error::{Error as CkError, Rv};
+use cryptoki::object::{Attribute, ObjectHandle};
+use cryptoki::session::Session;
+use cryptoki_sys::{
+    CKA_UNWRAP_TEMPLATE, CKA_WRAP_TEMPLATE, CK_ATTRIBUTE, CK_ATTRIBUTE_TYPE, CK_FUNCTION_LIST,
+    CK_OBJECT_HANDLE, CK_RV, CK_ULONG, CK_UNAVAILABLE_INFORMATION,
+};
+
+use super::error::{HsmError, HsmResult};
+use super::Module;
+
+/// An attribute whose value is a template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateAttribute {
+    /// `CKA_WRAP_TEMPLATE`: a key wrapped under this key must carry these attributes, with these
+    /// values (else `CKR_KEY_NOT_WRAPPABLE`).
+    Wrap,
+    /// `CKA_UNWRAP_TEMPLATE`: a key unwrapped under this key gets these attributes; a template
+    /// that contradicts them is refused (`CKR_TEMPLATE_INCONSISTENT`).
+    Unwrap,
+}
+
+impl TemplateAttribute {
+    fn ck(self) -> CK_ATTRIBUTE_TYPE {
+        match self {
+            TemplateAttribute::Wrap => CKA_WRAP_TEMPLATE,
+            TemplateAttribute::Unwrap => CKA_UNWRAP_TEMPLATE,
+        }
+    }
+}
+
+/// The function list of a loaded module, for the calls cryptoki cannot make.
+pub struct RawCalls {
+    /// Keeps the module loaded while `list` is used (another reference to cryptoki's copy).
+    _lib: libloading::Library,
+    list: CK_FUNCTION_LIST,
+}
+
+impl std::fmt::Debug for RawCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawCalls").finish_non_exhaustive()
+    }
+}
+
+type GetFunctionList = unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV;
+
+fn check(rv: CK_RV, function: Function) -> HsmResult<()> {
+    Rv::from(rv).into_result(function).map_err(HsmError::from)
+}
+
+impl RawCalls {
+    /// The function list of `module` (already loaded and initialized by cryptoki).
+    pub fn open(module: &Module) -> HsmResult<RawCalls> {
+        let path = module.path();
+        let unexpected = |what: String| HsmError::Unexpected(format!("{}: {what}", path.display()));
+        // SAFETY: the path cryptoki loaded the module from: the loader returns that loaded copy
+        // (its initializers ran already) and takes one more reference to it.
+        let lib =
+            unsafe { libloading::Library::new(path) }.map_err(|e| unexpected(e.to_string()))?;
+        // SAFETY: `C_GetFunctionList` has this signature in every PKCS#11 module.
+        let get: libloading::Symbol<'_, GetFunctionList> =
+            unsafe { lib.get(b"C_GetFunctionList\0") }.map_err(|e| unexpected(e.to_string()))?;
+        let mut list: *mut CK_FUNCTION_LIST = ptr::null_mut();
+        // SAFETY: `list` is a valid out-pointer for the call.
+        check(unsafe { get(&mut list) }, Function::GetFunctionList)?;
+        if list.is_null() {
+            return Err(unexpected("C_GetFunctionList returned no list".into()));
+        }
+        // SAFETY: non-null, and valid while the library is loaded (`_lib` keeps it so); copied.
+        let list = unsafe { *list };
+        Ok(RawCalls { _lib: lib, list })
+    }
+
+    /// `C_CreateObject` with `attributes` plus the template-valued `templates`.
+    pub fn create_object(
+        &self,
+        session: &Session,
+        attributes: &[Attribute],
+        templates: &[(TemplateAttribute, &[Attribute])],
+    ) -> HsmResult<ObjectHandle> {
+        let f = self.list.C_CreateObject.ok_or_else(|| {
+            HsmError::from(CkError::Pkcs11(
+                cryptoki::error::RvError::FunctionNotSupported,
+                Function::CreateObject,
+            ))
+        })?;
+        // The nested arrays point into the `Attribute`s, which outlive the call; the outer
+        // template points into `nested`, which does too.
+        let nested: Vec<Vec<CK_ATTRIBUTE>> = templates
+            .iter()
+            .map(|(_, t)| t.iter().map(CK_ATTRIBUTE::from).collect())
+            .collect();
+        let mut template: Vec<CK_ATTRIBUTE> = attributes.iter().map(CK_ATTRIBUTE::from).collect();
+        for ((which, _), inner) in templates.iter().zip(&nested) {
+            template.push(CK_ATTRIBUTE {
+                type_: which.ck(),
+                pValue: inner.as_ptr().cast_mut().cast(),
+                ulValueLen: array_len(inner.len()),
+            });
+        }
+        let mut handle: CK_OBJECT_HANDLE = 0;
+        // SAFETY: a function of the module's list; `template` holds `template.len()` attributes
+        // whose values (and nested arrays) live until the call returns; `handle` is a valid
+        // out-pointer. The module only reads the template.
+        let rv = unsafe {
+            f(
+                session.handle(),
+                template.as_mut_ptr(),
+                template.len() as CK_ULONG,
+                &mut handle,
+            )
+        };
+        check(rv, Function::CreateObject)?;
+        // SAFETY: the handle the module just returned for the new object, in this session's
+        // token (what cryptoki's own `create_object` wraps the same way).
+        Ok(unsafe { ObjectHandle::new_from_raw(handle) })
+    }
+
+    /// The template-valued attribute `which` of `object`, read with `C_GetAttributeValue` (the
+    /// array's size, then each attribute's type and size, then the values). Empty when the
+    /// object has none.
+    pub fn template(
+        &self,
+        session: &Session,
+        object: ObjectHandle,
+        which: TemplateAttribute,
+    ) -> HsmResult<Vec<Attribute>> {
+        let f = self.list.C_GetAttributeValue.ok_or_else(|| {
+            HsmError::from(CkError::Pkcs11(
+                cryptoki::error::RvError::FunctionNotSupported,
+                Function::GetAttributeValue,
+            ))
+        })?;
+        let call = |outer: &mut CK_ATTRIBUTE| -> HsmResult<()> {
+            // SAFETY: a function of the module's list; `outer` is one attribute whose value
+            // (null, or an array of as many attributes as its length says, each with a null or
+            // a caller-owned buffer of its length) lives until the call returns.
+            let rv = unsafe { f(session.handle(), object.handle(), outer, 1) };
+            check(rv, Function::GetAttributeValue)
+        };
+        let mut outer = CK_ATTRIBUTE {
+            type_: which.ck(),
+            pValue: ptr::null_mut(),
+            ulValueLen: 0,
+        };
+        call(&mut outer)?;
+        if outer.ulValueLen == CK_UNAVAILABLE_INFORMATION || outer.ulValueLen == 0 {
+            return Ok(Vec::new());
+        }
+        let n = outer.ulValueLen as usize / std::mem::size_of::<CK_ATTRIBUTE>();
+        let empty = CK_ATTRIBUTE {
+            type_: 0,
+            pValue: ptr::null_mut(),
+            ulValueLen: 0,
+        };
+        let mut inner = vec![empty; n];
+        outer.pValue = inner.as_mut_ptr().cast();
+        call(&mut outer)?; // types and sizes
+        let mut values: Vec<Vec<u8>> = inner
+            .iter()
+            .map(|a| vec![0u8; a.ulValueLen as usize])
+            .collect();
+        for (a, v) in inner.iter_mut().zip(values.iter_mut()) {
+            a.pValue = v.as_mut_ptr().cast();
+        }
+        outer.pValue = inner.as_mut_ptr().cast();
+        call(&mut outer)?; // values
+        inner
+            .into_iter()
+            .map(|a| Attribute::try_from(a).map_err(HsmError::from))
+            .collect()
+    }
+}
+
+fn array_len(n: usize) -> CK_ULONG {
+    (n * std::mem::size_of::<CK_ATTRIBUTE>()) as CK_ULONG
+}
