@@ -357,7 +357,7 @@ fn dev_config(module: &Path, conf: &Path, partitions: usize, ports: DevPorts) ->
          listen = \"127.0.0.1:{quic}\"\n\
          cert = \"tls/server.pem\"\n\
          key = \"tls/server.key\"\n\
-         # Client certificates must chain to this CA; the identity is the first SAN URI.\n\
+         # Client certificates must chain to this CA; the identity is their one SAN URI.\n\
          client_ca = \"tls/ca.pem\"\n\
          identity = \"san-uri\"\n\
          # Identities allowed to create, rotate, retire and destroy keys.\n\

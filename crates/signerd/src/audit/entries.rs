@@ -38,6 +38,36 @@ impl AuditEntry {
         entry
     }
 
+    /// A summary of refusals of `op` with `status` by `identity`, counted instead of written one
+    /// by one (server/refusals.rs): op `OP.summary`, stamped when the first of them happened.
+    pub fn summary(
+        op: &'static str,
+        identity: Arc<str>,
+        status: &'static str,
+        first: Option<SystemTime>,
+        detail: String,
+    ) -> AuditEntry {
+        let summary_op = match op {
+            "sign" => "sign.summary",
+            "sign_batch" => "sign_batch.summary",
+            "verify" => "verify.summary",
+            "public_key" => "public_key.summary",
+            "list_keys" => "list_keys.summary",
+            "create_key" => "create_key.summary",
+            "rotate_key" => "rotate_key.summary",
+            "retire_key" => "retire_key.summary",
+            "destroy_key" => "destroy_key.summary",
+            "auth" => "auth.summary",
+            _ => "refusal.summary",
+        };
+        let mut entry = AuditEntry::new(summary_op, identity, Status::Ok).detail(Some(detail));
+        entry.status = status;
+        if let Some(t) = first {
+            entry.time = t;
+        }
+        entry
+    }
+
     /// A connection refused for want of a usable client identity (no identity: `-`).
     pub fn auth_failure(reason: &str) -> AuditEntry {
         AuditEntry::new("auth", Arc::from("-"), Status::Unauthenticated)

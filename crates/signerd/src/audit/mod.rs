@@ -368,6 +368,32 @@ impl AuditLog {
         let _ = self.inner.tx.send(Msg::Batch(entries, done));
     }
 
+    /// Queues `entries` if the bounded queue has room now, without waiting; false if it is
+    /// full, closed, or the log is unhealthy (nothing queued). For records that must never
+    /// hold up others (refusals, server/refusals.rs): the caller counts what was not queued.
+    /// A write failure after queueing is logged (the log then refuses everything anyway).
+    pub fn try_commit(&self, entries: Vec<AuditEntry>) -> bool {
+        if self.refusal().is_some() {
+            return false;
+        }
+        let done = Completion(Some(Box::new(|r: Result<(), AuditError>| {
+            if let Err(e) = r {
+                tracing::warn!("refusal records not written: {e}");
+            }
+        })));
+        match self.inner.tx.try_send(Msg::Batch(entries, done)) {
+            Ok(()) => true,
+            Err(
+                TrySendError::Full(Msg::Batch(_, done))
+                | TrySendError::Disconnected(Msg::Batch(_, done)),
+            ) => {
+                done.disarm();
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Async convenience for single records (admin ops, auth failures): resolves when the
     /// record is durable. Never blocks the runtime: waits asynchronously while the queue is full.
     pub async fn append(&self, entry: AuditEntry) -> Result<(), AuditError> {
@@ -628,6 +654,11 @@ impl std::fmt::Debug for AuditLog {
 pub(crate) struct Completion(Option<DoneFn>);
 
 impl Completion {
+    /// Forgets the callback without calling it (the records were never queued).
+    pub(crate) fn disarm(mut self) {
+        self.0 = None;
+    }
+
     pub(crate) fn finish(mut self, r: Result<(), AuditError>) {
         if let Some(f) = self.0.take() {
             // A panicking callback must not take the writer thread down with it.

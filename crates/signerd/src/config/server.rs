@@ -51,6 +51,17 @@ pub struct ServerConfig {
     /// How many new connections may arrive at once before the rate applies. Default 400.
     #[serde(default = "default_new_burst")]
     pub new_connections_burst: u32,
+    /// Refused requests (authorization denials, requests on the audit key) and refused
+    /// handshakes or identities, per second, that one identity and one source address may cause
+    /// (average, after `refusals_burst`). Beyond it, that identity's (or address's) requests are
+    /// answered OVERLOADED before authorization, and new connections from that address are
+    /// refused, until the bucket refills. Default 50.
+    #[serde(default = "default_refusal_rate")]
+    pub refusals_per_second: u32,
+    /// How many refusals one identity or source may cause at once before the rate applies.
+    /// Default 100.
+    #[serde(default = "default_refusal_burst")]
+    pub refusals_burst: u32,
     /// Hard cap on half-open (handshaking) connections: beyond it, new connections are refused.
     /// Default 256.
     #[serde(default = "default_max_handshakes")]
@@ -178,6 +189,9 @@ impl ServerConfig {
         if self.max_handshakes == 0 {
             return Err("server.max_handshakes must be at least 1".into());
         }
+        if self.refusals_per_second == 0 || self.refusals_burst == 0 {
+            return Err("server.refusals_per_second and refusals_burst must be at least 1".into());
+        }
         if !(0.0..=1.0).contains(&self.handshake_retry_share) {
             return Err("server.handshake_retry_share must be between 0.0 and 1.0".into());
         }
@@ -252,6 +266,12 @@ fn default_max_connections() -> usize {
 }
 fn default_max_per_ip() -> usize {
     64
+}
+fn default_refusal_rate() -> u32 {
+    50
+}
+fn default_refusal_burst() -> u32 {
+    100
 }
 fn default_new_rate() -> u32 {
     200

@@ -116,10 +116,7 @@ impl TokenBucket {
     /// Refills for the time since the last call, then takes one token if there is one. A clock
     /// value earlier than the last one adds nothing.
     pub fn try_take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last);
-        self.last = self.last.max(now);
-        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
+        if self.available(now) >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
@@ -129,6 +126,14 @@ impl TokenBucket {
 
     /// Tokens now stored (after the last refill).
     pub fn tokens(&self) -> f64 {
+        self.tokens
+    }
+
+    /// Refills for the time since the last call and returns the tokens stored, taking none.
+    pub fn available(&mut self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.last);
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.rate).min(self.burst);
         self.tokens
     }
 }

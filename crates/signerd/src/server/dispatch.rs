@@ -1,6 +1,7 @@
 //! One request stream: read one frame (bounded in size and time), decode, authorize, run,
 //! answer exactly once, finish.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,7 @@ pub(super) async fn stream(
     mut recv: RecvStream,
     state: Arc<State>,
     identity: Arc<str>,
+    source: IpAddr,
     budget: ByteBudget,
     _inflight: InflightGuard,
 ) {
@@ -94,7 +96,11 @@ pub(super) async fn stream(
         Ok(req) => {
             let op = req.request.op();
             let calls = Calls::of(&req);
-            (op, calls, handle(req, &state, &identity, received).await)
+            (
+                op,
+                calls,
+                handle(req, &state, &identity, source, received).await,
+            )
         }
         Err(e) => (
             Op::Sign,
@@ -307,11 +313,15 @@ async fn handle(
     req: RequestFrame,
     state: &Arc<State>,
     identity: &Arc<str>,
+    source: IpAddr,
     received: Instant,
 ) -> ResponseFrame {
-    let ctx = Ctx::new(state, identity, &req);
+    let ctx = Ctx::new(state, identity, source, &req);
     // Each pre-check answers the request (`Some`) or lets it through.
     if let Some(refused) = ctx.refuse_while_draining() {
+        return refused;
+    }
+    if let Some(refused) = ctx.refuse_while_throttled(received) {
         return refused;
     }
     if let Some(denied) = ctx.authorize(&req).await {
@@ -390,6 +400,8 @@ async fn handle(
 struct Ctx<'a> {
     state: &'a Arc<State>,
     identity: &'a Arc<str>,
+    /// The peer's address (refusals are limited per identity and per source).
+    source: IpAddr,
     calls: Calls,
     /// The op the policy decides on (a coalesced SignBatch: `sign`).
     op: Op,
@@ -406,12 +418,18 @@ struct Approval {
 }
 
 impl<'a> Ctx<'a> {
-    fn new(state: &'a Arc<State>, identity: &'a Arc<str>, req: &RequestFrame) -> Ctx<'a> {
+    fn new(
+        state: &'a Arc<State>,
+        identity: &'a Arc<str>,
+        source: IpAddr,
+        req: &RequestFrame,
+    ) -> Ctx<'a> {
         let calls = Calls::of(req);
         let (subject, subject_version) = subject(&req.request);
         Ctx {
             state,
             identity,
+            source,
             calls,
             op: calls.policy_op(),
             subject,
@@ -433,6 +451,27 @@ impl<'a> Ctx<'a> {
                 retry_after: DRAIN_RETRY_AFTER,
             })
         })
+    }
+
+    /// An identity whose requests keep being refused is answered OVERLOADED before
+    /// authorization until its refusal bucket refills; counted in the audit
+    /// log's summary records, not one record each (server/refusals.rs).
+    fn refuse_while_throttled(&self, now: Instant) -> Option<ResponseFrame> {
+        let retry_after = self.state.refusals.identity_throttled(self.identity, now)?;
+        self.state
+            .engine
+            .metrics()
+            .overloaded(OverloadReason::Refusals);
+        let entry = audit_entry(
+            self.identity,
+            self.op.as_str(),
+            self.subject.clone(),
+            self.subject_version,
+            Status::Overloaded,
+            None,
+        );
+        self.state.refusals.throttled_request(entry, self.source);
+        Some(error_frame(&EngineError::Overloaded { retry_after }))
     }
 
     /// The access policy, for the op the request stands for.
@@ -525,29 +564,32 @@ impl<'a> Ctx<'a> {
         received + budget
     }
 
-    /// Answers PERMISSION_DENIED with `message`, after recording the denial (with `detail`) in
-    /// the audit log and counting it in `signer_authz_denied_total`, once per call the request
-    /// stands for.
+    /// Answers PERMISSION_DENIED with `message`, after recording the denial (with `detail`)
+    /// and counting it in `signer_authz_denied_total`, once per call the request stands for.
+    /// Recorded through [`Refusals`](super::refusals::Refusals): the first of its kind in a
+    /// second gets its own record, the rest are counted in a summary; never waits for the log.
     async fn deny(&self, message: String, detail: String) -> ResponseFrame {
         let (state, identity, op, key) = (self.state, self.identity, self.op, &self.subject);
         let calls = self.calls.count();
         state.engine.metrics().authz_denied(op, calls);
-        if let Some(audit) = &state.extras.audit {
-            let entries = (0..calls)
-                .map(|_| {
-                    audit_entry(
-                        identity,
-                        op.as_str(),
-                        key.clone(),
-                        None,
-                        Status::PermissionDenied,
-                        Some(detail.clone()),
-                    )
-                })
-                .collect();
-            if let Err(e) = audit.append_all(entries).await {
-                tracing::error!("authorization failure not audited: {e}");
-            }
+        let now = Instant::now();
+        for _ in 0..calls {
+            let entry = audit_entry(
+                identity,
+                op.as_str(),
+                key.clone(),
+                None,
+                Status::PermissionDenied,
+                Some(detail.clone()),
+            );
+            state.refusals.refused(
+                super::refusals::Refusal {
+                    entry,
+                    source: self.source,
+                    auth: false,
+                },
+                now,
+            );
         }
         status_frame(Status::PermissionDenied, message)
     }
@@ -842,13 +884,18 @@ async fn audit_admin(
         .await
 }
 
-/// Records a connection refused for want of a usable client identity.
-pub(super) async fn audit_auth_failure(state: &State, reason: &str) {
-    if let Some(audit) = &state.extras.audit {
-        if let Err(e) = audit.append(AuditEntry::auth_failure(reason)).await {
-            tracing::error!("authentication failure not audited: {e}");
-        }
-    }
+/// Records a connection refused for want of a usable client identity (or whose handshake was
+/// refused), through [`Refusals`](super::refusals::Refusals): limited per source, summarized,
+/// never waiting for the log.
+pub(super) fn audit_auth_failure(state: &State, source: IpAddr, reason: &str) {
+    state.refusals.refused(
+        super::refusals::Refusal {
+            entry: AuditEntry::auth_failure(reason),
+            source,
+            auth: true,
+        },
+        Instant::now(),
+    );
 }
 
 /// Where the payloads of a sign request go: straight to the engine (a plain signature each),

@@ -7,6 +7,7 @@ mod authz;
 pub mod batcher;
 mod budget;
 mod dispatch;
+mod refusals;
 mod verify_pool;
 
 use std::net::SocketAddr;
@@ -108,6 +109,9 @@ pub(crate) struct State {
     admission: Arc<Mutex<Admission>>,
     /// Where `Verify` requests are checked (off the network runtime).
     pub(crate) verify: verify_pool::VerifyPool,
+    /// Refused requests and handshakes: limited per identity and source, summarized in the
+    /// audit log (see [`refusals`]).
+    pub(crate) refusals: Arc<refusals::Refusals>,
     /// The request byte budget of all connections together (`server.request_budget`).
     request_budget: Arc<tokio::sync::Semaphore>,
 }
@@ -176,7 +180,15 @@ impl Server {
         })?;
         let verify_threads = cfg.verify_threads();
         let request_budget = budget::global(cfg.request_budget);
+        let refusals = Arc::new(refusals::Refusals::new(
+            cfg.refusals_per_second,
+            cfg.refusals_burst,
+            extras.audit.clone(),
+            engine.metrics().clone(),
+        ));
+        tokio::spawn(Arc::clone(&refusals).run());
         let state = Arc::new(State {
+            refusals,
             engine,
             cfg,
             extras,
@@ -315,6 +327,20 @@ fn admit(state: &Arc<State>, incoming: quinn::Incoming) {
         .lock()
         .decide(Instant::now(), source, validated);
     let metrics = state.engine.metrics();
+    if validated
+        && matches!(decision, Decision::Accept)
+        && state
+            .refusals
+            .source_throttled(peer.ip(), Instant::now())
+            .is_some()
+    {
+        // A (validated) address whose handshakes or requests keep being refused waits until
+        // its refusal bucket refills; nothing is kept for it meanwhile.
+        tracing::debug!(%peer, "connection refused: too many refusals from this address");
+        metrics.overloaded(crate::telemetry::OverloadReason::Refusals);
+        incoming.refuse();
+        return;
+    }
     metrics.incoming(decision.outcome());
     match decision {
         Decision::Accept => {
@@ -376,9 +402,9 @@ async fn connection(
             if matches!(e, quinn::ConnectionError::TransportError(_)) {
                 dispatch::audit_auth_failure(
                     &state,
+                    peer.ip(),
                     &format!("peer {peer}: handshake refused: {e}"),
-                )
-                .await;
+                );
             }
             return;
         }
@@ -388,7 +414,7 @@ async fn connection(
         Err(e) => {
             tracing::warn!(%peer, "refusing connection: {e}");
             conn.close(VarInt::from_u32(CLOSE_NO_IDENTITY), b"no usable identity");
-            dispatch::audit_auth_failure(&state, &format!("peer {peer}: {e}")).await;
+            dispatch::audit_auth_failure(&state, peer.ip(), &format!("peer {peer}: {e}"));
             return;
         }
     };
@@ -412,6 +438,7 @@ async fn connection(
                     recv,
                     Arc::clone(&state),
                     Arc::clone(&identity),
+                    peer.ip(),
                     budget.clone(),
                     guard,
                 ));

@@ -34,11 +34,14 @@ pub enum OverloadReason {
     RequestMemory,
     /// `open_streams`: `server.max_open_streams` request streams were open.
     OpenStreams,
+    /// `refusals`: the caller's identity or source address had too many requests refused
+    /// (`server.refusals_per_second`); refused before authorization.
+    Refusals,
 }
 
 impl OverloadReason {
     /// Every reason, in label order.
-    pub const ALL: [OverloadReason; 7] = [
+    pub const ALL: [OverloadReason; 8] = [
         OverloadReason::QueueFull,
         OverloadReason::QueueWait,
         OverloadReason::Deadline,
@@ -46,6 +49,7 @@ impl OverloadReason {
         OverloadReason::BurstWait,
         OverloadReason::RequestMemory,
         OverloadReason::OpenStreams,
+        OverloadReason::Refusals,
     ];
 
     /// The label value.
@@ -132,6 +136,8 @@ struct Inner {
     audit_checkpoints: Counter,
     coalesced_calls: Counter,
     authz_denied: Vec<Counter>,
+    /// `[denial, auth]`.
+    audit_summarized: [Counter; 2],
     overloaded: Vec<Counter>,
     connections: Gauge,
     inflight_limit: Vec<Gauge>,
@@ -211,6 +217,8 @@ impl Metrics {
                 .iter()
                 .map(|op| counter!(names::AUTHZ_DENIED_TOTAL, "op" => op.as_str()))
                 .collect(),
+            audit_summarized: ["denial", "auth"]
+                .map(|kind| counter!(names::AUDIT_SUMMARIZED_TOTAL, "kind" => kind)),
             overloaded: OVERLOAD_REASONS
                 .iter()
                 .map(|r| counter!(names::OVERLOADED_TOTAL, "reason" => *r))
@@ -306,6 +314,13 @@ impl Metrics {
         if let Some(c) = self.inner.authz_denied.get(op.index()) {
             c.increment(calls as u64);
         }
+    }
+
+    /// `n` refusals counted in an audit summary record instead of records of their own
+    /// (`signer_audit_summarized_total{kind}`: `auth` for handshakes and identities, else
+    /// `denial`).
+    pub fn audit_summarized(&self, auth: bool, n: u64) {
+        self.inner.audit_summarized[usize::from(auth)].increment(n);
     }
 
     /// A request was shed as OVERLOADED (`signer_overloaded_total{reason}`).
@@ -468,10 +483,16 @@ fn describe() {
         AUTHZ_DENIED_TOTAL,
         "Requests refused by authorization, by op."
     );
+    describe_counter!(
+        AUDIT_SUMMARIZED_TOTAL,
+        "Refusals counted in an audit summary record instead of one record each, by kind \
+         (denial: refused requests; auth: refused handshakes and identities)."
+    );
     describe_gauge!(PARTITION_HEALTHY, "1 if the partition is healthy, else 0.");
     describe_counter!(
         OVERLOADED_TOTAL,
-        "Requests shed as OVERLOADED, by reason (queue_full, queue_wait, deadline, quota)."
+        "Requests shed as OVERLOADED, by reason (queue_full, queue_wait, deadline, quota, \
+         burst_wait, request_memory, open_streams, refusals)."
     );
     describe_gauge!(CONNECTIONS, "Open client connections.");
     describe_gauge!(

@@ -89,6 +89,9 @@ pub mod names {
     pub const COALESCED_CALLS_TOTAL: &str = "signer_coalesced_calls_total";
     /// Counter `{op}`: requests refused by authorization.
     pub const AUTHZ_DENIED_TOTAL: &str = "signer_authz_denied_total";
+    /// Counter `{kind}`: refusals (`denial`: refused requests; `auth`: refused handshakes and
+    /// identities) counted in an audit summary record instead of a record of their own.
+    pub const AUDIT_SUMMARIZED_TOTAL: &str = "signer_audit_summarized_total";
     /// Gauge `{partition}`: 1 healthy, 0 not.
     pub const PARTITION_HEALTHY: &str = "signer_partition_healthy";
     /// Counter `{reason}`: requests shed as OVERLOADED, by reason (see [`OVERLOAD_REASONS`]).
@@ -159,6 +162,11 @@ pub const METRICS: &[(&str, MetricKind, &[&str])] = &[
     (names::AUDIT_CHECKPOINTS_TOTAL, MetricKind::Counter, &[]),
     (names::COALESCED_CALLS_TOTAL, MetricKind::Counter, &[]),
     (names::AUTHZ_DENIED_TOTAL, MetricKind::Counter, &["op"]),
+    (
+        names::AUDIT_SUMMARIZED_TOTAL,
+        MetricKind::Counter,
+        &["kind"],
+    ),
     (names::PARTITION_HEALTHY, MetricKind::Gauge, &["partition"]),
     (names::OVERLOADED_TOTAL, MetricKind::Counter, &["reason"]),
     (names::CONNECTIONS, MetricKind::Gauge, &[]),
@@ -180,6 +188,7 @@ pub const OVERLOAD_REASONS: &[&str] = &[
     "burst_wait",
     "request_memory",
     "open_streams",
+    "refusals",
 ];
 
 /// `outcome` label values of `signer_incoming_total`, in [`IncomingOutcome`] order: admitted,

@@ -12,6 +12,7 @@ mod audit_key;
 mod bad_input;
 mod batch;
 mod cli;
+mod flood;
 mod hardening;
 mod identities;
 mod observability;
