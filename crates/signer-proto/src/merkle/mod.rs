@@ -46,6 +46,17 @@ use crate::keys::{KeyName, Scheme, Version};
 /// Start of every root signing message: ASCII, NUL-terminated (27 bytes).
 pub const ROOT_CONTEXT: &[u8; 27] = b"signerd batch signature v1\0";
 
+/// Whether a plain Sign `payload` under `scheme` is a root signing message (it starts with
+/// [`ROOT_CONTEXT`]), so that its plain signature would also be a root signature, valid for
+/// every leaf of a tree its sender made up. signerd refuses to sign such a payload plainly.
+///
+/// Only a scheme that signs the message itself (Ed25519) can tell. For the ECDSA and RSA
+/// schemes the payload is a digest, and no one can tell whether it is the digest of a root
+/// message: `docs/BATCH.md` §4 says what a holder of plain sign rights can make that way.
+pub fn is_root_message(scheme: Scheme, payload: &[u8]) -> bool {
+    scheme.digest_len().is_none() && payload.starts_with(ROOT_CONTEXT)
+}
+
 /// What the key signs for one tree: the context message, and the payload handed to the HSM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RootSigningInput {

@@ -302,6 +302,29 @@ fn batch_signature_is_bound_to_key_identity() {
 }
 
 #[test]
+fn root_messages_are_recognized_where_the_payload_is_the_message() {
+    let tree = Tree::build(&digests(3), fixed_blindings(3)).unwrap();
+    let input = root_signing_input(Scheme::Ed25519, &key_name(), 3, 3, &tree.root());
+    // Ed25519 signs the message itself: a root message is recognized, whatever follows the
+    // context (so a made-up tree's root is too), and nothing else is.
+    assert!(is_root_message(Scheme::Ed25519, input.to_be_signed()));
+    assert!(is_root_message(Scheme::Ed25519, ROOT_CONTEXT));
+    let mut other = input.to_be_signed().to_vec();
+    other[0] ^= 1;
+    assert!(!is_root_message(Scheme::Ed25519, &other));
+    assert!(!is_root_message(Scheme::Ed25519, &ROOT_CONTEXT[..26]));
+    assert!(!is_root_message(Scheme::Ed25519, b"pay 5 EUR"));
+    // A digest scheme's payload is a hash: whether it hashes a root message is unknowable, even
+    // for a payload that happens to start with the context bytes.
+    let ecdsa = root_signing_input(Scheme::EcdsaSha512, &key_name(), 3, 3, &tree.root());
+    assert!(!is_root_message(Scheme::EcdsaSha512, ecdsa.to_be_signed()));
+    assert!(!is_root_message(
+        Scheme::EcdsaSha512,
+        &[ROOT_CONTEXT.as_slice(), &[0; 37]].concat()
+    ));
+}
+
+#[test]
 fn blob_round_trips_and_verifies() {
     let messages: Vec<Vec<u8>> = (0..3)
         .map(|i| format!("message {i}").into_bytes())

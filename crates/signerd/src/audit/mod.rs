@@ -34,7 +34,7 @@ mod verify;
 mod writer;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use archive::{archive, ArchiveReport};
 pub use error::{AuditError, BadRecord, VerifyFailure};

@@ -939,15 +939,18 @@ impl<'a> Signer<'a> {
             Signer::Batch(b) => b
                 .submit(key, version, payload, deadline, identity)
                 .map(Pending::Batch),
-            Signer::Plain(engine) => engine
-                .submit(SignRequest {
-                    key: key.clone(),
-                    version,
-                    payload,
-                    deadline,
-                    identity: Arc::clone(identity),
-                })
-                .map(Pending::Plain),
+            Signer::Plain(engine) => {
+                super::batcher::check_plain_payload(key, &payload)?;
+                engine
+                    .submit(SignRequest {
+                        key: key.clone(),
+                        version,
+                        payload,
+                        deadline,
+                        identity: Arc::clone(identity),
+                    })
+                    .map(Pending::Plain)
+            }
         }
     }
 }
@@ -1032,7 +1035,7 @@ async fn await_all(
 ) -> Vec<Result<(Version, SignatureForm), EngineError>> {
     let mut expired = state.expired.subscribe();
     let late = tokio::time::sleep_until(tokio::time::Instant::from_std(
-        deadline + Duration::from_millis(50),
+        crate::pipeline::gives_up_at(deadline),
     ));
     let mut late = std::pin::pin!(late);
     let mut gave_up: Option<GaveUp> = None;

@@ -39,6 +39,14 @@ async fn key(admin: &Client, prefix: &str) -> (String, Vec<u8>) {
     (name, spki.to_vec())
 }
 
+/// Signs `payload` plainly and has the server verify the signature.
+async fn plain_ok(app: &Client, key: &str, scheme: Scheme, payload: Vec<u8>) {
+    let plain = app.sign(key, scheme, payload.clone()).await.unwrap();
+    assert!(!plain.signature.is_empty());
+    let valid = app.verify(key, None, scheme, payload, plain.signature);
+    assert!(valid.await.unwrap(), "the plain signature verifies");
+}
+
 /// Signs `n` random digests at once, accepting batch signatures.
 async fn burst(
     app: &Client,
@@ -105,15 +113,7 @@ async fn concurrent_requests_share_trees_and_every_proof_verifies() {
     assert!(!app.verify_any(sig, random_bytes(32)).await.unwrap());
 
     // A plain client gets a plain signature for the same key.
-    let digest = random_bytes(32);
-    let plain = app
-        .sign(&name, Scheme::EcdsaSha256, digest.clone())
-        .await
-        .unwrap();
-    assert!(app
-        .verify(&name, None, Scheme::EcdsaSha256, digest, plain.signature)
-        .await
-        .unwrap());
+    plain_ok(&app, &name, Scheme::EcdsaSha256, random_bytes(32)).await;
 
     // The audit log: one record per leaf (the caller's identity and digest), one per root.
     d.terminate();
@@ -275,4 +275,83 @@ async fn modes_poison_and_an_offline_blob_for_a_relying_party() {
             "python rejects another message"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_signing_refuses_a_batch_root_message() {
+    use signer_proto::merkle::{root_signing_input, Tree};
+    use signerd::{KeyName, KeyType};
+
+    let d = start("merkle-root-message").await;
+    let admin = d.admin().await;
+    let app = d.app().await;
+    let name = crate::daemon::unique("ed-allowed");
+    let v = admin
+        .create_key(&name, KeyType::Ed25519, vec![])
+        .await
+        .unwrap();
+    let spki = admin.public_key(&name, None).await.unwrap().spki_der;
+
+    // A holder of plain sign rights makes up a tree of payloads nobody asked signerd to sign
+    // and asks for a plain signature of its root message: that signature would be a valid batch
+    // signature for every made-up payload. Refused, with a message that says why.
+    let forged: Vec<&[u8]> = vec![b"pay 1000 EUR to account 666", b"pay 1 EUR to account 42"];
+    let tree = Tree::build_with_rng(&forged, &mut rand::rngs::OsRng).unwrap();
+    let key = KeyName::new(&name).unwrap();
+    let input = root_signing_input(Scheme::Ed25519, &key, v.version, 2, &tree.root());
+    let e = app
+        .sign(&name, Scheme::Ed25519, input.to_be_signed().to_vec())
+        .await
+        .expect_err("a batch root message is never signed plainly");
+    match &e {
+        ClientError::Status {
+            status: Status::InvalidArgument,
+            message,
+            ..
+        } => assert!(message.contains("batch root context"), "{message}"),
+        other => panic!("{other}"),
+    }
+    // The same one check for a SignBatch's items: the root message fails, its neighbour signs.
+    let items = app
+        .sign_many(
+            &name,
+            Scheme::Ed25519,
+            [input.to_be_signed().to_vec(), b"pay 2 EUR".to_vec()],
+            SignOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &items[0],
+            Err(ClientError::Status {
+                status: Status::InvalidArgument,
+                ..
+            })
+        ),
+        "{:?}",
+        items[0]
+    );
+    items[1]
+        .as_ref()
+        .unwrap()
+        .verify(&spki, b"pay 2 EUR")
+        .unwrap();
+
+    // Any other message is signed plainly, and verifies; as a batch leaf even a message that
+    // starts with the root context is fine (a leaf is hashed under its own tag).
+    plain_ok(
+        &app,
+        &name,
+        Scheme::Ed25519,
+        b"pay 5 EUR to account 42".to_vec(),
+    )
+    .await;
+    let leaf = input.to_be_signed().to_vec();
+    let sig = app
+        .sign_with(&name, Scheme::Ed25519, leaf.clone(), accepting_batch())
+        .await
+        .unwrap();
+    assert!(sig.is_batch());
+    sig.verify(&spki, &leaf).unwrap();
 }

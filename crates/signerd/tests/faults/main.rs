@@ -30,6 +30,7 @@ mod support;
 mod verify;
 
 mod audit;
+mod batch;
 mod hang;
 mod keys;
 mod load;

@@ -17,8 +17,8 @@ mod lifecycle;
 mod proptests;
 mod tamper;
 
-/// A software audit key (deterministic from `seed`).
-pub(super) struct SoftSigner {
+/// A software audit key (deterministic from `seed`); other modules' tests open logs with it.
+pub(crate) struct SoftSigner {
     key: SigningKey,
     name: String,
 }
@@ -73,7 +73,7 @@ pub(super) fn entry(i: u64) -> AuditEntry {
     }
 }
 
-pub(super) fn cfg(dir: &Path) -> AuditConfig {
+pub(crate) fn cfg(dir: &Path) -> AuditConfig {
     AuditConfig {
         checkpoint_records: 10,
         checkpoint_interval: Duration::from_millis(20),
