@@ -9,7 +9,7 @@ use signerd::config::{AdminConfig, Config, ServerConfig};
 use signerd::pipeline::audited::Audited;
 use signerd::pipeline::{Completion, Direct};
 use signerd::policy::LivePolicy;
-use signerd::server::{Extras, ServeError, Server};
+use signerd::server::{CrlReloader, Extras, ServeError, Server};
 use signerd::telemetry::{self, Admin, AdminLimits, PartitionHealth, ReadyReport};
 use signerd::{Engine, EngineBuilder, KeyName};
 
@@ -65,11 +65,12 @@ pub fn run(path: &Path) -> Result<(), CliError> {
                 )
             }),
         };
-        let reloader = tokio::spawn(reload_on_sighup(policy, hangups));
         let server = Server::bind_with(engine.clone(), server_cfg, extras).map_err(|e| match e {
             ServeError::Bind { .. } => CliError::new(EXIT_UNAVAILABLE, e),
             _ => CliError::new(EXIT_USAGE, e),
         })?;
+        // SIGHUPs received until now wait in `hangups` and are answered here.
+        let reloader = tokio::spawn(reload_on_sighup(policy, server.crl_reloader(), hangups));
         let admin = match (&cfg.admin, prometheus) {
             (Some(admin_cfg), Some(handle)) => Some(
                 start_admin(
@@ -330,40 +331,77 @@ fn watch_sighup(runtime: &tokio::runtime::Runtime) -> Hangups {
     }
 }
 
-/// Reloads the policy on every SIGHUP until aborted. An invalid file leaves the old policy in
-/// force; connections and requests in flight are not disturbed either way.
-async fn reload_on_sighup(policy: Option<Arc<LivePolicy>>, hangups: Hangups) {
+/// Reloads the policy and the CRL on every SIGHUP until aborted, each on its own: an invalid
+/// file leaves the old one in force. A policy reload disturbs no connection or request; a CRL
+/// reload closes the open connections whose certificate it no longer accepts.
+async fn reload_on_sighup(
+    policy: Option<Arc<LivePolicy>>,
+    crl: Option<CrlReloader>,
+    hangups: Hangups,
+) {
     #[cfg(unix)]
     {
         let Some(mut hup) = hangups else {
             return;
         };
         while hup.recv().await.is_some() {
-            let Some(live) = &policy else {
-                tracing::info!("SIGHUP received; no policy is configured, nothing to reload");
+            if policy.is_none() && crl.is_none() {
+                tracing::info!(
+                    "SIGHUP received; no policy or CRL is configured, nothing to reload"
+                );
                 continue;
-            };
-            let live = Arc::clone(live);
-            let path = live.path().display().to_string();
-            match tokio::task::spawn_blocking(move || live.reload()).await {
-                Ok(Ok(s)) => tracing::info!(
-                    path,
-                    rules = s.rules,
-                    quotas = s.quotas,
-                    "access policy reloaded"
-                ),
-                Ok(Err(e)) => tracing::error!(
-                    path,
-                    "policy reload rejected; the previous policy stays in force: {e}"
-                ),
-                Err(e) => tracing::error!(path, "policy reload failed: {e}"),
+            }
+            if let Some(live) = &policy {
+                reload_policy(Arc::clone(live)).await;
+            }
+            if let Some(crl) = &crl {
+                reload_crl(crl).await;
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (policy, hangups);
+        let _ = (policy, crl, hangups);
         std::future::pending::<()>().await;
+    }
+}
+
+/// Reloads the access policy; an invalid file leaves the previous one in force.
+#[cfg(unix)]
+async fn reload_policy(live: Arc<LivePolicy>) {
+    let path = live.path().display().to_string();
+    match tokio::task::spawn_blocking(move || live.reload()).await {
+        Ok(Ok(s)) => tracing::info!(
+            path,
+            rules = s.rules,
+            quotas = s.quotas,
+            "access policy reloaded"
+        ),
+        Ok(Err(e)) => tracing::error!(
+            path,
+            "policy reload rejected; the previous policy stays in force: {e}"
+        ),
+        Err(e) => tracing::error!(path, "policy reload failed: {e}"),
+    }
+}
+
+/// Reloads `[server] crl`; an invalid file leaves the previous CRLs in force.
+#[cfg(unix)]
+async fn reload_crl(crl: &CrlReloader) {
+    let path = crl.path().display().to_string();
+    match crl.reload().await {
+        Ok(r) => tracing::info!(
+            path,
+            crls = r.crls,
+            revoked = r.revoked,
+            connections_checked = r.checked,
+            connections_closed = r.closed,
+            "CRL reloaded"
+        ),
+        Err(e) => tracing::error!(
+            path,
+            "CRL reload rejected; the previous CRL stays in force: {e}"
+        ),
     }
 }
 

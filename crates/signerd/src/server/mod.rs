@@ -7,10 +7,12 @@ mod authz;
 pub mod batcher;
 mod budget;
 mod dispatch;
+mod live;
 mod refusals;
 mod verify_pool;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +40,13 @@ pub const CLOSE_SHUTDOWN: u32 = 0;
 pub const CLOSE_NO_IDENTITY: u32 = 1;
 /// QUIC application error code for connections over the limit.
 pub const CLOSE_TOO_MANY: u32 = 2;
+/// QUIC application error code for an open connection whose certificate a reloaded CRL revokes
+/// (reason `certificate revoked`), or whose revocation status it no longer knows (reason
+/// `certificate no longer accepted: …`).
+pub const CLOSE_CERTIFICATE_REVOKED: u32 = 3;
+/// QUIC application error code for an open connection whose certificate expired (reason
+/// `certificate expired`).
+pub const CLOSE_CERTIFICATE_EXPIRED: u32 = 4;
 
 /// Most connection attempts quinn holds for the accept loop's decision, per allowed handshake
 /// (quinn's default is 65536 in all). Attempts beyond it are refused by quinn itself.
@@ -77,6 +86,70 @@ pub struct Server {
     local: SocketAddr,
 }
 
+/// Reloads `[server] crl` into a running server (on SIGHUP): see [`Server::crl_reloader`].
+#[derive(Clone, Debug)]
+pub struct CrlReloader {
+    state: Arc<State>,
+    endpoint: quinn::Endpoint,
+    path: PathBuf,
+}
+
+/// What one CRL reload did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrlReloaded {
+    /// CRLs in the file.
+    pub crls: usize,
+    /// Serials they revoke, all together.
+    pub revoked: usize,
+    /// Open connections re-checked.
+    pub checked: usize,
+    /// Open connections closed because the new CRLs no longer accept their certificate.
+    pub closed: usize,
+}
+
+impl CrlReloader {
+    /// The CRL file (`[server] crl`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads and parses the CRL file and builds the verifier from it; if any of that fails, the
+    /// error is returned and the CRLs in force stay. Otherwise installs it for new handshakes,
+    /// then re-checks every open connection against it (one chain verification per distinct
+    /// certificate, off the runtime) and closes at once those it no longer accepts, with
+    /// [`CLOSE_CERTIFICATE_REVOKED`] (or [`CLOSE_CERTIFICATE_EXPIRED`]). Refused while shutting
+    /// down.
+    pub async fn reload(&self) -> Result<CrlReloaded, ServeError> {
+        let path = self.path.clone();
+        let tls = self.state.tls.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let crls = tls::Crls::load(&path)?;
+            let (config, check) = tls.build(Some(&crls))?;
+            Ok::<_, tls::TlsError>((crls, config, check))
+        })
+        .await
+        .map_err(|e| ServeError::Config(format!("CRL reload: {e}")))?;
+        let (crls, config, check) = built?;
+        let crypto = QuicServerConfig::try_from(config)
+            .map_err(|e| ServeError::Config(format!("TLS config unusable for QUIC: {e}")))?;
+        {
+            let mut serving = self.state.serving.lock();
+            let Some(quic) = serving.as_mut() else {
+                return Err(ServeError::Config("shutting down".into()));
+            };
+            quic.crypto = Arc::new(crypto);
+            self.endpoint.set_server_config(Some(quic.clone()));
+        }
+        let (checked, closed) = self.state.live.recheck(check).await;
+        Ok(CrlReloaded {
+            crls: crls.count(),
+            revoked: crls.revoked(),
+            checked,
+            closed,
+        })
+    }
+}
+
 /// What the daemon adds around the QUIC server: the audit log and the key reserved for it.
 #[derive(Clone, Debug, Default)]
 pub struct Extras {
@@ -114,6 +187,13 @@ pub(crate) struct State {
     pub(crate) refusals: Arc<refusals::Refusals>,
     /// The request byte budget of all connections together (`server.request_budget`).
     request_budget: Arc<tokio::sync::Semaphore>,
+    /// What new TLS server configs are built from (after a CRL reload).
+    tls: tls::ServerTls,
+    /// The QUIC config new handshakes get; `None` once shutdown started (a reload then installs
+    /// nothing).
+    serving: Mutex<Option<quinn::ServerConfig>>,
+    /// Open connections and the certificate check in force, for re-checks on CRL reload.
+    live: Arc<live::Live>,
 }
 
 impl State {
@@ -158,8 +238,9 @@ impl Server {
             let live = LivePolicy::load(path).map_err(|e| ServeError::Config(e.to_string()))?;
             extras.policy = Some(Arc::new(live));
         }
-        let rustls_cfg =
-            tls::server_config_with_crl(&cfg.cert, &cfg.key, &cfg.client_ca, cfg.crl.as_deref())?;
+        let server_tls = tls::ServerTls::load(&cfg.cert, &cfg.key, &cfg.client_ca)?;
+        let crls = cfg.crl.as_deref().map(tls::Crls::load).transpose()?;
+        let (rustls_cfg, check) = server_tls.build(crls.as_ref())?;
         let crypto = QuicServerConfig::try_from(rustls_cfg)
             .map_err(|e| ServeError::Config(format!("TLS config unusable for QUIC: {e}")))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -169,11 +250,12 @@ impl Server {
             .max_incoming(limits.max_handshakes.saturating_mul(INCOMING_PER_HANDSHAKE))
             .incoming_buffer_size(INCOMING_BUFFER)
             .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
-        let endpoint =
-            quinn::Endpoint::server(server_config, cfg.listen).map_err(|e| ServeError::Bind {
+        let endpoint = quinn::Endpoint::server(server_config.clone(), cfg.listen).map_err(|e| {
+            ServeError::Bind {
                 addr: cfg.listen,
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         let local = endpoint.local_addr().map_err(|e| ServeError::Bind {
             addr: cfg.listen,
             reason: e.to_string(),
@@ -200,6 +282,9 @@ impl Server {
             admission: Arc::new(Mutex::new(Admission::new(limits, Instant::now()))),
             verify: verify_pool::VerifyPool::start(verify_threads)
                 .map_err(|e| ServeError::Config(format!("starting the verify threads: {e}")))?,
+            tls: server_tls,
+            serving: Mutex::new(Some(server_config)),
+            live: Arc::new(live::Live::new(check)),
         });
         Ok(Server {
             endpoint,
@@ -216,6 +301,16 @@ impl Server {
     /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The handle that reloads `[server] crl` while the server runs; `None` without a CRL.
+    pub fn crl_reloader(&self) -> Option<CrlReloader> {
+        let path = self.state.cfg.crl.clone()?;
+        Some(CrlReloader {
+            state: Arc::clone(&self.state),
+            endpoint: self.endpoint.clone(),
+            path,
+        })
     }
 
     /// Serves until `shutdown` resolves, then drains: no new connections; requests already
@@ -236,7 +331,12 @@ impl Server {
             }
         }
         tracing::info!("shutting down: draining in-flight requests");
-        endpoint.set_server_config(None);
+        {
+            // Under the lock a CRL reload installs with, so that none re-opens the endpoint.
+            let mut serving = state.serving.lock();
+            *serving = None;
+            endpoint.set_server_config(None);
+        }
         state.draining.send_replace(true);
         let grace = state.cfg.shutdown_grace;
         if !wait_idle(&state, grace).await {
@@ -364,6 +464,7 @@ fn admit(state: &Arc<State>, incoming: quinn::Incoming) {
     }
 }
 
+pub use live::EXPIRY_CLOSE_BOUND;
 pub use signer_client::transport::ack_frequency;
 
 /// Counts a connection in `signer_connections` while it lives.
@@ -382,6 +483,8 @@ async fn connection(
     mut slot: Slot,
 ) {
     let peer = incoming.remote_address();
+    // Read before the handshake picks its TLS config (see `Live::register`).
+    let generation = state.live.generation();
     // Dropping the handshake future on timeout closes the connection.
     let handshake = tokio::time::timeout(state.cfg.handshake_timeout, incoming).await;
     slot.handshake_done();
@@ -409,8 +512,8 @@ async fn connection(
             return;
         }
     };
-    let identity = match peer_identity(&conn, &state) {
-        Ok(id) => Arc::<str>::from(id),
+    let (identity, chain, expires) = match peer_identity(&conn, &state) {
+        Ok((id, chain, expires)) => (Arc::<str>::from(id), chain, expires),
         Err(e) => {
             tracing::warn!(%peer, "refusing connection: {e}");
             conn.close(VarInt::from_u32(CLOSE_NO_IDENTITY), b"no usable identity");
@@ -418,10 +521,31 @@ async fn connection(
             return;
         }
     };
+    let mut registration = match state.live.register(chain, generation) {
+        Ok(r) => r,
+        Err(refusal) => {
+            live::cut(&state, &conn, peer, &identity, refusal).await;
+            return;
+        }
+    };
     tracing::debug!(%peer, identity = %identity, "connection established");
     let budget = ByteBudget::new(state.cfg.connection_request_budget, &state.request_budget);
+    let expiry = live::expiry(expires);
+    tokio::pin!(expiry);
     loop {
-        match conn.accept_bi().await {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut expiry => {
+                live::cut(&state, &conn, peer, &identity, tls::Refusal::Expired).await;
+                return;
+            }
+            refusal = registration.refused() => {
+                live::cut(&state, &conn, peer, &identity, refusal).await;
+                return;
+            }
+            accepted = conn.accept_bi() => accepted,
+        };
+        match accepted {
             Ok((send, recv)) => {
                 let guard = InflightGuard::new(&state);
                 if state.inflight.load(Ordering::SeqCst) > state.cfg.max_open_streams {
@@ -451,7 +575,12 @@ async fn connection(
     }
 }
 
-fn peer_identity(conn: &quinn::Connection, state: &State) -> Result<String, String> {
+/// The peer's identity, its certificate chain (end-entity first) and when its certificate
+/// expires.
+fn peer_identity(
+    conn: &quinn::Connection,
+    state: &State,
+) -> Result<(String, live::Chain, std::time::SystemTime), String> {
     let certs = conn
         .peer_identity()
         .and_then(|any| {
@@ -460,5 +589,11 @@ fn peer_identity(conn: &quinn::Connection, state: &State) -> Result<String, Stri
         })
         .ok_or("no client certificate")?;
     let leaf = certs.first().ok_or("empty client certificate chain")?;
-    tls::identity_of(leaf.as_ref(), state.cfg.identity).map_err(|e| e.to_string())
+    let identity =
+        tls::identity_of(leaf.as_ref(), state.cfg.identity).map_err(|e| e.to_string())?;
+    let expires = tls::not_after(leaf.as_ref())
+        .map_err(|e| e.to_string())?
+        .checked_add(live::EXPIRY_CLOSE_BOUND)
+        .ok_or("client certificate notAfter out of range")?;
+    Ok((identity, live::Chain::from(*certs), expires))
 }

@@ -10,7 +10,7 @@ use metrics::{Counter, Gauge, Histogram};
 use signer_proto::protocol::Op;
 use signer_proto::Status;
 
-use super::{names, INCOMING_OUTCOMES, OVERLOAD_REASONS};
+use super::{names, CONNECTION_CLOSE_REASONS, INCOMING_OUTCOMES, OVERLOAD_REASONS};
 
 /// The `reason` label of `signer_overloaded_total`. `OverloadReason as usize` indexes
 /// [`OVERLOAD_REASONS`].
@@ -94,6 +94,31 @@ impl IncomingOutcome {
     }
 }
 
+/// Why the server closed an open connection (`signer_connections_closed_total{reason}`).
+/// `CloseReason as usize` indexes [`CONNECTION_CLOSE_REASONS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// `certificate_expired`: its client certificate passed its notAfter.
+    CertificateExpired,
+    /// `certificate_revoked`: a reloaded CRL revokes its certificate (or no longer knows its
+    /// status).
+    CertificateRevoked,
+}
+
+impl CloseReason {
+    /// Every reason, in label order.
+    pub const ALL: [CloseReason; 2] = [
+        CloseReason::CertificateExpired,
+        CloseReason::CertificateRevoked,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        CONNECTION_CLOSE_REASONS[self as usize]
+    }
+}
+
 /// Pre-registered metric handles. Cheap to clone (one `Arc`); share one per process.
 ///
 /// Every method takes label positions (enums, partition and shard indices as given to
@@ -143,6 +168,7 @@ struct Inner {
     inflight_limit: Vec<Gauge>,
     hsm_retries: Vec<Counter>,
     incoming: Vec<Counter>,
+    connections_closed: Vec<Counter>,
 }
 
 impl Metrics {
@@ -235,6 +261,10 @@ impl Metrics {
             incoming: INCOMING_OUTCOMES
                 .iter()
                 .map(|o| counter!(names::INCOMING_TOTAL, "outcome" => *o))
+                .collect(),
+            connections_closed: CONNECTION_CLOSE_REASONS
+                .iter()
+                .map(|r| counter!(names::CONNECTIONS_CLOSED_TOTAL, "reason" => *r))
                 .collect(),
             partitions,
         };
@@ -414,6 +444,14 @@ impl Metrics {
         self.inner.connections.decrement(1.0);
     }
 
+    /// The server closed an open connection for `reason`
+    /// (`signer_connections_closed_total{reason}`).
+    pub fn connection_cut(&self, reason: CloseReason) {
+        if let Some(c) = self.inner.connections_closed.get(reason as usize) {
+            c.increment(1);
+        }
+    }
+
     /// A new connection attempt ended as `outcome` (`signer_incoming_total{outcome}`).
     pub fn incoming(&self, outcome: IncomingOutcome) {
         if let Some(c) = self.inner.incoming.get(outcome as usize) {
@@ -508,6 +546,11 @@ fn describe() {
         "New QUIC connection attempts by admission outcome (accepted, retry, refused_*, \
          handshake_timeout)."
     );
+    describe_counter!(
+        CONNECTIONS_CLOSED_TOTAL,
+        "Open connections closed because their client certificate expired or a reloaded CRL \
+         revokes it, by reason."
+    );
 }
 
 #[cfg(test)]
@@ -525,6 +568,11 @@ mod tests {
         for (i, o) in IncomingOutcome::ALL.iter().enumerate() {
             assert_eq!(*o as usize, i);
             assert_eq!(o.as_str(), INCOMING_OUTCOMES[i]);
+        }
+        assert_eq!(CloseReason::ALL.len(), CONNECTION_CLOSE_REASONS.len());
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            assert_eq!(r.as_str(), CONNECTION_CLOSE_REASONS[i]);
         }
     }
 

@@ -41,7 +41,7 @@ pub use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use admin::{bind_admin, serve_admin, Admin, AdminLimits, DEFAULT_ADMIN_PORT};
 pub use health::{PartitionHealth, Readiness, ReadyReport};
-pub use instruments::{IncomingOutcome, Metrics, OverloadReason};
+pub use instruments::{CloseReason, IncomingOutcome, Metrics, OverloadReason};
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
@@ -110,6 +110,11 @@ pub mod names {
     ///
     /// [`INCOMING_OUTCOMES`]: super::INCOMING_OUTCOMES
     pub const INCOMING_TOTAL: &str = "signer_incoming_total";
+    /// Counter `{reason}`: open connections the server closed because their client certificate
+    /// stopped being accepted (see [`CONNECTION_CLOSE_REASONS`]).
+    ///
+    /// [`CONNECTION_CLOSE_REASONS`]: super::CONNECTION_CLOSE_REASONS
+    pub const CONNECTIONS_CLOSED_TOTAL: &str = "signer_connections_closed_total";
 }
 
 /// The Prometheus type of a series family.
@@ -177,6 +182,11 @@ pub const METRICS: &[(&str, MetricKind, &[&str])] = &[
         &["partition"],
     ),
     (names::INCOMING_TOTAL, MetricKind::Counter, &["outcome"]),
+    (
+        names::CONNECTIONS_CLOSED_TOTAL,
+        MetricKind::Counter,
+        &["reason"],
+    ),
 ];
 
 /// `reason` label values of `signer_overloaded_total`, in [`OverloadReason`] order.
@@ -202,6 +212,10 @@ pub const INCOMING_OUTCOMES: &[&str] = &[
     "refused_per_ip",
     "handshake_timeout",
 ];
+
+/// `reason` label values of `signer_connections_closed_total`, in [`CloseReason`] order: the
+/// certificate of an open connection expired, or a reloaded CRL no longer accepts it.
+pub const CONNECTION_CLOSE_REASONS: &[&str] = &["certificate_expired", "certificate_revoked"];
 
 /// Bucket upper bounds, in seconds, of every latency histogram (request, queue wait, HSM call):
 /// 0.1 ms to 10 s. The low end reaches below DESIGN's 0.5 ms because a SoftHSM2 ECDSA sign takes

@@ -12,19 +12,21 @@
 
 mod dev_pki;
 mod identity;
+mod live;
 #[cfg(test)]
 mod tests;
 
 use std::path::Path;
-use std::sync::Arc;
 
-use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 
-use signer_client::tls::{pem, provider, rustls_err};
+use signer_client::tls::pem;
+#[cfg(test)]
+use signer_client::tls::provider;
 
 pub use dev_pki::{generate_dev_pki, generate_foreign_client, DevPki};
 pub use identity::{check_identity, check_identity_pattern, identity_of, RESERVED};
+pub use live::{not_after, ClientCheck, Crls, Refusal, ServerTls};
 pub use signer_client::tls::{client_config, TlsError, ALPN};
 
 /// Which certificate field names the caller.
@@ -67,36 +69,8 @@ pub fn server_config_with_crl(
     client_ca: &Path,
     crl: Option<&Path>,
 ) -> Result<ServerConfig, TlsError> {
-    let provider = provider();
-    let roots = pem::load_roots(client_ca)?;
-    let mut builder =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-    if let Some(crl) = crl {
-        builder = builder
-            .with_crls(pem::load_crls(crl)?)
-            .only_check_end_entity_revocation()
-            .enforce_revocation_expiration();
-    }
-    let verifier = builder
-        .build()
-        .map_err(|e| TlsError::Rustls(format!("client verifier ({}): {e}", client_ca.display())))?;
-    let chain = pem::load_certs(cert_chain)?;
-    let key = pem::load_private_key(private_key)?;
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(rustls_err)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| {
-            TlsError::Rustls(format!(
-                "{} with {}: {e}",
-                cert_chain.display(),
-                private_key.display()
-            ))
-        })?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    config.max_early_data_size = 0;
-    config.send_half_rtt_data = false;
+    let crls = crl.map(Crls::load).transpose()?;
+    let (config, _) = ServerTls::load(cert_chain, private_key, client_ca)?.build(crls.as_ref())?;
     tracing::debug!(
         cert = %cert_chain.display(),
         client_ca = %client_ca.display(),
