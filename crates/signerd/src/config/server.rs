@@ -90,7 +90,7 @@ pub struct ServerConfig {
     #[serde(default = "default_stream_window")]
     pub stream_receive_window: u32,
     /// Per-connection receive window in bytes: what quinn buffers for a connection before the
-    /// daemon reads it. Default 8 MiB.
+    /// daemon reads it. Default 2 MiB (docs/CONFIG.md: the memory bound).
     #[serde(default = "default_conn_window")]
     pub connection_receive_window: u32,
     /// Bytes of requests and answers that one connection's streams may hold at once in the
@@ -295,7 +295,7 @@ fn default_stream_window() -> u32 {
     1 << 20
 }
 fn default_conn_window() -> u32 {
-    8 << 20
+    2 << 20
 }
 fn default_connection_request_budget() -> u64 {
     16 << 20

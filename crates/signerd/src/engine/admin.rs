@@ -25,6 +25,15 @@ use signer_proto::keys::{KeyName, KeyState, KeyType, Payload, Version};
 /// parsec project serializes for the same reason).
 pub(crate) static ADMIN_LOCK: Mutex<()> = Mutex::new(());
 
+/// Holds [`ADMIN_LOCK`]: for code outside the engine that creates or destroys objects in tokens
+/// an engine of this process uses (tests, tools), so that it never does so concurrently with the
+/// engine's own object writes (SoftHSM2 fails such calls with CKR_GENERAL_ERROR, #573). Do not
+/// call engine admin operations while holding it.
+#[doc(hidden)]
+pub fn hold_object_writes() -> parking_lot::MutexGuard<'static, ()> {
+    ADMIN_LOCK.lock()
+}
+
 /// One admin op's hold on the HSMs: the call lock of every module (so no module is
 /// re-initialized while the op runs: every session and object handle it opens stays valid until
 /// it ends), then [`ADMIN_LOCK`]. Taken in that order, the order workers take them in.
@@ -137,9 +146,21 @@ impl KeyAdmin {
                 "{name} version {version} is active; retire it before destroying it"
             )));
         }
+        // The highest version's number would be handed out again by the next rotate or create:
+        // keep it as the name's high-water mark in the tokens first (a crash after leaves only
+        // a mark). Marks are written only here, the one place a number can be lost, so creates
+        // and rotates write no extra object.
+        let highest = self
+            .keys
+            .registry
+            .key(name)
+            .is_none_or(|entry| entry.latest() <= version);
         for i in &v.partitions {
             let p = &self.keys.partitions[*i];
             let session = p.open_session().map_err(|e| hsm_err(p, e))?;
+            if highest {
+                objects::raise_high_water(&session, name, version).map_err(|e| hsm_err(p, e))?;
+            }
             objects::destroy_version(&session, &v.id).map_err(|e| hsm_err(p, e))?;
         }
         self.keys.registry.remove(name, version);
@@ -171,8 +192,8 @@ impl KeyAdmin {
     }
 
     /// The number of `name`'s next version: one past the highest it has ever had, in the
-    /// registry (`known`) or in any partition's high-water mark (which destroy leaves in
-    /// place), so a number is never given to two different keys. A partition whose mark cannot
+    /// registry (`known`) or in any partition's high-water mark (written when the highest
+    /// version is destroyed), so a number is never given to two different keys. A partition whose mark cannot
     /// be read is skipped with a warning (it holds a number higher than the others only if
     /// versions were made on it alone).
     fn next_version(&self, name: &KeyName, known: Version) -> Result<Version, EngineError> {
@@ -232,12 +253,6 @@ impl KeyAdmin {
             reason: "no healthy partition to create the key in".into(),
             retry_after: std::time::Duration::from_secs(1),
         })?;
-        // The version number is taken before anything is generated: marked in every target.
-        for t in targets {
-            t.open_session()
-                .and_then(|s| objects::raise_high_water(&s, name, version))
-                .map_err(|e| hsm_err(t, e))?;
-        }
         let mut id = vec![0u8; objects::ID_LEN];
         rand::rngs::OsRng.fill_bytes(&mut id);
         let mut touched: Vec<&Arc<Partition>> = vec![source];

@@ -13,7 +13,7 @@ mod health;
 mod keys;
 mod watchdog;
 
-pub use admin::KeyAdmin;
+pub use admin::{hold_object_writes, KeyAdmin};
 pub use audit_key::AuditKeySigner;
 pub use health::Health;
 pub use keys::Keys;

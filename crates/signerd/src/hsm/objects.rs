@@ -427,8 +427,9 @@ fn high_water_template(name: &KeyName) -> Vec<Attribute> {
     ]
 }
 
-/// The highest version number ever given to `name` in this token, kept in a data object that
-/// outlives the versions themselves (destroy leaves it), so a number is never handed out twice.
+/// The highest version number of `name` destroyed in this token while it was the highest, kept
+/// in a data object that outlives the versions themselves, so a number is never handed out
+/// twice.
 /// `None`: no mark (a key made before marks existed, or never made here).
 pub fn high_water(session: &Session, name: &KeyName) -> HsmResult<Option<Version>> {
     let found = session.find_objects(&high_water_template(name))?;
@@ -453,8 +454,8 @@ pub fn high_water(session: &Session, name: &KeyName) -> HsmResult<Option<Version
 }
 
 /// Raises `name`'s high-water mark in this token to `version` (never lowering it). Called
-/// before a version is generated, so a crash after leaves the mark at or above every version
-/// that exists. A data object's value cannot be changed in place (SoftHSM2 refuses
+/// before the highest version of a name is destroyed, so a crash after leaves the mark at or
+/// above every version that existed. A data object's value cannot be changed in place (SoftHSM2 refuses
 /// `CKA_VALUE` updates), so the new mark is created first and the older ones destroyed after:
 /// a crash in between leaves two marks, and the highest counts.
 pub fn raise_high_water(session: &Session, name: &KeyName, version: Version) -> HsmResult<()> {

@@ -232,13 +232,15 @@ async fn refused_requests_and_handshakes_cannot_flood_the_audit_log_or_stall_sig
         handshakes > 20,
         "the handshake flood was too weak: {handshakes}"
     );
-    // The allowed client: no failures, and p95 within 4x the quiet phase's (or 50 ms over it).
+    // The allowed client: at most 1% failures, and p95 within 5x the quiet phase's or 100 ms
+    // over it (the p95 objective's budget: the flood's TLS handshakes take CPU from a 2-core
+    // host, and other tests may run beside this one).
     assert_eq!(quiet_failed, 0);
     assert!(
         flood_failed * 100 <= flooded.len() + flood_failed,
         "over 1% of the allowed signs failed during the flood: {flood_failed}"
     );
-    let margin = (p95(&quiet) * 4).max(p95(&quiet) + Duration::from_millis(50));
+    let margin = (p95(&quiet) * 5).max(p95(&quiet) + Duration::from_millis(100));
     assert!(
         p95(&flooded) <= margin,
         "p95 {:?} during the flood, quiet {:?} (margin {margin:?})",

@@ -123,6 +123,8 @@ fn unwrap_template(change: impl FnOnce(&mut Vec<Attribute>)) -> Vec<Attribute> {
 #[test]
 fn the_token_refuses_an_unwrap_that_contradicts_the_kek_template() {
     let s0 = support::raw_session("signerd-0");
+    // Objects are made beside other tests' engines: never at the same time as theirs.
+    let _serial = signerd::engine::hold_object_writes();
     let (wrapped, made) = wrapped_key(&s0);
     let s1 = support::raw_session("signerd-1");
     let kek = objects::find_kek(&s1).unwrap().unwrap();
@@ -159,6 +161,8 @@ fn the_token_refuses_an_unwrap_that_contradicts_the_kek_template() {
 #[test]
 fn the_kek_wraps_only_what_its_wrap_template_allows() {
     let s = support::raw_session("signerd-0");
+    // Objects are made beside other tests' engines: never at the same time as theirs.
+    let _serial = signerd::engine::hold_object_writes();
     let kek = objects::find_kek(&s).unwrap().unwrap();
     // An extractable AES session key: PKCS#11 would wrap it under any wrapping key.
     let secret = s

@@ -82,7 +82,9 @@ async fn replicated_key_is_identical_signs_everywhere_and_stays_sealed() {
                 read.as_ref().map_or(true, |a| a.is_empty()),
                 "{token}: reading the private value must fail, got {read:?}"
             );
-            // Wrapping it under anything but the trusted KEK fails.
+            // Wrapping it under anything but the trusted KEK fails. (The session key is made
+            // while no engine of this process writes objects: SoftHSM2 #573.)
+            let _serial = signerd::engine::hold_object_writes();
             let untrusted = s
                 .generate_key(
                     &Mechanism::AesKeyGen,
