@@ -29,7 +29,9 @@ const IDLE_PARK: Duration = Duration::from_millis(100);
 /// caller's runtime thread; on a machine with few cores those wake-ups preempt the signing
 /// threads (measured on 2 cores: engine/raw ~76% answering one by one, ~87% in groups of 8,
 /// ~88-90% in groups of 32; tuning/RESULTS.md). The hold only applies while a batch is being
-/// worked through: at low load batches hold one request and it is answered at once.
+/// worked through: at low load batches hold one request and it is answered at once; and only
+/// while the next call would end within the hold (a 1 ms call holds an answer at most one more
+/// call, a slower one not at all).
 const ANSWER_GROUP: usize = 64;
 /// Longest an answer is held back for grouping.
 const ANSWER_HOLD: Duration = Duration::from_millis(2);
@@ -225,7 +227,14 @@ impl Worker {
                     oldest_held = now;
                 }
                 done.push((job, reply));
-                if done.len() >= ANSWER_GROUP || now - oldest_held >= ANSWER_HOLD {
+                // Held for grouping only while the next call (taken to last as long as this one)
+                // would still end within the hold: with a slow HSM (a network HSM's
+                // milliseconds, or worse) every answer goes at once instead of waiting for the
+                // next job's call to finish.
+                let call = now.saturating_duration_since(began);
+                if done.len() >= ANSWER_GROUP
+                    || now.saturating_duration_since(oldest_held) + call >= ANSWER_HOLD
+                {
                     self.complete(&mut done);
                 }
             }

@@ -29,6 +29,7 @@ mod support;
 #[path = "../../../../loadgen/src/verify.rs"]
 mod verify;
 
+mod answers;
 mod audit;
 mod batch;
 mod hang;
