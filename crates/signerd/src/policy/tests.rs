@@ -434,6 +434,37 @@ const OP_NAMES: &[&str] = &[
 ];
 const SCHEMES: &[&str] = &["ecdsa-sha256", "rsa-pss-sha256"];
 
+/// A request is decided by one policy snapshot: a reload after its authorization does not
+/// change the quota (or approval rule) it meets. Everything a request asks of the live policy
+/// takes the snapshot it was authorized under (`LivePolicy::current` once per request).
+#[test]
+fn a_request_keeps_its_policy_snapshot_across_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    let id = "spiffe://ex/app";
+    let limited = format!(
+        "[[rule]]\neffect = \"allow\"\nidentities = [\"{id}\"]\nkeys = [\"*\"]\nops = [\"sign\"]\n\n\
+         [[quota]]\nidentities = [\"{id}\"]\nrate = 1\nburst = 1\n"
+    );
+    std::fs::write(&path, &limited).unwrap();
+    let live = LivePolicy::load(&path).unwrap();
+    let snapshot = live.current();
+    // The operator drops the quota (and the rule) while the request is between checks.
+    std::fs::write(&path, "").unwrap();
+    live.reload().unwrap();
+    assert!(live.current().quota_for(id).is_none());
+    let who: Arc<str> = id.into();
+    let now = std::time::Instant::now();
+    // Under its snapshot the request still meets the quota it was authorized with.
+    assert!(live.admit(&snapshot, &who, 1, now).unwrap().is_some());
+    assert!(
+        live.admit(&snapshot, &who, 1, now).is_err(),
+        "the snapshot's burst of 1"
+    );
+    // A new request gets the new policy: no quota.
+    assert!(live.admit(&live.current(), &who, 1, now).unwrap().is_none());
+}
+
 fn subset(of: &'static [&'static str]) -> impl Strategy<Value = Vec<&'static str>> {
     proptest::sample::subsequence(of, 1..=of.len().min(3))
 }
