@@ -125,6 +125,10 @@ impl Refusals {
 
     fn throttled(&self, subject: &Subject, now: Instant) -> Option<Duration> {
         let mut inner = self.inner.lock();
+        if inner.buckets.is_empty() {
+            // Nobody has been refused lately: the common case costs one uncontended lock.
+            return None;
+        }
         let tokens = inner.buckets.get_mut(subject)?.available(now);
         (tokens < 1.0)
             .then(|| Duration::from_secs_f64(((1.0 - tokens) / self.rate).clamp(0.001, 60.0)))
