@@ -10,6 +10,7 @@ use cryptoki_sys::{CKR_DEVICE_REMOVED, CKR_FUNCTION_FAILED, CK_RV};
 use serde::Deserialize;
 
 use crate::names::{fid, function_index, parse_rv, FUNCTIONS};
+use crate::token_info::{padded16, parse_flag, TokenEdit};
 
 /// A parsed, validated config.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -118,6 +119,9 @@ pub enum Action {
         max_waiting: Option<usize>,
         rv: CK_RV,
     },
+    /// Rewrite the wrapped module's successful answer to `C_GetTokenInfo` (see
+    /// `token_info.rs`): the quirks of other vendors' `CK_TOKEN_INFO`.
+    TokenInfo(TokenEdit),
 }
 
 impl Action {
@@ -129,6 +133,7 @@ impl Action {
             Action::Hang { .. } => "hang",
             Action::Remove { .. } => "remove",
             Action::Capacity { .. } => "capacity",
+            Action::TokenInfo(_) => "token_info",
         }
     }
 }
@@ -204,6 +209,11 @@ struct RawRule {
     max_concurrent: Option<u64>,
     call_ms: Option<f64>,
     max_waiting: Option<u64>,
+    utc_time: Option<String>,
+    label_padding: Option<String>,
+    serial: Option<String>,
+    set_flags: Option<Vec<String>>,
+    garbage_numbers: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,9 +248,17 @@ impl RawRule {
             "hang" => &["hang_ms", "rv"],
             "remove" => &["rv"],
             "capacity" => &["max_concurrent", "call_ms", "max_waiting", "rv"],
+            "token_info" => &[
+                "utc_time",
+                "label_padding",
+                "serial",
+                "set_flags",
+                "garbage_numbers",
+            ],
             other => {
                 return Err(format!(
-                    "unknown kind {other:?} (error | latency | hang | remove | capacity)"
+                    "unknown kind {other:?} (error | latency | hang | remove | capacity | \
+                     token_info)"
                 ))
             }
         };
@@ -252,6 +270,11 @@ impl RawRule {
             ("max_concurrent", self.max_concurrent.is_some()),
             ("call_ms", self.call_ms.is_some()),
             ("max_waiting", self.max_waiting.is_some()),
+            ("utc_time", self.utc_time.is_some()),
+            ("label_padding", self.label_padding.is_some()),
+            ("serial", self.serial.is_some()),
+            ("set_flags", self.set_flags.is_some()),
+            ("garbage_numbers", self.garbage_numbers.is_some()),
         ] {
             if present && !allowed.contains(&field) {
                 return Err(format!("`{field}` does not apply to kind {kind:?}"));
@@ -283,6 +306,7 @@ impl RawRule {
                     rv: rv.unwrap_or(CKR_DEVICE_REMOVED),
                 }
             }
+            "token_info" => Action::TokenInfo(self.token_edit(functions)?),
             _ => {
                 let max_concurrent = self
                     .max_concurrent
@@ -312,8 +336,45 @@ impl RawRule {
         })
     }
 
+    /// The fields of a `token_info` rule; `functions` must be `C_GetTokenInfo` (the default
+    /// for this kind, as `"*"` is the default of the others).
+    fn token_edit(&self, functions: FunctionSet) -> Result<TokenEdit, String> {
+        if self.function.is_some() && functions != FunctionSet(1u128 << fid("C_GetTokenInfo")) {
+            return Err("kind \"token_info\" rewrites C_GetTokenInfo answers only".into());
+        }
+        let utc_time = match &self.utc_time {
+            None => None,
+            Some(t) => Some(padded16(t).ok_or("`utc_time` is at most 16 bytes")?),
+        };
+        let label_nul_padded = match self.label_padding.as_deref() {
+            None | Some("blank") => false,
+            Some("nul") => true,
+            Some(other) => {
+                return Err(format!("`label_padding` {other:?} is \"nul\" or \"blank\""))
+            }
+        };
+        let serial = match &self.serial {
+            None => None,
+            Some(s) => Some(padded16(s).ok_or("`serial` is at most 16 bytes")?),
+        };
+        let mut set_flags = 0;
+        for f in self.set_flags.iter().flatten() {
+            set_flags |= parse_flag(f).ok_or_else(|| format!("unknown token flag {f:?}"))?;
+        }
+        Ok(TokenEdit {
+            utc_time,
+            label_nul_padded,
+            serial,
+            set_flags,
+            garbage_numbers: self.garbage_numbers.unwrap_or(false),
+        })
+    }
+
     fn functions(&self) -> Result<FunctionSet, String> {
         let names: Vec<&str> = match &self.function {
+            None if self.kind == "token_info" => {
+                return Ok(FunctionSet(1u128 << fid("C_GetTokenInfo")))
+            }
             None => return Ok(FunctionSet::all()),
             Some(OneOrMany::One(n)) => vec![n.as_str()],
             Some(OneOrMany::Many(v)) => v.iter().map(String::as_str).collect(),
@@ -476,6 +537,31 @@ mod tests {
     }
 
     #[test]
+    fn token_info_rules() {
+        let c = Config::parse(
+            "[[rule]]\nkind = \"token_info\"\ntoken = \"signerd-0\"\nutc_time = \"kryoptic\"\n\
+             label_padding = \"nul\"\nserial = \"\"\n\
+             set_flags = [\"CKF_USER_PIN_LOCKED\", \"user_pin_to_be_changed\"]\n\
+             garbage_numbers = true\n",
+        )
+        .unwrap();
+        let r = &c.rules[0];
+        assert_eq!(r.functions.names(), vec!["C_GetTokenInfo"]);
+        assert_eq!(
+            r.action,
+            Action::TokenInfo(TokenEdit {
+                utc_time: Some(*b"kryoptic        "),
+                label_nul_padded: true,
+                serial: Some([b' '; 16]),
+                set_flags: cryptoki_sys::CKF_USER_PIN_LOCKED
+                    | cryptoki_sys::CKF_USER_PIN_TO_BE_CHANGED,
+                garbage_numbers: true,
+            })
+        );
+        assert_eq!(r.action.kind(), "token_info");
+    }
+
+    #[test]
     fn star_leaves_out_initialize_and_finalize() {
         let all = FunctionSet::all();
         assert!(all.contains(fid("C_Sign")));
@@ -529,6 +615,26 @@ mod tests {
                 "before",
             ),
             ("[[rule]]\nkind = \"error\"\nrv = 5\nbogus = 1\n", "bogus"),
+            (
+                "[[rule]]\nkind = \"token_info\"\nfunction = \"C_Sign\"\n",
+                "C_GetTokenInfo answers only",
+            ),
+            (
+                "[[rule]]\nkind = \"token_info\"\nserial = \"12345678901234567\"\n",
+                "at most 16",
+            ),
+            (
+                "[[rule]]\nkind = \"token_info\"\nset_flags = [\"CKF_NOPE\"]\n",
+                "unknown token flag",
+            ),
+            (
+                "[[rule]]\nkind = \"token_info\"\nlabel_padding = \"tabs\"\n",
+                "label_padding",
+            ),
+            (
+                "[[rule]]\nkind = \"error\"\nrv = 5\nserial = \"\"\n",
+                "does not apply",
+            ),
             ("sed = 1\n", "sed"),
             ("[[rule]\n", ""),
         ] {

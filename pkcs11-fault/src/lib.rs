@@ -22,6 +22,7 @@ pub mod names;
 mod rng;
 mod rules;
 pub mod stats;
+pub mod token_info;
 
 use std::path::{Path, PathBuf};
 

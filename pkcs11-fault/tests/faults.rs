@@ -321,6 +321,38 @@ fn hang_with_a_limit_then_returns_a_code() {
 }
 
 #[test]
+fn token_info_rules_rewrite_one_tokens_answer() {
+    let (_g, h, _r) = begin();
+    let t0 = h.token("fault-0");
+    let t1 = h.token("fault-1");
+    let before = h.ctx.get_token_info(t0.slot).unwrap();
+    assert!(!before.user_pin_locked());
+    h.configure(
+        "[[rule]]\nname = \"odd\"\nkind = \"token_info\"\ntoken = \"fault-0\"\n\
+         label_padding = \"nul\"\nserial = \"\"\nset_flags = [\"CKF_USER_PIN_LOCKED\"]\n\
+         garbage_numbers = true\n\
+         [[rule]]\nname = \"clock\"\nkind = \"token_info\"\ntoken = \"fault-1\"\n\
+         utc_time = \"kryoptic\"\n",
+    );
+    let odd = h.ctx.get_token_info(t0.slot).unwrap();
+    assert!(odd.label().starts_with("fault-0\0"), "{:?}", odd.label());
+    assert_eq!(odd.serial_number().trim_end(), "");
+    assert!(odd.user_pin_locked() && odd.token_initialized());
+    assert_eq!(odd.hardware_version().minor(), 0xff);
+    // A utcTime that is not digits, with CKF_CLOCK_ON_TOKEN: cryptoki 0.12 cannot parse it.
+    assert!(h.ctx.get_token_info(t1.slot).is_err());
+    // The rules still know the token by its real label (learned before the rewrite).
+    assert!(h.stats().injected("odd") >= 1 && h.stats().injected("clock") >= 1);
+    h.session("fault-0");
+    h.configure("");
+    assert_eq!(
+        h.ctx.get_token_info(t0.slot).unwrap().label(),
+        before.label()
+    );
+    assert!(h.ctx.get_token_info(t1.slot).is_ok());
+}
+
+#[test]
 fn token_removal_hides_the_slot_and_fails_sessions_until_lifted() {
     let (_g, h, _r) = begin();
     let gone = h.token("fault-1");

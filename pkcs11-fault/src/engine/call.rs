@@ -12,6 +12,7 @@ use crate::capacity::{Acquire, Permit};
 use crate::config::Action;
 use crate::names::fid;
 use crate::rules::LiveRule;
+use crate::token_info::TokenEdit;
 
 impl Engine {
     /// Counts a call that is forwarded without rules (C_GetSlotList's own path).
@@ -35,6 +36,20 @@ impl Engine {
         size_query: bool,
         call: impl FnOnce() -> CK_RV,
         drain: impl FnOnce(),
+    ) -> CK_RV {
+        self.intercept_edit(fid, ctx, size_query, call, drain, |_| {})
+    }
+
+    /// [`Engine::intercept`], and when the forwarded call succeeded, `edit` gets the edits of
+    /// the `token_info` rules that fired on it (in file order), to apply to the answer.
+    pub(crate) fn intercept_edit(
+        &self,
+        fid: usize,
+        ctx: Ctx,
+        size_query: bool,
+        call: impl FnOnce() -> CK_RV,
+        drain: impl FnOnce(),
+        edit: impl FnOnce(&[&TokenEdit]),
     ) -> CK_RV {
         self.count_call(fid);
         let set = self.rules();
@@ -142,7 +157,22 @@ impl Engine {
             }
         }
 
-        call()
+        let rv = call();
+        if rv == CKR_OK {
+            let mut edits = Vec::new();
+            for r in &fired {
+                if let Action::TokenInfo(e) = &r.spec.action {
+                    if r.take() {
+                        self.note(r);
+                        edits.push(e);
+                    }
+                }
+            }
+            if !edits.is_empty() {
+                edit(&edits);
+            }
+        }
+        rv
     }
 
     /// Blocks for `max` (or until lifted); true when the rule was lifted.

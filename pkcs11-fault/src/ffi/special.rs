@@ -175,8 +175,8 @@ pub(super) unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SL
     })
 }
 
-/// Forwards (a removed token answers `CKR_TOKEN_NOT_PRESENT` from the rules), and learns the
-/// slot's label from the answer.
+/// Forwards (a removed token answers `CKR_TOKEN_NOT_PRESENT` from the rules), learns the
+/// slot's label from the real answer, then applies the `token_info` rules that fired.
 pub(super) unsafe extern "C" fn C_GetTokenInfo(
     slot: CK_SLOT_ID,
     info: *mut CK_TOKEN_INFO,
@@ -189,7 +189,7 @@ pub(super) unsafe extern "C" fn C_GetTokenInfo(
         let Some(f) = target.list.C_GetTokenInfo else {
             return CKR_FUNCTION_NOT_SUPPORTED;
         };
-        eng.intercept(
+        eng.intercept_edit(
             fid("C_GetTokenInfo"),
             Ctx::Slot(slot),
             false,
@@ -203,6 +203,17 @@ pub(super) unsafe extern "C" fn C_GetTokenInfo(
                 rv
             },
             || {},
+            |edits| {
+                if info.is_null() {
+                    return;
+                }
+                // SAFETY: non-null, filled in by the wrapped module (the call succeeded), and the
+                // application's to write until we return.
+                let info = unsafe { &mut *info };
+                for e in edits {
+                    e.apply(info);
+                }
+            },
         )
     })
 }

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use super::error::{ErrorClass, HsmError, HsmResult};
 use super::module::Module;
+use super::raw::{RawCalls, TokenInfo};
 use crate::config::TokenSelector;
 use crate::secret::Pin;
 
@@ -87,14 +88,18 @@ impl fmt::Debug for Partition {
 
 impl Partition {
     /// Finds the token, opens the anchor session and logs in once. A wrong PIN fails here, once,
-    /// with a clear error; it is never retried.
+    /// with a clear error; it is never retried. A token that reports its user PIN locked or to
+    /// be changed is refused before any login. Errors do not name the partition (the caller
+    /// does, once).
     pub fn open(
         module: Arc<Module>,
         spec: PartitionSpec,
         pin: Pin,
         index: usize,
     ) -> HsmResult<Partition> {
-        let (slot, token_label) = find_token(&module, &spec.selector, &spec.name)?;
+        let (slot, info) = find_token(&module, &spec.selector)?;
+        check_pin_state(&info)?;
+        let token_label = info.label;
         let part = Partition {
             spec,
             index,
@@ -152,9 +157,9 @@ impl Partition {
     fn restore_login(&self, told_at: Option<u64>) -> HsmResult<()> {
         if self.pin_rejected.load(Ordering::Relaxed) {
             return Err(HsmError::Login(format!(
-                "partition {}: the token rejected our PIN earlier; not presenting it again. Fix \
-                 the PIN source and restart.",
-                self.spec.name
+                "token {:?} rejected our PIN earlier; not presenting it again. Fix the PIN \
+                 source and restart.",
+                self.token_label
             )));
         }
         let mut anchor = self.anchor.lock();
@@ -206,10 +211,10 @@ impl Partition {
                     ErrorClass::PinIncorrect | ErrorClass::PinLocked => {
                         self.pin_rejected.store(true, Ordering::Relaxed);
                         Err(HsmError::Login(format!(
-                            "login to partition {} (token {:?}) failed: {err}. The PIN is wrong \
-                             or locked; not retrying, because real tokens lock after a few \
-                             failed attempts. Fix the PIN source and restart.",
-                            self.spec.name, self.token_label
+                            "login to token {:?} failed: {err}. The PIN is wrong or locked; \
+                             not retrying, because real tokens lock after a few failed \
+                             attempts. Fix the PIN source and restart.",
+                            self.token_label
                         )))
                     }
                     _ => Err(err),
@@ -233,7 +238,7 @@ impl Partition {
         &self.spec
     }
 
-    /// Token label as the token reports it (trailing spaces removed).
+    /// Token label as the token reports it (trailing blanks and NULs removed).
     pub fn token_label(&self) -> &str {
         &self.token_label
     }
@@ -419,49 +424,129 @@ pub struct PartitionStats {
 }
 
 /// Finds the one token matching `selector`. Returns its slot (valid for this process's
-/// initialization of the module only) and its label.
-fn find_token(module: &Module, selector: &TokenSelector, name: &str) -> HsmResult<(Slot, String)> {
+/// initialization of the module only) and what discovery read of it.
+///
+/// Each slot's token is read with the raw `C_GetTokenInfo` ([`RawCalls::token_info`]), not
+/// cryptoki's `get_token_info`: only label, manufacturer, model, serial and flags are used, and
+/// a field cryptoki cannot parse (a `utcTime` that is not digits, as kryoptic's) must not hide a
+/// token. One path for every module, so the path the tests take is the one users get. A slot
+/// whose token cannot be read at all is skipped with a warning, and listed with the reason if
+/// nothing matches. The messages do not name the partition: the caller does.
+fn find_token(module: &Module, selector: &TokenSelector) -> HsmResult<(Slot, TokenInfo)> {
     let ctx = module.ctx();
+    let raw = RawCalls::open(module)?;
     let mut found = Vec::new();
     let mut seen = Vec::new();
+    let mut unreadable = Vec::new();
     for slot in ctx.get_slots_with_token()? {
-        let info = match ctx.get_token_info(slot) {
+        let info = match raw.token_info(slot) {
             Ok(i) => i,
             Err(e) => {
-                tracing::debug!("token info for slot {slot}: {e}");
+                unreadable.push(match e.rv() {
+                    Some(rv) => {
+                        format!("slot {}: C_GetTokenInfo answered {rv:?} ({rv})", slot.id())
+                    }
+                    None => format!("slot {}: {e}", slot.id()),
+                });
                 continue;
             }
         };
-        let label = info.label().trim_end().to_owned();
-        if selector.matches(
-            info.label(),
-            info.manufacturer_id(),
-            info.model(),
-            info.serial_number(),
-        ) {
-            if !info.token_initialized() {
-                return Err(HsmError::Unexpected(format!(
-                    "partition {name}: token {label:?} is not initialized"
-                )));
-            }
-            found.push((slot, label));
+        if selector.matches(&info.label, &info.manufacturer, &info.model, &info.serial) {
+            found.push((slot, info));
         } else {
-            seen.push(format!(
-                "{label:?} (serial {})",
-                info.serial_number().trim_end()
-            ));
+            seen.push((slot, info));
         }
     }
+    let unread = || {
+        if unreadable.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; slots whose token could not be read: [{}]",
+                unreadable.join(", ")
+            )
+        }
+    };
     match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => Err(HsmError::Unexpected(format!(
-            "partition {name}: no token matches {selector:?} in module {}; tokens present: [{}]",
-            module.path().display(),
-            seen.join(", ")
-        ))),
+        1 => {
+            let (slot, info) = found.remove(0);
+            if !info.initialized() {
+                return Err(HsmError::Unexpected(format!(
+                    "token {:?} is not initialized",
+                    info.label
+                )));
+            }
+            for u in &unreadable {
+                tracing::warn!(token = %info.label, "another slot of the module could not be read ({u}); not needed for this partition");
+            }
+            Ok((slot, info))
+        }
+        0 => {
+            let no_serial: Vec<String> = seen
+                .iter()
+                .filter(|(_, t)| t.initialized() && t.serial.is_empty())
+                .map(|(_, t)| format!("{:?}", t.label))
+                .collect();
+            let hint = match selector {
+                TokenSelector::Serial(_) if !no_serial.is_empty() => format!(
+                    "; token {} {} no serial number: select by label or by a pkcs11: URI",
+                    no_serial.join(", "),
+                    if no_serial.len() == 1 { "has" } else { "have" }
+                ),
+                _ => String::new(),
+            };
+            Err(HsmError::Unexpected(format!(
+                "no token matches {selector:?} in module {}; tokens present: [{}]{}{hint}",
+                module.path().display(),
+                seen.iter()
+                    .map(|(slot, t)| describe(*slot, t))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                unread(),
+            )))
+        }
         n => Err(HsmError::Unexpected(format!(
-            "partition {name}: {n} tokens match {selector:?}; select by serial or a more \
-             specific pkcs11: URI"
+            "{n} tokens match {selector:?}: [{}]; select by serial or a more specific pkcs11: URI",
+            found
+                .iter()
+                .map(|(slot, t)| describe(*slot, t))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
+}
+
+/// A token as the discovery errors list it: its label and serial (a free slot's token, which
+/// SoftHSM2 always offers, by its slot).
+fn describe(slot: Slot, t: &TokenInfo) -> String {
+    if !t.initialized() {
+        format!("an uninitialized token in slot {}", slot.id())
+    } else if t.serial.is_empty() {
+        format!("{:?} (no serial)", t.label)
+    } else {
+        format!("{:?} (serial {})", t.label, t.serial)
+    }
+}
+
+/// Refuses a token whose flags say a login cannot work: its user PIN is locked, or must be
+/// changed first. Checked before the login, so the PIN is never presented in vain (a locked
+/// token would only count another failure).
+fn check_pin_state(info: &TokenInfo) -> HsmResult<()> {
+    if info.user_pin_locked() {
+        return Err(HsmError::Login(format!(
+            "token {:?} reports its user PIN locked (CKF_USER_PIN_LOCKED); not logging in. The \
+             token's security officer must set a new user PIN (C_InitPIN, e.g. `pkcs11-tool \
+             --init-pin --login --login-type so`); then update the PIN source and restart.",
+            info.label
+        )));
+    }
+    if info.user_pin_to_be_changed() {
+        return Err(HsmError::Login(format!(
+            "token {:?} reports that its user PIN must be changed before use \
+             (CKF_USER_PIN_TO_BE_CHANGED); not logging in. Set a new user PIN (C_SetPIN, e.g. \
+             `pkcs11-tool --change-pin --login`), put it in the PIN source and restart.",
+            info.label
+        )));
+    }
+    Ok(())
 }

@@ -1,11 +1,16 @@
-//! The two PKCS#11 calls that cryptoki 0.12 cannot make: `C_CreateObject` and
-//! `C_GetAttributeValue` with attributes whose value is itself a template (`CKA_WRAP_TEMPLATE`,
-//! `CKA_UNWRAP_TEMPLATE`, PKCS#11 v2.40 §4.9, §10.1: an array of `CK_ATTRIBUTE`). cryptoki's
-//! `Attribute` has no variant for them, so the key-encryption key ceremony ([`crate::dev`]) and
-//! the tests that check it call the module's own function list here.
+//! The PKCS#11 calls that cryptoki 0.12 cannot make:
+//!
+//! - `C_CreateObject` and `C_GetAttributeValue` with attributes whose value is itself a template
+//!   (`CKA_WRAP_TEMPLATE`, `CKA_UNWRAP_TEMPLATE`, PKCS#11 v2.40 §4.9, §10.1: an array of
+//!   `CK_ATTRIBUTE`). cryptoki's `Attribute` has no variant for them, so the key-encryption key
+//!   ceremony ([`crate::dev`]) and the tests that check it call the module's own function list
+//!   here.
+//! - `C_GetTokenInfo` read without parsing every field ([`RawCalls::token_info`]): cryptoki's
+//!   `get_token_info` fails as a whole when one field does not parse (a `utcTime` that is not
+//!   digits, as kryoptic's), so token discovery reads only the fields it needs here.
 //!
 //! `unsafe` is allowed in this module only (the workspace denies it elsewhere): it is the FFI
-//! to the same module cryptoki already loaded, for these two functions and nothing else. The
+//! to the same module cryptoki already loaded, for these three functions and nothing else. The
 //! function list comes from that module's `C_GetFunctionList` (the dynamic loader hands back the
 //! loaded copy for the same path); sessions and object handles are cryptoki's, so the calls run
 //! in the context cryptoki initialized. Every buffer handed to the module lives on this side for
@@ -18,9 +23,11 @@ use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, Rv};
 use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
+use cryptoki::slot::Slot;
 use cryptoki_sys::{
-    CKA_UNWRAP_TEMPLATE, CKA_WRAP_TEMPLATE, CK_ATTRIBUTE, CK_ATTRIBUTE_TYPE, CK_FUNCTION_LIST,
-    CK_OBJECT_HANDLE, CK_RV, CK_ULONG, CK_UNAVAILABLE_INFORMATION,
+    CKA_UNWRAP_TEMPLATE, CKA_WRAP_TEMPLATE, CKF_TOKEN_INITIALIZED, CKF_USER_PIN_LOCKED,
+    CKF_USER_PIN_TO_BE_CHANGED, CK_ATTRIBUTE, CK_ATTRIBUTE_TYPE, CK_FLAGS, CK_FUNCTION_LIST,
+    CK_OBJECT_HANDLE, CK_RV, CK_TOKEN_INFO, CK_ULONG, CK_UNAVAILABLE_INFORMATION,
 };
 
 use super::error::{HsmError, HsmResult};
@@ -44,6 +51,62 @@ impl TemplateAttribute {
             TemplateAttribute::Unwrap => CKA_UNWRAP_TEMPLATE,
         }
     }
+}
+
+/// What token discovery needs of a `CK_TOKEN_INFO`: the identifying texts, trimmed of their
+/// padding ([`trim_padding`]), and the flags. The time, versions and counters are not read, so a
+/// module that fills them oddly is still usable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// `label`.
+    pub label: String,
+    /// `manufacturerID`.
+    pub manufacturer: String,
+    /// `model`.
+    pub model: String,
+    /// `serialNumber` (empty on some modules, e.g. kryoptic).
+    pub serial: String,
+    /// `flags` (`CKF_*`).
+    pub flags: CK_FLAGS,
+}
+
+impl TokenInfo {
+    /// The fields of `info` that discovery uses.
+    pub fn from_ck(info: &CK_TOKEN_INFO) -> TokenInfo {
+        TokenInfo {
+            label: padded_text(&info.label),
+            manufacturer: padded_text(&info.manufacturerID),
+            model: padded_text(&info.model),
+            serial: padded_text(&info.serialNumber),
+            flags: info.flags,
+        }
+    }
+
+    /// `CKF_TOKEN_INITIALIZED`.
+    pub fn initialized(&self) -> bool {
+        self.flags & CKF_TOKEN_INITIALIZED != 0
+    }
+
+    /// `CKF_USER_PIN_LOCKED`: a login with the user PIN can only fail.
+    pub fn user_pin_locked(&self) -> bool {
+        self.flags & CKF_USER_PIN_LOCKED != 0
+    }
+
+    /// `CKF_USER_PIN_TO_BE_CHANGED`: the user PIN must be changed before the token serves.
+    pub fn user_pin_to_be_changed(&self) -> bool {
+        self.flags & CKF_USER_PIN_TO_BE_CHANGED != 0
+    }
+}
+
+/// A PKCS#11 fixed-length text field as text: the standard pads with blanks, some modules with
+/// NULs (or a mix); both are removed from the end. Bytes that are not UTF-8 are replaced.
+pub fn padded_text(field: &[u8]) -> String {
+    trim_padding(&String::from_utf8_lossy(field)).to_owned()
+}
+
+/// `s` without trailing blanks and NULs (the padding of PKCS#11 text fields).
+pub fn trim_padding(s: &str) -> &str {
+    s.trim_end_matches([' ', '\0'])
 }
 
 /// The function list of a loaded module, for the calls cryptoki cannot make.
@@ -86,6 +149,24 @@ impl RawCalls {
         // SAFETY: non-null, and valid while the library is loaded (`_lib` keeps it so); copied.
         let list = unsafe { *list };
         Ok(RawCalls { _lib: lib, list })
+    }
+
+    /// `C_GetTokenInfo` for `slot`, keeping only [`TokenInfo`]'s fields: nothing else of the
+    /// answer is parsed, so a field cryptoki would reject (a `utcTime` that is not digits, odd
+    /// versions or counters) does not hide the token.
+    pub fn token_info(&self, slot: Slot) -> HsmResult<TokenInfo> {
+        let f = self.list.C_GetTokenInfo.ok_or_else(|| {
+            HsmError::from(CkError::Pkcs11(
+                cryptoki::error::RvError::FunctionNotSupported,
+                Function::GetTokenInfo,
+            ))
+        })?;
+        let mut info = CK_TOKEN_INFO::default();
+        // SAFETY: a function of the module's list; `info` is a valid, writable `CK_TOKEN_INFO`
+        // that lives until the call returns; the slot id is one the module listed.
+        let rv = unsafe { f(slot.id() as cryptoki_sys::CK_SLOT_ID, &mut info) };
+        check(rv, Function::GetTokenInfo)?;
+        Ok(TokenInfo::from_ck(&info))
     }
 
     /// `C_CreateObject` with `attributes` plus the template-valued `templates`.
@@ -191,4 +272,56 @@ impl RawCalls {
 
 fn array_len(n: usize) -> CK_ULONG {
     (n * std::mem::size_of::<CK_ATTRIBUTE>()) as CK_ULONG
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn field<const N: usize>(text: &[u8], pad: u8) -> [u8; N] {
+        let mut f = [pad; N];
+        f[..text.len()].copy_from_slice(text);
+        f
+    }
+
+    #[test]
+    fn padding_is_blanks_or_nuls() {
+        assert_eq!(padded_text(&field::<32>(b"signerd-0", b' ')), "signerd-0");
+        assert_eq!(padded_text(&field::<32>(b"signerd-0", 0)), "signerd-0");
+        let mut mixed = field::<32>(b"signerd-0", b' ');
+        mixed[20..].fill(0);
+        assert_eq!(padded_text(&mixed), "signerd-0");
+        assert_eq!(padded_text(&[b' '; 16]), "");
+        assert_eq!(padded_text(&[0; 16]), "");
+        // Inner blanks stay; only the end is padding.
+        assert_eq!(
+            padded_text(&field::<32>(b"my token  x", b' ')),
+            "my token  x"
+        );
+        assert_eq!(trim_padding("a \0 \0"), "a");
+        assert_eq!(trim_padding(" a"), " a");
+    }
+
+    #[test]
+    fn token_info_ignores_time_versions_and_counters() {
+        let mut ck = CK_TOKEN_INFO {
+            label: field(b"kryoptic token", 0),
+            manufacturerID: field(b"Kryoptic", b' '),
+            model: field(b"v1", b' '),
+            serialNumber: [b' '; 16],
+            flags: CKF_TOKEN_INITIALIZED | CKF_USER_PIN_LOCKED,
+            ..Default::default()
+        };
+        ck.utcTime = *b"not a time at al";
+        ck.hardwareVersion.minor = 0xff;
+        ck.ulMinPinLen = 99;
+        ck.ulMaxPinLen = 1;
+        let t = TokenInfo::from_ck(&ck);
+        assert_eq!(t.label, "kryoptic token");
+        assert_eq!(t.manufacturer, "Kryoptic");
+        assert_eq!(t.model, "v1");
+        assert_eq!(t.serial, "");
+        assert!(t.initialized() && t.user_pin_locked() && !t.user_pin_to_be_changed());
+    }
 }

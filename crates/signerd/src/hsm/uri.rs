@@ -9,6 +9,8 @@
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
 
+use super::raw::trim_padding;
+
 /// Longest URI, in bytes, that [`Pkcs11Uri::from_str`] accepts.
 pub const MAX_URI_LEN: usize = 4096;
 
@@ -245,8 +247,8 @@ impl fmt::Debug for Pkcs11Uri {
 impl Pkcs11Uri {
     /// True when every token-identifying attribute present (token, manufacturer, serial,
     /// model) equals the given token info field. Fields from PKCS#11 token info are
-    /// space-padded: compare after trimming trailing spaces on both sides. A URI with none
-    /// of these attributes matches every token.
+    /// space-padded (some modules pad with NULs): compare after trimming trailing blanks and
+    /// NULs on both sides. A URI with none of these attributes matches every token.
     pub fn matches_token(
         &self,
         label: &str,
@@ -263,7 +265,7 @@ impl Pkcs11Uri {
         .into_iter()
         .all(|(want, have)| {
             want.as_deref()
-                .is_none_or(|w| w.trim_end_matches(' ') == have.trim_end_matches(' '))
+                .is_none_or(|w| trim_padding(w) == trim_padding(have))
         })
     }
 
@@ -858,7 +860,7 @@ mod tests {
                 ..Default::default()
             };
             prop_assert!(uri.matches_token(&pad(0, 4), &pad(1, 5), &pad(2, 6), &pad(3, 7)));
-            let same = other.trim_end_matches(' ') == fields[0].trim_end_matches(' ');
+            let same = trim_padding(&other) == trim_padding(&fields[0]);
             prop_assert_eq!(uri.matches_token(&other, &pad(1, 5), &pad(2, 6), &pad(3, 7)), same);
         }
     }

@@ -40,3 +40,4 @@ mod reinit;
 mod requests;
 mod startup;
 mod throttle;
+mod tokens;
