@@ -29,8 +29,10 @@ pub struct DevSetup {
     pub dir: PathBuf,
     /// The engine config.
     pub config: PathBuf,
-    /// The SoftHSM2 config to export as `SOFTHSM2_CONF` for other tools.
+    /// The module's config file, to export as [`DevSetup::conf_var`] for other tools.
     pub softhsm2_conf: PathBuf,
+    /// The environment variable that names it (`SOFTHSM2_CONF`, `KRYOPTIC_CONF`).
+    pub conf_var: &'static str,
     /// The module used.
     pub module: PathBuf,
     /// Token labels, one per partition.
@@ -61,7 +63,7 @@ pub enum DevError {
         reason: String,
     },
     /// The HSM failed.
-    #[error("SoftHSM2: {0}")]
+    #[error("HSM: {0}")]
     Hsm(#[from] HsmError),
     /// The directory is in a state we cannot complete safely.
     #[error("{0}")]
@@ -91,6 +93,74 @@ impl Default for DevPorts {
     }
 }
 
+/// Which soft token a dev set-up provisions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DevHsm {
+    /// SoftHSM2, found in the usual places (or at `SIGNERD_SOFTHSM2_MODULE`).
+    SoftHsm2,
+    /// kryoptic, from this module (`scripts/kryoptic` builds it): one sqlite file per token.
+    Kryoptic(PathBuf),
+}
+
+impl DevHsm {
+    /// The provider name in the written config.
+    fn provider(&self) -> &'static str {
+        match self {
+            DevHsm::SoftHsm2 => "softhsm",
+            DevHsm::Kryoptic(_) => "kryoptic",
+        }
+    }
+
+    /// Whether the module can hold a trusted key-encryption key (`CKA_TRUSTED`, the wrap and
+    /// unwrap templates), which replication needs. kryoptic 1.1.0 refuses `CKA_TRUSTED`
+    /// (CKR_ATTRIBUTE_TYPE_INVALID): its dev set-up has no KEK and does not replicate.
+    fn trusted_wrapping(&self) -> bool {
+        matches!(self, DevHsm::SoftHsm2)
+    }
+
+    /// The environment variable that names the module's config file.
+    fn conf_var(&self) -> &'static str {
+        match self {
+            DevHsm::SoftHsm2 => "SOFTHSM2_CONF",
+            DevHsm::Kryoptic(_) => "KRYOPTIC_CONF",
+        }
+    }
+
+    /// The config file's name in the dev directory and its contents.
+    fn conf(&self, tokens_dir: &Path, partitions: usize) -> (&'static str, String) {
+        match self {
+            DevHsm::SoftHsm2 => (
+                "softhsm2.conf",
+                format!(
+                    "# SoftHSM2 configuration for this signerd dev set-up (written by signerd init \
+                     --dev)\ndirectories.tokendir = {}\nobjectstore.backend = file\n\
+                     log.level = ERROR\nslots.removable = false\n",
+                    tokens_dir.display()
+                ),
+            ),
+            DevHsm::Kryoptic(_) => {
+                let mut text = String::from(
+                    "# kryoptic configuration for this signerd dev set-up (written by signerd init \
+                     --dev): one sqlite token per slot\n",
+                );
+                for i in 0..partitions {
+                    text.push_str(&format!(
+                        "\n[[slots]]\nslot = {}\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n",
+                        i + 1,
+                        tokens_dir.join(format!("p{i}.sql")).display()
+                    ));
+                }
+                ("kryoptic.conf", text)
+            }
+        }
+    }
+}
+
+/// [`init_dev_on`] with SoftHSM2.
+pub fn init_dev(dir: &Path, partitions: usize, ports: DevPorts) -> Result<DevSetup, DevError> {
+    init_dev_on(dir, partitions, ports, &DevHsm::SoftHsm2)
+}
+
 /// Creates (or completes) a dev set-up with `partitions` tokens in `dir`, serving on
 /// 127.0.0.1 on `ports` (`DIR/signerd.toml`, `DIR/client.toml` for the admin identity,
 /// `DIR/client-app.toml` for an ordinary one, dev PKI in `DIR/tls`).
@@ -98,8 +168,18 @@ impl Default for DevPorts {
 /// SoftHSM2 reads `SOFTHSM2_CONF` once per process, so a process can use one dev directory only.
 /// It is set here (see [`set_module_env`]): call this before the process starts any thread, or
 /// start the process with `SOFTHSM2_CONF` already pointing at `DIR/softhsm2.conf`.
-pub fn init_dev(dir: &Path, partitions: usize, ports: DevPorts) -> Result<DevSetup, DevError> {
-    let module_path = find_softhsm2().ok_or(DevError::NoSoftHsm)?;
+pub fn init_dev_on(
+    dir: &Path,
+    partitions: usize,
+    ports: DevPorts,
+    hsm: &DevHsm,
+) -> Result<DevSetup, DevError> {
+    let module_path = match hsm {
+        DevHsm::SoftHsm2 => find_softhsm2().ok_or(DevError::NoSoftHsm)?,
+        DevHsm::Kryoptic(path) => path.canonicalize().map_err(|e| {
+            DevError::Inconsistent(format!("kryoptic module {}: {e}", path.display()))
+        })?,
+    };
     if partitions == 0 || partitions > 16 {
         return Err(DevError::Inconsistent(
             "--partitions must be between 1 and 16".into(),
@@ -111,19 +191,11 @@ pub fn init_dev(dir: &Path, partitions: usize, ports: DevPorts) -> Result<DevSet
     let pins_dir = dir.join("pins");
     mkdir_private(&tokens_dir)?;
     mkdir_private(&pins_dir)?;
-    let conf = dir.join("softhsm2.conf");
-    write_file(
-        &conf,
-        &format!(
-            "# SoftHSM2 configuration for this signerd dev set-up (written by signerd init --dev)\n\
-             directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n\
-             slots.removable = false\n",
-            tokens_dir.display()
-        ),
-        0o644,
-    )?;
-    let env = BTreeMap::from([("SOFTHSM2_CONF".to_owned(), conf.display().to_string())]);
-    // SoftHSM2 reads SOFTHSM2_CONF at C_Initialize: put it into the environment first, which
+    let (conf_name, conf_text) = hsm.conf(&tokens_dir, partitions);
+    let conf = dir.join(conf_name);
+    write_file(&conf, &conf_text, 0o644)?;
+    let env = BTreeMap::from([(hsm.conf_var().to_owned(), conf.display().to_string())]);
+    // The module reads its config at C_Initialize: put it into the environment first, which
     // needs a process with one thread (`signerd init --dev` starts none before this) unless it
     // is already set to this directory's file.
     set_module_env(&env).map_err(DevError::Inconsistent)?;
@@ -147,7 +219,9 @@ pub fn init_dev(dir: &Path, partitions: usize, ports: DevPorts) -> Result<DevSet
         slots.push((slot, label.clone(), so_pin));
         tokens.push(label);
     }
-    establish_kek(&module, &slots)?;
+    if hsm.trusted_wrapping() {
+        establish_kek(&module, &slots)?;
+    }
     crate::tls::generate_dev_pki(&dir.join("tls"))
         .map_err(|e| DevError::Inconsistent(e.to_string()))?;
 
@@ -156,7 +230,7 @@ pub fn init_dev(dir: &Path, partitions: usize, ports: DevPorts) -> Result<DevSet
     if wrote_config {
         write_file(
             &config,
-            &dev_config(&module_path, &conf, partitions, ports),
+            &dev_config(hsm, &module_path, &conf, partitions, ports),
             0o644,
         )?;
     }
@@ -170,6 +244,7 @@ pub fn init_dev(dir: &Path, partitions: usize, ports: DevPorts) -> Result<DevSet
         dir,
         config,
         softhsm2_conf: conf,
+        conf_var: hsm.conf_var(),
         module: module_path,
         tokens,
         created,
@@ -277,11 +352,23 @@ fn establish_kek(module: &Arc<Module>, slots: &[(Slot, String, Pin)]) -> Result<
     Ok(())
 }
 
+/// Whether the token in `slot` is initialized, and its label: read raw (hsm/raw.rs), as
+/// discovery does, so a module whose `CK_TOKEN_INFO` cryptoki cannot parse (kryoptic's
+/// all-zero `utcTime`) works here too.
+fn token_state(raw: &RawCalls, slot: Slot) -> Result<(bool, String), DevError> {
+    let info = raw.token_info(slot)?;
+    Ok((info.initialized(), info.label))
+}
+
 fn find_label(module: &Module, label: &str) -> Result<Option<Slot>, DevError> {
-    let ctx = module.ctx();
-    for slot in ctx.get_slots_with_token().map_err(HsmError::from)? {
-        let info = ctx.get_token_info(slot).map_err(HsmError::from)?;
-        if info.token_initialized() && info.label().trim_end() == label {
+    let raw = RawCalls::open(module)?;
+    for slot in module
+        .ctx()
+        .get_slots_with_token()
+        .map_err(HsmError::from)?
+    {
+        let (initialized, found) = token_state(&raw, slot)?;
+        if initialized && found == label {
             return Ok(Some(slot));
         }
     }
@@ -295,16 +382,16 @@ fn init_token(
     user_pin: &Pin,
 ) -> Result<Slot, DevError> {
     let ctx = module.ctx();
+    let raw = RawCalls::open(module)?;
     let mut free = None;
     for slot in ctx.get_slots_with_token().map_err(HsmError::from)? {
-        let info = ctx.get_token_info(slot).map_err(HsmError::from)?;
-        if !info.token_initialized() {
+        if !token_state(&raw, slot)?.0 {
             free = Some(slot);
             break;
         }
     }
     let slot = free.ok_or_else(|| {
-        DevError::Inconsistent("SoftHSM2 offers no free slot for a new token".into())
+        DevError::Inconsistent("the module offers no free slot for a new token".into())
     })?;
     ctx.init_token(slot, &so_pin.auth_pin(), label)
         .map_err(HsmError::from)?;
@@ -347,10 +434,29 @@ fn client_config(port: u16, who: &str) -> String {
     )
 }
 
-fn dev_config(module: &Path, conf: &Path, partitions: usize, ports: DevPorts) -> String {
+fn dev_config(
+    hsm: &DevHsm,
+    module: &Path,
+    conf: &Path,
+    partitions: usize,
+    ports: DevPorts,
+) -> String {
     let DevPorts { quic, admin } = ports;
+    let (provider, var) = (hsm.provider(), hsm.conf_var());
+    let copies = if hsm.trusted_wrapping() {
+        "# Sign with a session-object copy of each key (faster on SoftHSM2).\n\
+         session_key_copy = true\n\
+         # Copy new keys to every partition, wrapped under the trusted KEK.\n\
+         replicate = true\n"
+    } else {
+        "# Sign with the token object itself.\n\
+         session_key_copy = false\n\
+         # This module has no trusted key-encryption key (no CKA_TRUSTED): keys stay in the\n\
+         # partition they are created in.\n\
+         replicate = false\n"
+    };
     let mut s = format!(
-        "# signerd configuration for a local SoftHSM2 dev set-up (written by signerd init --dev).\n\
+        "# signerd configuration for a local soft-token dev set-up (written by signerd init --dev).\n\
          # Relative paths are relative to this file's directory.\n\n\
          [server]\n\
          # QUIC listen address (UDP).\n\
@@ -385,13 +491,10 @@ fn dev_config(module: &Path, conf: &Path, partitions: usize, ports: DevPorts) ->
          # at once; burst_queue_wait is the limit while the queue keeps up.\n\
          max_queue_wait = \"{}\"\n\
          burst_queue_wait = \"{}\"\n\n\
-         [providers.softhsm]\n\
+         [providers.{provider}]\n\
          module = \"{}\"\n\
-         env = {{ SOFTHSM2_CONF = \"{}\" }}\n\
-         # Sign with a session-object copy of each key (faster on SoftHSM2).\n\
-         session_key_copy = true\n\
-         # Copy new keys to every partition, wrapped under the trusted KEK.\n\
-         replicate = true\n",
+         env = {{ {var} = \"{}\" }}\n\
+         {copies}",
         crate::config::DEFAULT_QUEUE_DEPTH,
         crate::config::DEFAULT_MAX_DRAIN,
         crate::config::duration::format(crate::config::DEFAULT_MAX_QUEUE_WAIT),
@@ -401,7 +504,7 @@ fn dev_config(module: &Path, conf: &Path, partitions: usize, ports: DevPorts) ->
     );
     for i in 0..partitions {
         s.push_str(&format!(
-            "\n[[providers.softhsm.partitions]]\nname = \"p{i}\"\nlabel = \"{DEV_LABEL_PREFIX}{i}\"\n\
+            "\n[[providers.{provider}.partitions]]\nname = \"p{i}\"\nlabel = \"{DEV_LABEL_PREFIX}{i}\"\n\
              pin_file = \"pins/p{i}.pin\"\n"
         ));
     }

@@ -1,12 +1,12 @@
-//! `signerd init --dev DIR [--partitions N]`.
+//! `signerd init --dev DIR [--partitions N] [--kryoptic MODULE]`.
 
 use std::path::Path;
 
 use super::{CliError, EXIT_UNAVAILABLE, EXIT_USAGE};
-use signerd::dev::{init_dev, DevError, DevPorts};
+use signerd::dev::{init_dev_on, DevError, DevHsm, DevPorts};
 
-pub fn run(dir: &Path, partitions: usize, ports: DevPorts) -> Result<(), CliError> {
-    let setup = init_dev(dir, partitions, ports).map_err(|e| match e {
+pub fn run(dir: &Path, partitions: usize, ports: DevPorts, hsm: &DevHsm) -> Result<(), CliError> {
+    let setup = init_dev_on(dir, partitions, ports, hsm).map_err(|e| match e {
         DevError::NoSoftHsm => CliError::new(EXIT_UNAVAILABLE, e),
         DevError::Inconsistent(_) => CliError::new(EXIT_USAGE, e),
         _ => CliError::new(1, e),
@@ -37,7 +37,8 @@ pub fn run(dir: &Path, partitions: usize, ports: DevPorts) -> Result<(), CliErro
         setup.dir.display()
     );
     println!(
-        "For SoftHSM2 tools: export SOFTHSM2_CONF={}",
+        "For the module's own tools: export {}={}",
+        setup.conf_var,
         setup.softhsm2_conf.display()
     );
     Ok(())

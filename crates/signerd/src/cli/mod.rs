@@ -113,6 +113,10 @@ enum Command {
         /// Admin HTTP port (metrics, health) the dev config listens on (127.0.0.1).
         #[arg(long, default_value_t = signerd::dev::DEV_ADMIN_PORT)]
         admin_port: u16,
+        /// Use kryoptic tokens (one sqlite file each, in DIR/tokens) from this PKCS#11 module
+        /// instead of SoftHSM2 (`scripts/kryoptic` builds it and prints its path).
+        #[arg(long, value_name = "MODULE")]
+        kryoptic: Option<PathBuf>,
     },
     /// Load a config (and its access policy, if any), log in to every partition and list the
     /// keys found, then exit.
@@ -232,6 +236,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             partitions,
             port,
             admin_port,
+            kryoptic,
         } => init::run(
             &dev,
             partitions,
@@ -239,6 +244,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 quic: port,
                 admin: admin_port,
             },
+            &kryoptic.map_or(
+                signerd::dev::DevHsm::SoftHsm2,
+                signerd::dev::DevHsm::Kryoptic,
+            ),
         ),
         Command::Check { config } => check::run(&config),
         Command::Selftest {

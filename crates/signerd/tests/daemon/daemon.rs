@@ -53,6 +53,26 @@ impl Daemon {
         files: &[(&str, &str)],
         tail: &str,
     ) -> Daemon {
+        Daemon::start_init(name, &[], server_lines, files, tail).await
+    }
+
+    /// `signerd init --dev` on kryoptic tokens (the module `scripts/kryoptic` builds, named by
+    /// `SIGNERD_KRYOPTIC_MODULE`; `./scripts/test` sets it), then `serve`.
+    pub async fn start_kryoptic(name: &str) -> Daemon {
+        let module = std::env::var("SIGNERD_KRYOPTIC_MODULE").expect(
+            "SIGNERD_KRYOPTIC_MODULE names the kryoptic module: run the tests with ./scripts/test, \
+             or build it with scripts/kryoptic and export its path",
+        );
+        Daemon::start_init(name, &["--kryoptic", &module], "", &[], "").await
+    }
+
+    async fn start_init(
+        name: &str,
+        init_args: &[&str],
+        server_lines: &str,
+        files: &[(&str, &str)],
+        tail: &str,
+    ) -> Daemon {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("daemon-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -63,6 +83,7 @@ impl Daemon {
             .arg(&dir)
             .args(["--partitions", "2", "--port", &port.to_string()])
             .args(["--admin-port", &admin_port.to_string()])
+            .args(init_args)
             .output()
             .unwrap();
         assert!(
@@ -334,4 +355,22 @@ pub fn metric(d: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
             | prometheus_parse::Value::Untyped(v) => v,
             _ => 0.0,
         })
+}
+
+/// `signerd audit verify` on the daemon's log (stopped or live); panics with the report unless it
+/// verifies. Returns the report.
+#[allow(dead_code)]
+pub fn audit_verify(d: &Daemon) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_signerd"))
+        .args(["audit", "verify"])
+        .arg(d.path("audit/audit.log"))
+        .output()
+        .unwrap();
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && report.starts_with("OK"),
+        "audit verify failed: {report}"
+    );
+    report
 }

@@ -3,7 +3,6 @@
 //! measured in the same run, the audit log grows by a bounded number of refusal records (the
 //! rest are counted in summary records), and the log verifies.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use signer_proto::protocol::{self, Request, RequestFrame};
 use signerd::{KeyName, Scheme};
 
-use crate::daemon::{ec_key, metric, random_bytes, Daemon};
+use crate::daemon::{audit_verify, ec_key, metric, random_bytes, Daemon};
 
 const ADMIN: &str = "signerd://dev/admin";
 const APP: &str = "signerd://dev/app";
@@ -267,12 +266,5 @@ async fn refused_requests_and_handshakes_cannot_flood_the_audit_log_or_stall_sig
     conn.close(0u32.into(), b"done");
     admin.close();
     assert!(d.terminate().success(), "{}", d.log());
-    let out = Command::new(env!("CARGO_BIN_EXE_signerd"))
-        .args(["audit", "verify"])
-        .arg(d.path("audit/audit.log"))
-        .output()
-        .unwrap();
-    let report =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "audit verify failed: {report}");
+    audit_verify(&d);
 }

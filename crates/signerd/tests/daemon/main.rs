@@ -15,6 +15,7 @@ mod cli;
 mod flood;
 mod hardening;
 mod identities;
+mod kryoptic;
 mod live_certs;
 mod observability;
 mod policy;
