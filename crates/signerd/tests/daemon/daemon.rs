@@ -374,3 +374,12 @@ pub fn audit_verify(d: &Daemon) -> String {
     );
     report
 }
+
+/// Tests that load the machine on purpose (floods, memory attacks) take this for their whole run,
+/// so they never run beside each other and measure each other's load. (A tokio mutex: held
+/// across awaits, and a failed test's guard is simply dropped.)
+#[allow(dead_code)]
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}

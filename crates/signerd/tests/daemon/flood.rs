@@ -155,6 +155,7 @@ fn refusal_records(d: &Daemon) -> (usize, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_and_handshakes_cannot_flood_the_audit_log_or_stall_signing() {
+    let _heavy = crate::daemon::heavy().await;
     let policy = format!(
         "[[rule]]\nname = \"admin-all\"\neffect = \"allow\"\nidentities = [\"{ADMIN}\"]\n\
          keys = [\"*\"]\nops = [\"*\"]\n"

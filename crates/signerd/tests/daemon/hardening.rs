@@ -35,6 +35,7 @@ fn series(text: &str, name_and_labels: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_flood_gets_retry_and_refusals_while_a_client_keeps_signing() {
+    let _heavy = crate::daemon::heavy().await;
     let d = Daemon::start_with(
         "flood",
         "new_connections_per_second = 20\nnew_connections_burst = 20\n\
@@ -427,6 +428,7 @@ fn rss(pid: u32) -> u64 {
 /// keeps signing throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_streams_that_never_read_cannot_make_the_daemon_hold_memory() {
+    let _heavy = crate::daemon::heavy().await;
     const CONNECTIONS: usize = 4;
     const STREAMS: usize = 256;
     // The documented bound (docs/CONFIG.md, "Memory") for this config: the request budget
