@@ -6,11 +6,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cryptoki_sys::{CKR_DEVICE_REMOVED, CKR_FUNCTION_FAILED, CK_RV};
+use cryptoki_sys::{CKR_DEVICE_REMOVED, CKR_FUNCTION_FAILED, CK_MECHANISM_TYPE, CK_RV};
 use serde::Deserialize;
 
+use crate::mechanisms::parse_mechanism;
 use crate::names::{fid, function_index, parse_rv, FUNCTIONS};
 use crate::token_info::{padded16, parse_flag, TokenEdit};
+
+/// The functions a `hide_mechanism` rule applies to.
+const MECHANISM_FUNCTIONS: FunctionSet =
+    FunctionSet((1u128 << fid("C_GetMechanismList")) | (1u128 << fid("C_GetMechanismInfo")));
 
 /// A parsed, validated config.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -122,6 +127,9 @@ pub enum Action {
     /// Rewrite the wrapped module's successful answer to `C_GetTokenInfo` (see
     /// `token_info.rs`): the quirks of other vendors' `CK_TOKEN_INFO`.
     TokenInfo(TokenEdit),
+    /// The token lacks these mechanisms (see `mechanisms.rs`): removed from
+    /// `C_GetMechanismList`'s answer, `CKR_MECHANISM_INVALID` from `C_GetMechanismInfo`.
+    HideMechanism { mechanisms: Vec<CK_MECHANISM_TYPE> },
 }
 
 impl Action {
@@ -134,6 +142,7 @@ impl Action {
             Action::Remove { .. } => "remove",
             Action::Capacity { .. } => "capacity",
             Action::TokenInfo(_) => "token_info",
+            Action::HideMechanism { .. } => "hide_mechanism",
         }
     }
 }
@@ -214,6 +223,7 @@ struct RawRule {
     serial: Option<String>,
     set_flags: Option<Vec<String>>,
     garbage_numbers: Option<bool>,
+    mechanism: Option<OneOrMany>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,10 +265,11 @@ impl RawRule {
                 "set_flags",
                 "garbage_numbers",
             ],
+            "hide_mechanism" => &["mechanism"],
             other => {
                 return Err(format!(
                     "unknown kind {other:?} (error | latency | hang | remove | capacity | \
-                     token_info)"
+                     token_info | hide_mechanism)"
                 ))
             }
         };
@@ -275,6 +286,7 @@ impl RawRule {
             ("serial", self.serial.is_some()),
             ("set_flags", self.set_flags.is_some()),
             ("garbage_numbers", self.garbage_numbers.is_some()),
+            ("mechanism", self.mechanism.is_some()),
         ] {
             if present && !allowed.contains(&field) {
                 return Err(format!("`{field}` does not apply to kind {kind:?}"));
@@ -307,6 +319,7 @@ impl RawRule {
                 }
             }
             "token_info" => Action::TokenInfo(self.token_edit(functions)?),
+            "hide_mechanism" => self.hide_mechanism(functions)?,
             _ => {
                 let max_concurrent = self
                     .max_concurrent
@@ -370,11 +383,36 @@ impl RawRule {
         })
     }
 
+    /// The fields of a `hide_mechanism` rule; `functions` must be `C_GetMechanismList`,
+    /// `C_GetMechanismInfo` or both (the default for this kind).
+    fn hide_mechanism(&self, functions: FunctionSet) -> Result<Action, String> {
+        if functions.0 & !MECHANISM_FUNCTIONS.0 != 0 {
+            return Err(
+                "kind \"hide_mechanism\" applies to C_GetMechanismList and C_GetMechanismInfo only"
+                    .into(),
+            );
+        }
+        let names: Vec<&str> = match &self.mechanism {
+            None => return Err("kind \"hide_mechanism\" needs `mechanism`".into()),
+            Some(OneOrMany::One(n)) => vec![n.as_str()],
+            Some(OneOrMany::Many(v)) => v.iter().map(String::as_str).collect(),
+        };
+        if names.is_empty() {
+            return Err("`mechanism` is an empty list".into());
+        }
+        let mechanisms = names
+            .into_iter()
+            .map(|n| parse_mechanism(n).ok_or_else(|| format!("unknown mechanism {n:?}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Action::HideMechanism { mechanisms })
+    }
+
     fn functions(&self) -> Result<FunctionSet, String> {
         let names: Vec<&str> = match &self.function {
             None if self.kind == "token_info" => {
                 return Ok(FunctionSet(1u128 << fid("C_GetTokenInfo")))
             }
+            None if self.kind == "hide_mechanism" => return Ok(MECHANISM_FUNCTIONS),
             None => return Ok(FunctionSet::all()),
             Some(OneOrMany::One(n)) => vec![n.as_str()],
             Some(OneOrMany::Many(v)) => v.iter().map(String::as_str).collect(),
@@ -453,7 +491,7 @@ fn secs(field: &str, v: f64) -> Result<Duration, String> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use cryptoki_sys::CKR_DEVICE_ERROR;
+    use cryptoki_sys::{CKM_EC_EDWARDS_KEY_PAIR_GEN, CKM_EDDSA, CKR_DEVICE_ERROR};
 
     #[test]
     fn empty_is_pass_through() {
@@ -534,6 +572,58 @@ mod tests {
         assert_eq!(c.rules[3].gate.window, Some((Duration::from_secs(1), None)));
         assert_eq!(c.rules[4].name.as_deref(), Some("cloudhsm"));
         assert_eq!(c.rules[3].name, None);
+    }
+
+    #[test]
+    fn hide_mechanism_rules() {
+        let c = Config::parse(
+            "[[rule]]\nkind = \"hide_mechanism\"\ntoken = \"signerd-1\"\n\
+             mechanism = \"CKM_EC_EDWARDS_KEY_PAIR_GEN\"\n\
+             [[rule]]\nkind = \"hide_mechanism\"\nfunction = \"C_GetMechanismInfo\"\n\
+             mechanism = [\"eddsa\", \"0x1057\"]\n",
+        )
+        .unwrap();
+        let r = &c.rules[0];
+        assert_eq!(
+            r.functions.names(),
+            vec!["C_GetMechanismList", "C_GetMechanismInfo"]
+        );
+        assert_eq!(
+            r.action,
+            Action::HideMechanism {
+                mechanisms: vec![CKM_EC_EDWARDS_KEY_PAIR_GEN]
+            }
+        );
+        assert_eq!(r.action.kind(), "hide_mechanism");
+        assert_eq!(c.rules[1].functions.names(), vec!["C_GetMechanismInfo"]);
+        assert_eq!(
+            c.rules[1].action,
+            Action::HideMechanism {
+                mechanisms: vec![CKM_EDDSA, 0x1057]
+            }
+        );
+        for (text, err) in [
+            ("[[rule]]\nkind = \"hide_mechanism\"\n", "needs `mechanism`"),
+            (
+                "[[rule]]\nkind = \"hide_mechanism\"\nmechanism = \"CKM_NOPE\"\n",
+                "unknown mechanism",
+            ),
+            (
+                "[[rule]]\nkind = \"hide_mechanism\"\nmechanism = []\n",
+                "empty list",
+            ),
+            (
+                "[[rule]]\nkind = \"hide_mechanism\"\nfunction = \"C_Sign\"\nmechanism = \"eddsa\"\n",
+                "C_GetMechanismList and C_GetMechanismInfo only",
+            ),
+            (
+                "[[rule]]\nkind = \"error\"\nrv = 5\nmechanism = \"eddsa\"\n",
+                "does not apply",
+            ),
+        ] {
+            let e = Config::parse(text).unwrap_err();
+            assert!(e.contains(err), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod config;
 mod engine;
 mod ffi;
 mod handles;
+pub mod mechanisms;
 pub mod names;
 mod rng;
 mod rules;

@@ -37,7 +37,7 @@ impl Engine {
         call: impl FnOnce() -> CK_RV,
         drain: impl FnOnce(),
     ) -> CK_RV {
-        self.intercept_edit(fid, ctx, size_query, call, drain, |_| {})
+        self.intercept_then(fid, ctx, size_query, call, drain, |rv, _| rv)
     }
 
     /// [`Engine::intercept`], and when the forwarded call succeeded, `edit` gets the edits of
@@ -51,10 +51,74 @@ impl Engine {
         drain: impl FnOnce(),
         edit: impl FnOnce(&[&TokenEdit]),
     ) -> CK_RV {
+        self.intercept_then(fid, ctx, size_query, call, drain, |rv, fired| {
+            if rv == CKR_OK {
+                let mut edits = Vec::new();
+                for r in fired {
+                    if let Action::TokenInfo(e) = &r.spec.action {
+                        if r.take() {
+                            self.note(r);
+                            edits.push(e);
+                        }
+                    }
+                }
+                if !edits.is_empty() {
+                    edit(&edits);
+                }
+            }
+            rv
+        })
+    }
+
+    /// [`Engine::intercept`] for `C_GetMechanismList` and `C_GetMechanismInfo`: `answer` gets
+    /// the forwarded call's return code and whether a mechanism is hidden by a
+    /// `hide_mechanism` rule that fired on this call, and returns the application's return code
+    /// and the hidden mechanisms it acted on (their rules count an injection). It runs after
+    /// every forwarded call, also with no rules.
+    pub(crate) fn intercept_mechanisms(
+        &self,
+        fid: usize,
+        ctx: Ctx,
+        call: impl FnOnce() -> CK_RV,
+        answer: impl FnOnce(
+            CK_RV,
+            &dyn Fn(CK_MECHANISM_TYPE) -> bool,
+        ) -> (CK_RV, Vec<CK_MECHANISM_TYPE>),
+    ) -> CK_RV {
+        self.intercept_then(fid, ctx, false, call, || {}, |rv, fired| {
+            let hides = |m: CK_MECHANISM_TYPE| {
+                fired.iter().any(|r| {
+                    matches!(&r.spec.action, Action::HideMechanism { mechanisms } if mechanisms.contains(&m))
+                })
+            };
+            let (rv, used) = answer(rv, &hides);
+            for r in fired {
+                if let Action::HideMechanism { mechanisms } = &r.spec.action {
+                    if used.iter().any(|m| mechanisms.contains(m)) && r.take() {
+                        self.note(r);
+                    }
+                }
+            }
+            rv
+        })
+    }
+
+    /// The rules' pass over one call (see [`Engine::intercept`]); `then` gets the return code
+    /// of the forwarded call and the rules that matched and passed their gates (not taken yet),
+    /// and returns the application's return code. Not run when a rule answered instead.
+    fn intercept_then(
+        &self,
+        fid: usize,
+        ctx: Ctx,
+        size_query: bool,
+        call: impl FnOnce() -> CK_RV,
+        drain: impl FnOnce(),
+        then: impl FnOnce(CK_RV, &[&Arc<LiveRule>]) -> CK_RV,
+    ) -> CK_RV {
         self.count_call(fid);
         let set = self.rules();
         if set.rules.is_empty() {
-            return call();
+            return then(call(), &[]);
         }
         let token = self.token_of(ctx);
         let tok = token.as_deref();
@@ -157,22 +221,7 @@ impl Engine {
             }
         }
 
-        let rv = call();
-        if rv == CKR_OK {
-            let mut edits = Vec::new();
-            for r in &fired {
-                if let Action::TokenInfo(e) = &r.spec.action {
-                    if r.take() {
-                        self.note(r);
-                        edits.push(e);
-                    }
-                }
-            }
-            if !edits.is_empty() {
-                edit(&edits);
-            }
-        }
-        rv
+        then(call(), &fired)
     }
 
     /// Blocks for `max` (or until lifted); true when the rule was lifted.

@@ -73,8 +73,6 @@ macro_rules! forward {
 
 forward! {
     C_GetInfo(info: *mut CK_INFO) Ctx::None;
-    C_GetMechanismList(slot: CK_SLOT_ID, list: *mut CK_MECHANISM_TYPE, count: *mut CK_ULONG) Ctx::Slot(slot);
-    C_GetMechanismInfo(slot: CK_SLOT_ID, mech_type: CK_MECHANISM_TYPE, info: *mut CK_MECHANISM_INFO) Ctx::Slot(slot);
     C_InitPIN(session: CK_SESSION_HANDLE as session, pin: *mut CK_UTF8CHAR, pin_len: CK_ULONG) Ctx::Session(session);
     C_SetPIN(session: CK_SESSION_HANDLE as session, old_pin: *mut CK_UTF8CHAR, old_len: CK_ULONG, new_pin: *mut CK_UTF8CHAR, new_len: CK_ULONG) Ctx::Session(session);
     C_GetSessionInfo(session: CK_SESSION_HANDLE as session, info: *mut CK_SESSION_INFO) Ctx::Session(session);

@@ -218,6 +218,106 @@ pub(super) unsafe extern "C" fn C_GetTokenInfo(
     })
 }
 
+/// Reads the wrapped module's whole mechanism list, removes the mechanisms `hide_mechanism`
+/// rules hide, and answers the application from what is left, as PKCS#11 says (a NULL list:
+/// the count; a list too short: `CKR_BUFFER_TOO_SMALL` and the count), so the count of the size
+/// query matches the list that follows.
+pub(super) unsafe extern "C" fn C_GetMechanismList(
+    slot: CK_SLOT_ID,
+    list: *mut CK_MECHANISM_TYPE,
+    count: *mut CK_ULONG,
+) -> CK_RV {
+    guard(|| {
+        let eng = engine();
+        let Some(target) = eng.target() else {
+            return CKR_CRYPTOKI_NOT_INITIALIZED;
+        };
+        let Some(f) = target.list.C_GetMechanismList else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        if count.is_null() {
+            return CKR_ARGUMENTS_BAD;
+        }
+        let real = std::cell::RefCell::new(Vec::new());
+        eng.intercept_mechanisms(
+            fid("C_GetMechanismList"),
+            Ctx::Slot(slot),
+            || {
+                let mut n: CK_ULONG = 0;
+                // SAFETY: a size query into our own counter.
+                let rv = unsafe { f(slot, std::ptr::null_mut(), &mut n) };
+                if rv != CKR_OK {
+                    return rv;
+                }
+                let mut v: Vec<CK_MECHANISM_TYPE> = vec![0; n as usize];
+                // SAFETY: our own buffer of `n` entries, and its length.
+                let rv = unsafe { f(slot, v.as_mut_ptr(), &mut n) };
+                v.truncate(n as usize);
+                *real.borrow_mut() = v;
+                rv
+            },
+            |rv, hidden| {
+                if rv != CKR_OK {
+                    return (rv, Vec::new());
+                }
+                let mut v = real.borrow_mut();
+                let removed = crate::mechanisms::filter(&mut v, hidden);
+                let len = v.len() as CK_ULONG;
+                // SAFETY: `count` is non-null (checked) and the application's to write; `list`,
+                // when non-null, holds `*count` entries (the caller's PKCS#11 obligation).
+                let rv = unsafe {
+                    if list.is_null() {
+                        *count = len;
+                        CKR_OK
+                    } else if *count < len {
+                        *count = len;
+                        CKR_BUFFER_TOO_SMALL
+                    } else {
+                        std::ptr::copy_nonoverlapping(v.as_ptr(), list, v.len());
+                        *count = len;
+                        CKR_OK
+                    }
+                };
+                (rv, removed)
+            },
+        )
+    })
+}
+
+/// Forwards; for a mechanism a `hide_mechanism` rule hides, answers `CKR_MECHANISM_INVALID`
+/// (and clears the info the wrapped module wrote).
+pub(super) unsafe extern "C" fn C_GetMechanismInfo(
+    slot: CK_SLOT_ID,
+    mech_type: CK_MECHANISM_TYPE,
+    info: *mut CK_MECHANISM_INFO,
+) -> CK_RV {
+    guard(|| {
+        let eng = engine();
+        let Some(target) = eng.target() else {
+            return CKR_CRYPTOKI_NOT_INITIALIZED;
+        };
+        let Some(f) = target.list.C_GetMechanismInfo else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        eng.intercept_mechanisms(
+            fid("C_GetMechanismInfo"),
+            Ctx::Slot(slot),
+            // SAFETY: the application's arguments, unchanged, to the wrapped function.
+            || unsafe { f(slot, mech_type, info) },
+            |rv, hidden| {
+                if !hidden(mech_type) {
+                    return (rv, Vec::new());
+                }
+                if rv == CKR_OK && !info.is_null() {
+                    // SAFETY: non-null, and the application's to write until we return.
+                    unsafe { *info = CK_MECHANISM_INFO::default() };
+                }
+                (CKR_MECHANISM_INVALID, vec![mech_type])
+            },
+        )
+    })
+}
+
 /// Forwards; on success forgets cached labels (the label changed, and SoftHSM2 gives the token
 /// a new slot id).
 pub(super) unsafe extern "C" fn C_InitToken(

@@ -124,6 +124,10 @@ enum Command {
         /// The signerd config file.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Print one JSON object (policy, partitions with their capabilities, keys) instead of
+        /// text.
+        #[arg(long)]
+        json: bool,
     },
     /// Sign and verify real requests end to end on the configured HSMs (creates the key on
     /// every partition if it does not exist yet).
@@ -249,7 +253,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 signerd::dev::DevHsm::Kryoptic,
             ),
         ),
-        Command::Check { config } => check::run(&config),
+        Command::Check { config, json } => check::run(&config, json),
         Command::Selftest {
             config,
             key,

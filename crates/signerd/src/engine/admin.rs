@@ -92,6 +92,7 @@ impl KeyAdmin {
         role: KeyRole,
     ) -> Result<VersionInfo, EngineError> {
         let targets = self.placement(placement)?;
+        let targets = capable(name, key_type, targets, placement.is_none())?;
         let version = self.next_version(name, 0)?;
         let v =
             self.create_version(name, key_type, version, role, &targets, placement.is_none())?;
@@ -433,4 +434,39 @@ fn missing(p: &Partition, v: &VersionEntry) -> EngineError {
         v.version,
         p.name()
     ))
+}
+
+/// Checks, before anything is made, that every target partition can create `key_type` (from
+/// the capabilities probed at start: the key-pair generation mechanism with this key size, and a
+/// mechanism to sign with it). With an explicit placement, one that cannot is an error naming the
+/// partition and the missing mechanism. With the default placement (`best_effort`: every
+/// partition), partitions that cannot are left out with a warning, and it is an error only when
+/// none can.
+fn capable(
+    name: &KeyName,
+    key_type: KeyType,
+    targets: Vec<Arc<Partition>>,
+    best_effort: bool,
+) -> Result<Vec<Arc<Partition>>, EngineError> {
+    let mut able = Vec::with_capacity(targets.len());
+    let mut refusals = Vec::new();
+    for p in targets {
+        match p.capabilities().cannot_create(key_type) {
+            None => able.push(p),
+            Some(why) => refusals.push(format!(
+                "partition {} cannot create {key_type} keys: {why}",
+                p.name()
+            )),
+        }
+    }
+    if refusals.is_empty() {
+        return Ok(able);
+    }
+    if best_effort && !able.is_empty() {
+        for r in &refusals {
+            tracing::warn!(key = %name, "{r}; placing the key on the other partitions");
+        }
+        return Ok(able);
+    }
+    Err(EngineError::FailedPrecondition(refusals.join("; ")))
 }

@@ -164,6 +164,14 @@ impl Health {
         self.partitions.iter().map(|p| p.stats()).collect()
     }
 
+    /// What each partition's token can do, as probed at start (`signerd check`).
+    pub fn capabilities(&self) -> Vec<crate::hsm::capabilities::CapabilityReport> {
+        self.partitions
+            .iter()
+            .map(|p| p.capabilities().report(p.name()))
+            .collect()
+    }
+
     /// Every partition's health: name, in rotation, and why not.
     pub fn partitions(&self) -> Vec<(String, bool, String)> {
         self.partitions

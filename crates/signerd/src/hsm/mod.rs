@@ -1,6 +1,7 @@
 //! PKCS#11: module context, partitions (tokens), sessions, key objects, mechanisms, error
 //! classes and `pkcs11:` URIs (RFC 7512).
 
+pub mod capabilities;
 pub mod der;
 pub mod error;
 pub mod mechanism;

@@ -10,6 +10,7 @@ use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use parking_lot::Mutex;
 
+use super::capabilities::Capabilities;
 use super::error::{ErrorClass, HsmError, HsmResult};
 use super::module::Module;
 use super::raw::{RawCalls, TokenInfo};
@@ -49,6 +50,8 @@ pub struct Partition {
     slot: Slot,
     token_label: String,
     pin: Pin,
+    /// What the token can do, probed once at open.
+    capabilities: Capabilities,
     /// Keeps the login alive (PKCS#11 logs a token out when its last session closes) and serves
     /// re-logins. Never used for signing.
     anchor: Mutex<Option<Session>>,
@@ -100,6 +103,15 @@ impl Partition {
         let (slot, info) = find_token(&module, &spec.selector)?;
         check_pin_state(&info)?;
         let token_label = info.label;
+        let capabilities = Capabilities::probe(&module, slot);
+        match capabilities.unknown() {
+            Some(why) => {
+                tracing::warn!(partition = %spec.name, "cannot read the token's mechanisms ({why}); assuming it can do every key type")
+            }
+            None => {
+                tracing::info!(partition = %spec.name, mechanisms = capabilities.listed(), key_types = ?capabilities.key_types().iter().map(|t| t.as_str()).collect::<Vec<_>>(), "probed the token's mechanisms")
+            }
+        }
         let part = Partition {
             spec,
             index,
@@ -107,6 +119,7 @@ impl Partition {
             slot,
             token_label,
             pin,
+            capabilities,
             anchor: Mutex::new(None),
             open_lock: Mutex::new(()),
             healthy: AtomicBool::new(true),
@@ -236,6 +249,11 @@ impl Partition {
     /// Config facts.
     pub fn spec(&self) -> &PartitionSpec {
         &self.spec
+    }
+
+    /// What the token can do (probed at open).
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
     }
 
     /// Token label as the token reports it (trailing blanks and NULs removed).

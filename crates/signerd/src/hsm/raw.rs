@@ -8,9 +8,11 @@
 //! - `C_GetTokenInfo` read without parsing every field ([`RawCalls::token_info`]): cryptoki's
 //!   `get_token_info` fails as a whole when one field does not parse (a `utcTime` that is not
 //!   digits, as kryoptic's), so token discovery reads only the fields it needs here.
+//! - `C_GetMechanismList` with every number kept ([`RawCalls::mechanism_list`]): cryptoki's
+//!   `get_mechanism_list` drops, and logs an error for, each mechanism it has no name for.
 //!
 //! `unsafe` is allowed in this module only (the workspace denies it elsewhere): it is the FFI
-//! to the same module cryptoki already loaded, for these three functions and nothing else. The
+//! to the same module cryptoki already loaded, for these four functions and nothing else. The
 //! function list comes from that module's `C_GetFunctionList` (the dynamic loader hands back the
 //! loaded copy for the same path); sessions and object handles are cryptoki's, so the calls run
 //! in the context cryptoki initialized. Every buffer handed to the module lives on this side for
@@ -167,6 +169,29 @@ impl RawCalls {
         let rv = unsafe { f(slot.id() as cryptoki_sys::CK_SLOT_ID, &mut info) };
         check(rv, Function::GetTokenInfo)?;
         Ok(TokenInfo::from_ck(&info))
+    }
+
+    /// `C_GetMechanismList` as the module answers it, every number kept. cryptoki's
+    /// `get_mechanism_list` drops the mechanisms it has no name for and logs an error for each
+    /// (SoftHSM2 lists about 30 such), which would be noise at every start and a wrong count.
+    pub fn mechanism_list(&self, slot: Slot) -> HsmResult<Vec<cryptoki_sys::CK_MECHANISM_TYPE>> {
+        let f = self.list.C_GetMechanismList.ok_or_else(|| {
+            HsmError::from(CkError::Pkcs11(
+                cryptoki::error::RvError::FunctionNotSupported,
+                Function::GetMechanismList,
+            ))
+        })?;
+        let id = slot.id() as cryptoki_sys::CK_SLOT_ID;
+        let mut n: cryptoki_sys::CK_ULONG = 0;
+        // SAFETY: a function of the module's list; a size query (NULL list) into our counter.
+        let rv = unsafe { f(id, std::ptr::null_mut(), &mut n) };
+        check(rv, Function::GetMechanismList)?;
+        let mut list: Vec<cryptoki_sys::CK_MECHANISM_TYPE> = vec![0; n as usize];
+        // SAFETY: `list` holds `n` writable entries and `n` says so; both live across the call.
+        let rv = unsafe { f(id, list.as_mut_ptr(), &mut n) };
+        check(rv, Function::GetMechanismList)?;
+        list.truncate(n as usize);
+        Ok(list)
     }
 
     /// `C_CreateObject` with `attributes` plus the template-valued `templates`.

@@ -32,6 +32,7 @@ mod verify;
 mod answers;
 mod audit;
 mod batch;
+mod capabilities;
 mod hang;
 mod keys;
 mod load;
