@@ -112,13 +112,19 @@ async fn an_older_server_gets_the_calls_one_by_one() {
             }
         }
     };
-    burst(8).await;
+    // Calls coalesce only when they are in flight together: on a loaded host a burst's tasks
+    // may run one after another, so bursts are sent until one was coalesced (bounded).
+    let mut bursts = 0;
+    while seen.coalesced.load(Ordering::SeqCst) == 0 && bursts < 50 {
+        burst(8).await;
+        bursts += 1;
+    }
     let coalesced = seen.coalesced.load(Ordering::SeqCst);
     assert!(coalesced >= 1, "the client tried a coalesced request first");
     assert_eq!(
         seen.signs.load(Ordering::SeqCst),
-        8,
-        "each call sent once more, alone"
+        8 * bursts,
+        "each call sent once more, alone (or alone from the start)"
     );
     // From then on, no coalesced request is tried again.
     burst(8).await;

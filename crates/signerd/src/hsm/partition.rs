@@ -52,6 +52,9 @@ pub struct Partition {
     pin: Pin,
     /// What the token can do, probed once at open.
     capabilities: Capabilities,
+    /// Set when the module refused a session-object copy of a key (`C_CopyObject` not
+    /// supported, or not for keys): workers then sign with the token objects.
+    copies_refused: AtomicBool,
     /// Keeps the login alive (PKCS#11 logs a token out when its last session closes) and serves
     /// re-logins. Never used for signing.
     anchor: Mutex<Option<Session>>,
@@ -120,6 +123,7 @@ impl Partition {
             token_label,
             pin,
             capabilities,
+            copies_refused: AtomicBool::new(false),
             anchor: Mutex::new(None),
             open_lock: Mutex::new(()),
             healthy: AtomicBool::new(true),
@@ -249,6 +253,40 @@ impl Partition {
     /// Config facts.
     pub fn spec(&self) -> &PartitionSpec {
         &self.spec
+    }
+
+    /// Whether workers sign with session-object copies of keys: configured
+    /// (`session_key_copy`) and not refused by the module.
+    pub fn session_copies(&self) -> bool {
+        self.spec.session_key_copy && !self.copies_refused.load(Ordering::Relaxed)
+    }
+
+    /// Whether `err`, from a session-object copy, means the module does not make such copies
+    /// (rather than a lost session or device): if so, copies are off for this partition from
+    /// now on, with one warning, and the caller signs with the token object.
+    pub fn copy_refused(&self, err: &HsmError) -> bool {
+        use cryptoki::error::RvError;
+        let refused = matches!(
+            err.rv(),
+            Some(
+                RvError::FunctionNotSupported
+                    | RvError::ActionProhibited
+                    | RvError::AttributeTypeInvalid
+                    | RvError::AttributeValueInvalid
+                    | RvError::AttributeReadOnly
+                    | RvError::TemplateInconsistent
+                    | RvError::TemplateIncomplete
+            )
+        );
+        if refused && !self.copies_refused.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                partition = %self.name(),
+                "the module refused a session-object copy of a key ({err}); signing with the \
+                 token objects from now on (set session_key_copy = false for this provider to \
+                 silence this)"
+            );
+        }
+        refused
     }
 
     /// What the token can do (probed at open).

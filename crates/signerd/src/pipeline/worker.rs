@@ -520,7 +520,7 @@ impl Worker {
                 self.partition.name()
             )));
         };
-        let h = if self.partition.spec().session_key_copy {
+        let h = if self.partition.session_copies() {
             // SoftHSM2 can corrupt its object store when objects are created concurrently
             // (softhsm/SoftHSMv2#573): copies are made one at a time, like admin writes.
             let _serial = crate::engine::admin::ADMIN_LOCK.lock();
@@ -529,7 +529,12 @@ impl Worker {
                 // copies; make none. The token object no longer signs (CKA_SIGN=false).
                 return Ok(token_key);
             }
-            objects::session_copy(session, token_key)?
+            match objects::session_copy(session, token_key) {
+                Ok(copy) => copy,
+                // A module that makes no such copies: the token object signs (one warning).
+                Err(e) if self.partition.copy_refused(&e) => token_key,
+                Err(e) => return Err(e),
+            }
         } else {
             token_key
         };

@@ -156,3 +156,48 @@ async fn check_json_shows_the_partition_lacking_ed25519() {
     );
     assert!(v["keys"].is_array(), "{v:#}");
 }
+
+/// A module that refuses session-object copies of keys (`C_CopyObject` answered
+/// `CKR_FUNCTION_NOT_SUPPORTED`, as several vendor modules do): the workers fall back to the
+/// token objects with one warning per partition, and every request signs. (The old code failed
+/// every request whose key had not been copied yet.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_that_refuses_session_copies_signs_with_the_token_objects() {
+    let d = Daemon::start("cap-nocopy").await;
+    let (key, spki) = d.ec_key("nocopy", &["p0", "p1"]).await;
+    d.faults(
+        "[[rule]]\nname = \"no-copies\"\nkind = \"error\"\nfunction = \"C_CopyObject\"\n\
+         rv = \"CKR_FUNCTION_NOT_SUPPORTED\"\n",
+    )
+    .await;
+    let before = d.stats_now();
+    let app = d.app(std::time::Duration::from_secs(20)).await;
+    for _ in 0..40 {
+        crate::support::sign_ok(&app, &key, &spki, &crate::support::random_digest()).await;
+    }
+    // Settled: the fault module's stats file shows these signatures (C_Sign twice each).
+    let signs = before.calls("C_Sign") + 80;
+    let s = d
+        .stats_when("the signatures counted", |s| s.calls("C_Sign") >= signs)
+        .await;
+    let copies = s.calls("C_CopyObject") - before.calls("C_CopyObject");
+    // Each partition tries once per worker at most before it stops trying.
+    assert!((1..=4).contains(&copies), "{copies} copy attempts");
+    let warnings = d.log().matches("refused a session-object copy").count();
+    assert!(
+        (1..=2).contains(&warnings),
+        "{warnings} warnings:\n{}",
+        d.log()
+    );
+    // Later keys are not copied either: the partition remembers.
+    let (other, other_spki) = d.ec_key("nocopy-2", &["p0", "p1"]).await;
+    let before = d.stats_now();
+    for _ in 0..10 {
+        crate::support::sign_ok(&app, &other, &other_spki, &crate::support::random_digest()).await;
+    }
+    let signs = before.calls("C_Sign") + 20;
+    let s = d
+        .stats_when("the signatures counted", |s| s.calls("C_Sign") >= signs)
+        .await;
+    assert_eq!(s.calls("C_CopyObject") - before.calls("C_CopyObject"), 0);
+}
