@@ -90,6 +90,12 @@ impl AuditKeySigner {
         // a session from before the last one is forgotten (its handle number may now name
         // another thread's session), never used or closed.
         let _calls = module.calls();
+        // And never beside an admin op's object writes (or a worker's key copy): SoftHSM2 fails
+        // a C_GenerateKeyPair that runs while another thread opens, finds and signs with token
+        // objects (CKR_GENERAL_ERROR, softhsm/SoftHSMv2#573; seen three times in the daemon
+        // tests, on the first key created after start, beside the first checkpoint). This is
+        // the checkpoint thread: waiting for an admin op delays a checkpoint, never a record.
+        let _serial = super::admin::ADMIN_LOCK.lock();
         if self
             .open
             .as_ref()
