@@ -68,18 +68,8 @@ pub fn run(path: &Path, json: bool) -> Result<(), CliError> {
             }
         }
         println!("keys: {}", keys.len());
-        for k in keys {
-            for v in &k.versions {
-                let line = super::key_line(
-                    &k.name,
-                    v.version,
-                    k.key_type,
-                    v.state,
-                    k.signing_version,
-                    &v.partitions,
-                );
-                println!("  {line}");
-            }
+        for line in super::key_lines(&keys) {
+            println!("  {line}");
         }
     }
     engine.shutdown();

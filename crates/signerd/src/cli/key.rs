@@ -151,18 +151,8 @@ pub fn run(cmd: KeyCommand) -> Result<(), CliError> {
                     .list_keys()
                     .await
                     .map_err(call_error)?;
-                for k in keys {
-                    for v in &k.versions {
-                        let line = super::key_line(
-                            &k.name,
-                            v.version,
-                            k.key_type,
-                            v.state,
-                            k.signing_version,
-                            &v.partitions,
-                        );
-                        println!("{line}");
-                    }
+                for line in super::key_lines(&keys) {
+                    println!("{line}");
                 }
             }
         }

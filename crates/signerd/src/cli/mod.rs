@@ -263,24 +263,27 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// One line of a key listing: `NAME vN TYPE STATE[ (signing)] on P0,P1`.
-pub fn key_line(
-    name: &signerd::KeyName,
-    version: signerd::Version,
-    key_type: signerd::KeyType,
-    state: signerd::KeyState,
-    signing_version: Option<signerd::Version>,
-    partitions: &[String],
-) -> String {
-    let signing = if signing_version == Some(version) {
-        " (signing)"
-    } else {
-        ""
-    };
-    format!(
-        "{name} v{version} {key_type} {state}{signing} on {}",
-        partitions.join(",")
-    )
+/// A key listing, one line per version: `NAME vN TYPE STATE[ (signing)] on P0,P1`.
+pub fn key_lines(keys: &[signerd::KeyInfo]) -> Vec<String> {
+    keys.iter()
+        .flat_map(|k| {
+            k.versions.iter().map(move |v| {
+                let signing = if k.signing_version == Some(v.version) {
+                    " (signing)"
+                } else {
+                    ""
+                };
+                format!(
+                    "{} v{} {} {}{signing} on {}",
+                    k.name,
+                    v.version,
+                    k.key_type,
+                    v.state,
+                    v.partitions.join(",")
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
